@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Set up a fresh machine: system packages (apt, when root), a virtual environment, and Ploutos
+# installed in it with its test tools. Safe to run again; it only installs what is missing.
+#   PLOUTOS_VENV        where the virtual environment lives (default: <repo>/.venv)
+#   PLOUTOS_TORCH_SPEC  the torch requirement installed first (default: torch==2.13.0, a CPU build here)
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="${PLOUTOS_VENV:-$repo/.venv}"
+say() { printf '[setup] %s\n' "$*" >&2; }
+
+apt_packages=(python3 python3-venv python3-dev)
+missing=()
+if command -v dpkg >/dev/null 2>&1; then
+  for pkg in "${apt_packages[@]}"; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+  done
+fi
+# A pyenv or conda Python already brings venv and headers; apt is needed only without one.
+if ! python3 -c 'import venv, sysconfig, os; assert os.path.exists(sysconfig.get_paths()["include"] + "/Python.h")' 2>/dev/null \
+   && [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    say "apt-get install ${missing[*]}"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    say "missing system packages: ${missing[*]} (run as root or install them)"; exit 1
+  fi
+fi
+
+if [ ! -x "$venv/bin/python" ]; then
+  say "creating virtual environment $venv"
+  python3 -m venv "$venv"
+fi
+pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
+stamp="$venv/.ploutos-installed"
+if [ ! -f "$stamp" ] || [ "$repo/pyproject.toml" -nt "$stamp" ]; then
+  # The CPU build of torch first: a bare torch requirement would pull a multi-GB CUDA build.
+  if ! "$venv/bin/python" -c 'import torch' 2>/dev/null; then
+    say "installing torch (CPU build)"
+    "${pip[@]}" install "${PLOUTOS_TORCH_SPEC:-torch==2.13.0}"
+  fi
+  say "installing ploutos and its dependencies"
+  "${pip[@]}" install -e "$repo[dev]"
+  touch "$stamp"
+fi
+say "ready: $venv"

@@ -1,0 +1,92 @@
+"""The canonical bar frame and the boundary where timestamps become UTC.
+
+Every source returns bars in :data:`BAR_SCHEMA`: ``timestamp`` is ``Datetime("us", "UTC")``
+(the bar's *start*), prices and volume are ``Float64``. Whatever a source or file gives —
+naive or aware, seconds or nanoseconds, pandas or Polars — is reconciled here, once, so the
+``Cannot compare dtypes datetime64[s] and datetime64[us, UTC]`` class of crash cannot happen
+further down.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+import polars as pl
+
+from ploutos.errors import DataError
+
+PRICE_COLUMNS = ("open", "high", "low", "close")
+BAR_COLUMNS = ("timestamp", "ticker", *PRICE_COLUMNS, "volume")
+BAR_SCHEMA: dict[str, pl.DataType] = {
+    "timestamp": pl.Datetime("us", "UTC"),
+    "ticker": pl.String(),
+    "open": pl.Float64(),
+    "high": pl.Float64(),
+    "low": pl.Float64(),
+    "close": pl.Float64(),
+    "volume": pl.Float64(),
+}
+
+
+def empty_bars() -> pl.DataFrame:
+    """A bar frame with no rows and the canonical schema."""
+    return pl.DataFrame(schema=BAR_SCHEMA)
+
+
+def to_utc(
+    frame: pl.DataFrame, column: str = "timestamp", *, assume_tz: str = "UTC", path: str | None = None
+) -> pl.DataFrame:
+    """Cast ``column`` to ``Datetime("us", "UTC")``.
+
+    Naive values are read as wall-clock time in ``assume_tz``; aware values are converted.
+    A naive time that does not exist or is ambiguous in ``assume_tz`` (DST changes) is an error,
+    because guessing would silently create or merge bars.
+    """
+    dtype = frame.schema[column]
+    if not isinstance(dtype, pl.Datetime):
+        if dtype == pl.Date:
+            return frame.with_columns(pl.col(column).cast(pl.Datetime("us")).dt.replace_time_zone(assume_tz).dt.convert_time_zone("UTC"))
+        raise DataError(f"column '{column}' has type {dtype}, expected a datetime", path=path, rule="schema")
+    expr = pl.col(column).cast(pl.Datetime("us", dtype.time_zone))
+    if dtype.time_zone is None:
+        try:
+            return frame.with_columns(
+                expr.dt.replace_time_zone(assume_tz, ambiguous="raise", non_existent="raise").dt.convert_time_zone("UTC")
+            )
+        except pl.exceptions.ComputeError as err:
+            raise DataError(
+                f"naive timestamps cannot be placed in {assume_tz} ({_first_line(err)}); "
+                "give timestamps with a UTC offset or set the timezone in the config",
+                path=path,
+                rule="timezone",
+            ) from None
+    return frame.with_columns(expr.dt.convert_time_zone("UTC"))
+
+
+def canonical(frame: pl.DataFrame, *, path: str | None = None) -> pl.DataFrame:
+    """Select and cast the bar columns into :data:`BAR_SCHEMA` order; timestamps must be UTC already."""
+    missing = [c for c in BAR_COLUMNS if c not in frame.columns]
+    if missing:
+        raise DataError(f"missing column(s) {', '.join(missing)}; found {', '.join(frame.columns)}", path=path, rule="schema")
+    try:
+        return frame.select(pl.col(name).cast(dtype) for name, dtype in BAR_SCHEMA.items())
+    except (pl.exceptions.InvalidOperationError, pl.exceptions.ComputeError) as err:
+        raise DataError(f"cannot cast to the bar schema: {_first_line(err)}", path=path, rule="schema") from None
+
+
+def utc_datetime(value: Any) -> datetime | None:
+    """A tz-aware UTC ``datetime`` from a date string, ``date``, naive (read as UTC) or aware datetime."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if not isinstance(value, datetime):  # a date
+        value = datetime(value.year, value.month, value.day)
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

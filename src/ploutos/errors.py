@@ -1,0 +1,45 @@
+"""Errors a user can act on.
+
+Every error that bad input can cause derives from :class:`PloutosError`; the CLI prints
+it as one line (``ploutos: error: ...``) and exits non-zero, never with a traceback.
+"""
+
+from __future__ import annotations
+
+
+class PloutosError(Exception):
+    """Base of all user-facing errors; ``str(err)`` is the whole one-line message."""
+
+
+class ConfigError(PloutosError):
+    """A config file or override is wrong: unknown key, wrong type, impossible value."""
+
+
+class DataError(PloutosError):
+    """Bars or macro series break a rule; names the file, ticker, row and rule where known."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | None = None,
+        ticker: str | None = None,
+        row: int | None = None,
+        rule: str | None = None,
+    ) -> None:
+        self.path, self.ticker, self.row, self.rule = path, ticker, row, rule
+        where = " ".join(
+            part
+            for part in (
+                path,
+                f"ticker {ticker}" if ticker is not None else None,
+                f"row {row}" if row is not None else None,
+                f"[{rule}]" if rule else None,
+            )
+            if part
+        )
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class SourceError(PloutosError):
+    """A data source failed: missing credentials, an HTTP error after retries, a limit."""

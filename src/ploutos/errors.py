@@ -43,3 +43,9 @@ class DataError(PloutosError):
 
 class SourceError(PloutosError):
     """A data source failed: missing credentials, an HTTP error after retries, a limit."""
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's text, for wrapping library errors into one-line messages."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

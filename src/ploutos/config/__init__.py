@@ -14,8 +14,26 @@ from ploutos.config.sections import (
     SlurmConfig,
     WalkForwardConfig,
 )
+from ploutos.config.loader import (
+    DEFAULT_CONFIG,
+    config_hash,
+    configs_dir,
+    dump,
+    field_docs,
+    load,
+    resolve_path,
+    to_dict,
+)
 
 __all__ = [
+    "DEFAULT_CONFIG",
+    "config_hash",
+    "configs_dir",
+    "dump",
+    "field_docs",
+    "load",
+    "resolve_path",
+    "to_dict",
     "SECTIONS",
     "Config",
     "DataConfig",

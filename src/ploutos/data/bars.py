@@ -14,7 +14,7 @@ from typing import Any
 
 import polars as pl
 
-from ploutos.errors import DataError
+from ploutos.errors import DataError, first_line
 
 PRICE_COLUMNS = ("open", "high", "low", "close")
 BAR_COLUMNS = ("timestamp", "ticker", *PRICE_COLUMNS, "volume")
@@ -56,7 +56,7 @@ def to_utc(
             )
         except pl.exceptions.ComputeError as err:
             raise DataError(
-                f"naive timestamps cannot be placed in {assume_tz} ({_first_line(err)}); "
+                f"naive timestamps cannot be placed in {assume_tz} ({first_line(err)}); "
                 "give timestamps with a UTC offset or set the timezone in the config",
                 path=path,
                 rule="timezone",
@@ -72,7 +72,16 @@ def canonical(frame: pl.DataFrame, *, path: str | None = None) -> pl.DataFrame:
     try:
         return frame.select(pl.col(name).cast(dtype) for name, dtype in BAR_SCHEMA.items())
     except (pl.exceptions.InvalidOperationError, pl.exceptions.ComputeError) as err:
-        raise DataError(f"cannot cast to the bar schema: {_first_line(err)}", path=path, rule="schema") from None
+        raise DataError(f"cannot cast to the bar schema: {first_line(err)}", path=path, rule="schema") from None
+
+
+def clip_to_range(frame: pl.DataFrame, start: datetime | None, end: datetime | None) -> pl.DataFrame:
+    """The bars with ``start <= timestamp < end``; ``None`` leaves that side open."""
+    if start is not None:
+        frame = frame.filter(pl.col("timestamp") >= start)
+    if end is not None:
+        frame = frame.filter(pl.col("timestamp") < end)
+    return frame
 
 
 def utc_datetime(value: Any) -> datetime | None:
@@ -86,7 +95,3 @@ def utc_datetime(value: Any) -> datetime | None:
     if value.tzinfo is None:
         return value.replace(tzinfo=timezone.utc)
     return value.astimezone(timezone.utc)
-
-
-def _first_line(err: Exception) -> str:
-    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

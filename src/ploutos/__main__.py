@@ -1,0 +1,7 @@
+"""``python -m ploutos`` is the ``ploutos`` command."""
+
+import sys
+
+from ploutos.cli import main
+
+sys.exit(main())

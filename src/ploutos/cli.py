@@ -1,0 +1,152 @@
+"""The ``ploutos`` command.
+
+Every subcommand takes ``--config`` (a YAML file or an embedded config name; default the
+embedded quickstart) and any number of ``--set section.key=value`` overrides. A user error
+prints one line ``ploutos: error: ...`` and exits 2; an interrupt exits 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from ploutos import __version__
+from ploutos.errors import PloutosError
+
+EXIT_USER_ERROR = 2
+EXIT_PROBLEMS_FOUND = 1
+EXIT_INTERRUPTED = 130
+
+
+def _config_options() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config", "-c", default=None, help="config YAML file or embedded name (default: quickstart)"
+    )
+    common.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config value (repeatable), e.g. --set data.session=extended",
+    )
+    common.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return common
+
+
+def _load(args: argparse.Namespace):
+    from ploutos.config import load
+
+    return load(args.config, args.overrides)
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    from ploutos.config import config_hash, dump
+
+    config = _load(args)
+    print(dump(config, with_docs=args.docs), end="")
+    print(f"# config hash: {config_hash(config)}")
+    return 0
+
+
+def cmd_data_build(args: argparse.Namespace) -> int:
+    from ploutos.data.build import build_dataset
+
+    config = _load(args)
+    report = build_dataset(config.data, progress=not args.no_progress)
+    print(report.summary())
+    return 0
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from ploutos.data.inspect import check_path
+
+    config = _load(args)
+    problems = check_path(Path(args.path), config.data)
+    for problem in problems:
+        print(problem)
+    if problems:
+        print(f"{len(problems)} problem(s) in {args.path}", file=sys.stderr)
+        return EXIT_PROBLEMS_FOUND
+    print(f"{args.path}: no problems")
+    return 0
+
+
+def cmd_data_info(args: argparse.Namespace) -> int:
+    from ploutos.data.inspect import describe_path
+
+    info = describe_path(Path(args.path))
+    print(json.dumps(info, indent=2, default=str) if args.json else _format_info(info))
+    return 0
+
+
+def _format_info(info: dict) -> str:
+    lines = [f"{key}: {value}" for key, value in info.items() if not isinstance(value, (list, dict))]
+    for ticker in info.get("tickers_detail", []):
+        lines.append(
+            f"  {ticker['ticker']:<8} {ticker['rows']:>8} bars  {ticker['first']}  ->  {ticker['last']}"
+        )
+    return "\n".join(lines)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """The main job: every pipeline stage that exists, in order, on one config."""
+    from ploutos.data.build import build_dataset
+
+    config = _load(args)
+    print(f"[1/1] data: building {config.data.store} from {config.data.source}", flush=True)
+    report = build_dataset(config.data, progress=not args.no_progress)
+    print(report.summary())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _config_options()
+    parser = argparse.ArgumentParser(prog="ploutos", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"ploutos {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = commands.add_parser("run", parents=[common], help="run the whole pipeline on a config")
+    run.set_defaults(handler=cmd_run)
+
+    config = commands.add_parser("config", help="show the resolved config")
+    config_commands = config.add_subparsers(dest="config_command", metavar="SUBCOMMAND", required=True)
+    show = config_commands.add_parser("show", parents=[common], help="print the resolved config as YAML")
+    show.add_argument("--docs", action="store_true", help="add each key's documentation as a comment")
+    show.set_defaults(handler=cmd_config_show)
+
+    data = commands.add_parser("data", help="build, check and describe bar datasets")
+    data_commands = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
+    build = data_commands.add_parser("build", parents=[common], help="download/validate bars into the store")
+    build.set_defaults(handler=cmd_data_build)
+    check = data_commands.add_parser(
+        "check", parents=[common], help="validate a CSV, a Parquet file or a dataset; list every problem"
+    )
+    check.add_argument("path", help="CSV file, Parquet file or dataset directory")
+    check.set_defaults(handler=cmd_data_check)
+    info = data_commands.add_parser("info", parents=[common], help="describe a dataset or bars file")
+    info.add_argument("path", help="dataset directory, Parquet or CSV file")
+    info.add_argument("--json", action="store_true", help="machine-readable output")
+    info.set_defaults(handler=cmd_data_info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except PloutosError as err:
+        print(f"ploutos: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("ploutos: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

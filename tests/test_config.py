@@ -1,0 +1,172 @@
+"""Config sections, YAML loading, overrides and their one-line errors."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from conftest import REPO, assert_one_line_error
+
+from ploutos.config import SECTIONS, Config, config_hash, configs_dir, dump, field_docs, load
+from ploutos.errors import ConfigError
+
+
+def test_every_field_of_every_section_has_a_one_line_doc():
+    for cls in (Config, *SECTIONS.values()):
+        docs = field_docs(cls)
+        for item in dataclasses.fields(cls):
+            assert item.name in docs, f"{cls.__name__}.{item.name} has no doc"
+            assert "\n" not in docs[item.name]
+
+
+def test_sections_are_frozen():
+    config = load()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.data.source = "csv"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").rglob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_load(path: Path):
+    config = load(path)
+    assert isinstance(config, Config)
+
+
+def test_quickstart_is_embedded_and_the_default():
+    assert (configs_dir() / "quickstart.yaml").is_file()
+    default = load()
+    assert default == load("quickstart") == load(REPO / "configs/quickstart.yaml")
+    assert default.data.source == "sample"  # runs with no network and no keys
+    assert default.data.session == "24h"
+
+
+def test_full_config_extends_the_node_profile():
+    full = load("full")
+    assert full.hardware.mpi_ranks == 8
+    assert len(full.data.tickers) == 15
+    assert full.data.source == "alpaca"
+
+
+def test_overrides_are_typed_like_yaml():
+    config = load(
+        None,
+        [
+            "data.tickers=[SPY, QQQ]",
+            "ppo.learning_rate=1e-3",
+            "ppo.net_arch=[32,32]",
+            "env.long_only=true",
+            "data.start=2020-01-01",
+            "walkforward.step_months=1",
+            "hardware.cpus=null",
+            "seed=3",
+        ],
+    )
+    assert config.data.tickers == ("SPY", "QQQ")
+    assert config.ppo.learning_rate == pytest.approx(1e-3)
+    assert config.ppo.net_arch == (32, 32)
+    assert config.env.long_only is True
+    assert config.data.start == "2020-01-01"
+    assert config.walkforward.step == 1
+    assert config.seed == 3
+
+
+def test_derived_values_are_properties():
+    config = load(None, ["data.session=regular", "walkforward.test_months=3"])
+    assert config.data.bars_per_year == 7 * 252
+    assert config.walkforward.step == 3
+    assert config.run_dir == "results/quickstart"
+    assert config.data.start_utc is None
+
+
+def test_override_wins_over_file_and_file_over_extends(tmp_path: Path):
+    (tmp_path / "base.yaml").write_text("ppo:\n  n_steps: 64\n  batch_size: 32\n")
+    (tmp_path / "run.yaml").write_text("extends: base.yaml\nppo:\n  n_steps: 128\n")
+    config = load(tmp_path / "run.yaml", ["ppo.batch_size=16"])
+    assert (config.ppo.n_steps, config.ppo.batch_size) == (128, 16)
+
+
+def test_hash_changes_with_any_value():
+    assert config_hash(load()) == config_hash(load())
+    assert config_hash(load()) != config_hash(load(None, ["seed=8"]))
+
+
+def test_dump_round_trips(tmp_path: Path):
+    config = load("full")
+    (tmp_path / "dumped.yaml").write_text(dump(config))
+    assert load(tmp_path / "dumped.yaml") == config
+    assert "# Symbols to load" in dump(config, with_docs=True)
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "fragments"),
+    [
+        ("data:\n  sesion: 24h\n", ["bad.yaml", "data.sesion", "unknown key", "did you mean 'data.session'"]),
+        ("dta:\n  source: csv\n", ["bad.yaml", "dta", "did you mean 'data'"]),
+        ("ppo:\n  n_steps: many\n", ["bad.yaml", "ppo.n_steps", "expected an integer", "'many'"]),
+        ("ppo:\n  n_steps: 1.5\n", ["ppo.n_steps", "expected an integer"]),
+        ("env:\n  long_only: yes please\n", ["env.long_only", "expected true or false"]),
+        ("data:\n  session: regulr\n", ["data.session", "not one of", "did you mean 'regular'"]),
+        ("ensemble:\n  members: 0\n", ["bad.yaml", "ensemble.members", "at least 1"]),
+        ("env:\n  lookback: -5\n", ["env.lookback", ">= 1"]),
+        ("walkforward:\n  train_months: -1\n", ["walkforward.train_months", ">= 1"]),
+        (
+            "data:\n  start: 2021-01-01\n  end: 2021-06-01\nwalkforward:\n  train_months: 6\n  test_months: 2\n",
+            ["bad.yaml", "walkforward.test_months", "do not fit", "2021-01-01..2021-06-01"],
+        ),
+        ("data:\n  start: 2022-01-01\n  end: 2021-01-01\n", ["data.end", "not after start"]),
+        ("data:\n  start: last tuesday\n", ["data.start", "not an ISO date"]),
+        ("data:\n  source: csv\n", ["data.csv_path", "source csv needs csv_path"]),
+        ("data:\n  macro: [VIX, GOLD]\n", ["data.macro", "GOLD"]),
+        ("data:\n  tickers: []\n", ["data.tickers", "at least one"]),
+        ("slurm:\n  time_limit: two hours\n", ["slurm.time_limit", "HH:MM:SS"]),
+        ("data: [1, 2]\n", ["bad.yaml", "data", "must be a mapping"]),
+        ("- just\n- a list\n", ["bad.yaml", "top level must be a mapping"]),
+        ("data:\n  source: [unclosed\n", ["bad.yaml", "not valid YAML"]),
+        ("extends: nowhere.yaml\n", ["nowhere.yaml", "no such config"]),
+    ],
+)
+def test_bad_configs_are_refused_with_one_precise_line(tmp_path: Path, yaml_text: str, fragments: list[str]):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(ConfigError) as caught:
+        load(path)
+    message = str(caught.value)
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+
+
+def test_an_override_error_names_the_override():
+    with pytest.raises(ConfigError, match=r"^--set data\.end=2024-03-01: walkforward\.test_months: .*do not fit"):
+        load(None, ["data.start=2024-01-01", "data.end=2024-03-01"])
+    with pytest.raises(ConfigError, match=r"^--set ppo\.nsteps=5: ppo\.nsteps: unknown key; did you mean 'ppo\.n_steps'"):
+        load(None, ["ppo.nsteps=5"])
+    with pytest.raises(ConfigError, match="expected section.key=value"):
+        load(None, ["ppo.n_steps"])
+
+
+def test_circular_extends_is_refused(tmp_path: Path):
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ConfigError, match="circular"):
+        load(tmp_path / "a.yaml")
+
+
+def test_missing_config_file_lists_the_embedded_ones():
+    with pytest.raises(ConfigError, match="quickstart"):
+        load("no-such-config.yaml")
+
+
+def test_cli_reports_config_errors_in_one_line(ploutos, tmp_path: Path):
+    (tmp_path / "typo.yaml").write_text("ppo:\n  learning_rat: 0.1\n")
+    result = ploutos("config", "show", "--config", "typo.yaml")
+    assert_one_line_error(result, "typo.yaml", "ppo.learning_rat", "did you mean 'ppo.learning_rate'")
+    result = ploutos("config", "show", "--set", "ensemble.members=0")
+    assert_one_line_error(result, "--set ensemble.members=0", "ensemble.members")
+
+
+def test_cli_config_show_prints_the_resolved_config(ploutos):
+    result = ploutos("config", "show", "--docs", "--set", "seed=11")
+    assert result.returncode == 0, result.stderr
+    assert "seed: 11" in result.stdout
+    assert "# config hash:" in result.stdout

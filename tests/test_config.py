@@ -6,8 +6,8 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-from conftest import REPO, assert_one_line_error
 
+from conftest import REPO, assert_one_line_error
 from ploutos.config import SECTIONS, Config, config_hash, configs_dir, dump, field_docs, load
 from ploutos.errors import ConfigError
 
@@ -139,7 +139,9 @@ def test_bad_configs_are_refused_with_one_precise_line(tmp_path: Path, yaml_text
 def test_an_override_error_names_the_override():
     with pytest.raises(ConfigError, match=r"^--set data\.end=2024-03-01: walkforward\.test_months: .*do not fit"):
         load(None, ["data.start=2024-01-01", "data.end=2024-03-01"])
-    with pytest.raises(ConfigError, match=r"^--set ppo\.nsteps=5: ppo\.nsteps: unknown key; did you mean 'ppo\.n_steps'"):
+    with pytest.raises(
+        ConfigError, match=r"^--set ppo\.nsteps=5: ppo\.nsteps: unknown key; did you mean 'ppo\.n_steps'"
+    ):
         load(None, ["ppo.nsteps=5"])
     with pytest.raises(ConfigError, match="expected section.key=value"):
         load(None, ["ppo.n_steps"])

@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import tomllib
 
+import tomllib
 import yaml
+
 from conftest import REPO
 
 CONDA_NAMES = {"torch": "pytorch"}

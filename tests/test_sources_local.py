@@ -88,8 +88,7 @@ def test_csv_with_a_ticker_column_serves_each_ticker(tmp_path: Path):
 
 def test_csv_directory_of_files_and_range(tmp_path: Path):
     (tmp_path / "SPY.csv").write_text(
-        "time,open,high,low,close,volume\n"
-        + "".join(f"2024-01-02T{h:02d}:00:00Z,1,1,1,1,1\n" for h in range(14, 20))
+        "time,open,high,low,close,volume\n" + "".join(f"2024-01-02T{h:02d}:00:00Z,1,1,1,1,1\n" for h in range(14, 20))
     )
     source = make_source(_data("data.source=csv", f"data.csv_path={tmp_path}", "data.tickers=[SPY]"))
     bars = source.fetch("SPY", datetime(2024, 1, 2, 15, tzinfo=UTC), datetime(2024, 1, 2, 18, tzinfo=UTC))
@@ -171,9 +170,7 @@ def test_synthetic_is_seeded_and_per_ticker_independent_of_the_universe():
 
 
 def test_synthetic_bars_are_valid_correlated_and_on_the_session():
-    cfg = _data(
-        "data.source=synthetic", "data.session=regular", "data.tickers=[A,B,C]", "data.synthetic_bars=5000"
-    )
+    cfg = _data("data.source=synthetic", "data.session=regular", "data.tickers=[A,B,C]", "data.synthetic_bars=5000")
     source = SyntheticSource(cfg)
     frames = [source.fetch(t, None, None) for t in cfg.tickers]
     for bars in frames:

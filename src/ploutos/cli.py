@@ -23,9 +23,7 @@ EXIT_INTERRUPTED = 130
 
 def _config_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--config", "-c", default=None, help="config YAML file or embedded name (default: quickstart)"
-    )
+    common.add_argument("--config", "-c", default=None, help="config YAML file or embedded name (default: quickstart)")
     common.add_argument(
         "--set",
         dest="overrides",
@@ -79,7 +77,7 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 def cmd_data_info(args: argparse.Namespace) -> int:
     from ploutos.data.inspect import describe_path
 
-    info = describe_path(Path(args.path))
+    info = describe_path(Path(args.path), _load(args).data)
     print(json.dumps(info, indent=2, default=str) if args.json else _format_info(info))
     return 0
 
@@ -87,9 +85,7 @@ def cmd_data_info(args: argparse.Namespace) -> int:
 def _format_info(info: dict) -> str:
     lines = [f"{key}: {value}" for key, value in info.items() if not isinstance(value, (list, dict))]
     for ticker in info.get("tickers_detail", []):
-        lines.append(
-            f"  {ticker['ticker']:<8} {ticker['rows']:>8} bars  {ticker['first']}  ->  {ticker['last']}"
-        )
+        lines.append(f"  {ticker['ticker']:<8} {ticker['rows']:>8} bars  {ticker['first']}  ->  {ticker['last']}")
     return "\n".join(lines)
 
 

@@ -1,5 +1,15 @@
 """Typed run configuration: the sections (:mod:`.sections`) and YAML loading (:mod:`.loader`)."""
 
+from ploutos.config.loader import (
+    DEFAULT_CONFIG,
+    config_hash,
+    configs_dir,
+    dump,
+    field_docs,
+    load,
+    resolve_path,
+    to_dict,
+)
 from ploutos.config.sections import (
     SECTIONS,
     Config,
@@ -13,16 +23,6 @@ from ploutos.config.sections import (
     PPOConfig,
     SlurmConfig,
     WalkForwardConfig,
-)
-from ploutos.config.loader import (
-    DEFAULT_CONFIG,
-    config_hash,
-    configs_dir,
-    dump,
-    field_docs,
-    load,
-    resolve_path,
-    to_dict,
 )
 
 __all__ = [

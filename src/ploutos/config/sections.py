@@ -97,7 +97,9 @@ class DataConfig:
                 except ValueError:
                     raise InvalidValue(key, f"'{value}' is not an ISO date or datetime (e.g. 2021-01-04)") from None
         if self.start and self.end:
-            _require(self.start_utc < self.end_utc, "end", f"end {self.end} is not after start {self.start}", ("start",))
+            _require(
+                self.start_utc < self.end_utc, "end", f"end {self.end} is not after start {self.start}", ("start",)
+            )
         _require(self.max_gap_bars >= 0, "max_gap_bars", "must be >= 0")
         _require(self.max_retries >= 1, "max_retries", "must be >= 1")
         _require(self.retry_backoff_s >= 0, "retry_backoff_s", "must be >= 0")
@@ -189,7 +191,9 @@ class EnvConfig:
         for key in ("commission_bps", "half_spread_bps", "slippage_vol_mult", "impact_coef"):
             _require(getattr(self, key) >= 0, key, "costs cannot be negative")
         _require(0 < self.dsr_eta < 1, "dsr_eta", "must be between 0 and 1")
-        _require(self.drawdown_penalty >= 0 and self.turnover_penalty >= 0, "drawdown_penalty", "penalties must be >= 0")
+        _require(
+            self.drawdown_penalty >= 0 and self.turnover_penalty >= 0, "drawdown_penalty", "penalties must be >= 0"
+        )
         _require(self.episode_bars >= 2, "episode_bars", "must be >= 2")
         _require(0 <= self.bankruptcy_equity < 1, "bankruptcy_equity", "must be a share in [0, 1)")
 

@@ -46,13 +46,17 @@ def to_utc(
     dtype = frame.schema[column]
     if not isinstance(dtype, pl.Datetime):
         if dtype == pl.Date:
-            return frame.with_columns(pl.col(column).cast(pl.Datetime("us")).dt.replace_time_zone(assume_tz).dt.convert_time_zone("UTC"))
+            return frame.with_columns(
+                pl.col(column).cast(pl.Datetime("us")).dt.replace_time_zone(assume_tz).dt.convert_time_zone("UTC")
+            )
         raise DataError(f"column '{column}' has type {dtype}, expected a datetime", path=path, rule="schema")
     expr = pl.col(column).cast(pl.Datetime("us", dtype.time_zone))
     if dtype.time_zone is None:
         try:
             return frame.with_columns(
-                expr.dt.replace_time_zone(assume_tz, ambiguous="raise", non_existent="raise").dt.convert_time_zone("UTC")
+                expr.dt.replace_time_zone(assume_tz, ambiguous="raise", non_existent="raise").dt.convert_time_zone(
+                    "UTC"
+                )
             )
         except pl.exceptions.ComputeError as err:
             raise DataError(
@@ -68,7 +72,9 @@ def canonical(frame: pl.DataFrame, *, path: str | None = None) -> pl.DataFrame:
     """Select and cast the bar columns into :data:`BAR_SCHEMA` order; timestamps must be UTC already."""
     missing = [c for c in BAR_COLUMNS if c not in frame.columns]
     if missing:
-        raise DataError(f"missing column(s) {', '.join(missing)}; found {', '.join(frame.columns)}", path=path, rule="schema")
+        raise DataError(
+            f"missing column(s) {', '.join(missing)}; found {', '.join(frame.columns)}", path=path, rule="schema"
+        )
     try:
         return frame.select(pl.col(name).cast(dtype) for name, dtype in BAR_SCHEMA.items())
     except (pl.exceptions.InvalidOperationError, pl.exceptions.ComputeError) as err:

@@ -14,8 +14,8 @@ from typing import ClassVar
 import polars as pl
 
 from ploutos.config import DataConfig
-from ploutos.data.sources.base import BarSource
 from ploutos.data.bars import clip_to_range
+from ploutos.data.sources.base import BarSource
 from ploutos.data.sources.csv import read_csv_bars
 from ploutos.errors import SourceError
 

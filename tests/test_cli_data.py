@@ -1,0 +1,181 @@
+"""The data commands end to end, as a new user runs them: `ploutos data build/check/info` and `run`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import assert_one_line_error
+
+GOOD_ROWS = [
+    "2024-01-02T15:00:00Z,100,101,99,100.5,1000",
+    "2024-01-02T16:00:00Z,100.5,102,100,101,1200",
+    "2024-01-02T17:00:00Z,101,101.5,100.2,100.8,900",
+]
+HEADER = "timestamp,open,high,low,close,volume"
+
+
+def _tree_digest(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _csv(tmp_path: Path, rows: list[str], name: str = "SPY.csv") -> Path:
+    path = tmp_path / "bars" / name
+    path.parent.mkdir(exist_ok=True)
+    path.write_text("\n".join([HEADER, *rows]) + "\n")
+    return path
+
+
+def test_quickstart_build_writes_a_dataset_and_a_second_run_is_a_no_op(ploutos, tmp_path: Path):
+    first = ploutos("data", "build", "--config", "quickstart", "--no-progress")
+    assert first.returncode == 0, first.stderr
+    store = tmp_path / "data/quickstart"
+    manifest = json.loads((store / "manifest.json").read_text())
+    assert manifest["source"] == "sample"
+    assert manifest["session"] == "24h"
+    assert manifest["tickers"]["EURUSD"]["rows"] > 6000
+    before = _tree_digest(store)
+    mtimes = {p: p.stat().st_mtime_ns for p in store.rglob("*")}
+
+    second = ploutos("data", "build", "--config", "quickstart", "--no-progress")
+    assert second.returncode == 0, second.stderr
+    assert "up to date" in second.stdout.lower() or "no-op" in second.stdout.lower(), second.stdout
+    assert _tree_digest(store) == before
+    assert {p: p.stat().st_mtime_ns for p in store.rglob("*")} == mtimes
+
+    info = ploutos("data", "info", "data/quickstart")
+    assert info.returncode == 0, info.stderr
+    assert "EURUSD" in info.stdout and "24h" in info.stdout
+
+
+def test_run_is_the_main_job_on_the_embedded_default(ploutos, tmp_path: Path):
+    result = ploutos("run", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "data/quickstart/manifest.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("rows", "rule", "row"),
+    [
+        (GOOD_ROWS + [GOOD_ROWS[-1]], "duplicate", 3),
+        ([GOOD_ROWS[1], GOOD_ROWS[0], GOOD_ROWS[2]], "unsorted", 1),
+        (["2024-01-02T15:00:00Z,100,101,99,102,1000"], "ohlc", 0),
+        (["2024-01-02T15:00:00Z,100,101,-1,100,1000"], "price", 0),
+        (["2024-01-02T15:00:00Z,100,101,99,100,-5"], "volume", 0),
+        (["2024-01-02T15:00:00Z,100,101,99,NaN,1000"], "missing", 0),
+        (["2024-01-02T15:00:00Z,100,101,99,,1000"], "missing", 0),
+        ([GOOD_ROWS[0], "2024-01-02T19:00:00Z,100.5,102,100,101,1200"], "gap", None),
+    ],
+)
+def test_data_check_names_file_ticker_row_and_rule(ploutos, tmp_path: Path, rows, rule, row):
+    path = _csv(tmp_path, rows)
+    result = ploutos("data", "check", str(path), "--set", "data.session=24x7", "--set", "data.max_gap_bars=0")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    line = next(line for line in result.stdout.splitlines() if f"[{rule}]" in line)
+    assert "SPY.csv" in line and "ticker SPY" in line
+    if row is not None:
+        assert f"row {row}" in line
+
+
+def test_data_check_lists_every_problem_and_passes_clean_files(ploutos, tmp_path: Path):
+    bad = _csv(tmp_path, [GOOD_ROWS[0], "2024-01-02T16:00:00Z,100,101,-1,100,1000", "2024-01-02T17:00:00Z,1,1,1,1,-1"])
+    result = ploutos("data", "check", str(bad), "--set", "data.session=24x7")
+    assert result.returncode == 1
+    assert "[price]" in result.stdout and "[volume]" in result.stdout
+    clean = _csv(tmp_path, GOOD_ROWS, "QQQ.csv")
+    result = ploutos("data", "check", str(clean), "--set", "data.session=24x7")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "fragments"),
+    [
+        ("", ["SPY.csv"]),
+        ("a,b,c\n1,2,3\n", ["SPY.csv", "[schema]"]),
+        (HEADER + "\n2024-01-02T15:00:00Z,1,1,1,oops,1\n", ["SPY.csv", "row 0", "oops"]),
+        (HEADER + "\nnot a time,1,1,1,1,1\n", ["SPY.csv", "[timestamp]"]),
+    ],
+)
+def test_unreadable_files_give_one_line(ploutos, tmp_path: Path, content: str, fragments: list[str]):
+    path = tmp_path / "SPY.csv"
+    path.write_text(content)
+    assert_one_line_error(ploutos("data", "check", str(path)), *fragments)
+
+
+def test_a_refused_build_leaves_the_existing_dataset_untouched(ploutos, tmp_path: Path):
+    path = _csv(tmp_path, GOOD_ROWS)
+    args = [
+        "--set",
+        "data.source=csv",
+        "--set",
+        f"data.csv_path={path.parent}",
+        "--set",
+        "data.tickers=[SPY]",
+        "--set",
+        "data.session=24x7",
+        "--set",
+        "data.store=data/mine",
+        "--no-progress",
+    ]
+    assert ploutos("data", "build", *args).returncode == 0
+    store = tmp_path / "data/mine"
+    before = _tree_digest(store)
+
+    # New bars arrive, one of them broken: the build is refused and nothing already written changes.
+    path.write_text("\n".join([HEADER, *GOOD_ROWS, "2024-01-02T18:00:00Z,101,101.5,100.2,130,900"]) + "\n")
+    result = ploutos("data", "build", *args)
+    assert_one_line_error(result, "SPY", "[ohlc]")
+    assert _tree_digest(store) == before
+
+
+def test_repair_policy_records_repairs_in_the_manifest(ploutos, tmp_path: Path):
+    path = _csv(tmp_path, [*GOOD_ROWS, GOOD_ROWS[-1], "2024-01-02T18:00:00Z,101,101.5,100.2,130,900"])
+    result = ploutos(
+        "data",
+        "build",
+        "--set",
+        "data.source=csv",
+        "--set",
+        f"data.csv_path={path}",
+        "--set",
+        "data.tickers=[SPY]",
+        "--set",
+        "data.session=24x7",
+        "--set",
+        "data.on_invalid=repair",
+        "--set",
+        "data.store=data/fixed",
+        "--no-progress",
+    )
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((tmp_path / "data/fixed/manifest.json").read_text())
+    rules = {repair["rule"] for repair in manifest["repairs"]}
+    assert {"duplicate", "ohlc"} <= rules
+
+
+def test_missing_credentials_for_alpaca_are_one_line(ploutos, tmp_path: Path):
+    result = ploutos(
+        "data",
+        "build",
+        "--set",
+        "data.source=alpaca",
+        "--set",
+        "data.tickers=[SPY]",
+        "--set",
+        "data.session=regular",
+        "--no-progress",
+        env={"ALPACA_API_KEY": "", "ALPACA_SECRET_KEY": ""},
+    )
+    assert_one_line_error(result, "ALPACA_API_KEY")
+
+
+def test_data_info_on_nothing_is_one_line(ploutos, tmp_path: Path):
+    assert_one_line_error(ploutos("data", "info", "no/such/dataset"), "no/such/dataset")

@@ -17,7 +17,7 @@ import polars as pl
 import pytest
 
 from fakes.alpaca import FakeAlpaca, bar_times, bar_values
-from fakes.server import DROP, Reply
+from fakes.server import DROP, STALL, STALL_SECONDS, Reply
 from ploutos.config.sections import DataConfig
 from ploutos.data.bars import BAR_SCHEMA
 from ploutos.data.sources.alpaca import CHUNK, AlpacaSource, chunks
@@ -99,6 +99,13 @@ def test_429_is_retried_with_our_backoff_only(fake: FakeAlpaca) -> None:
 def test_dropped_connection_is_retried(fake: FakeAlpaca) -> None:
     fake.fail([DROP])
     assert source(fake).fetch("SPY", START, END).height == 40
+
+
+def test_a_stalled_server_times_out_and_is_retried(fake: FakeAlpaca) -> None:
+    fake.fail([STALL])
+    started = time.monotonic()
+    assert source(fake, request_timeout_s=0.3).fetch("SPY", START, END).height == 40
+    assert time.monotonic() - started < STALL_SECONDS  # the timeout, not the stall, ended the first attempt
 
 
 def test_5xx_exhausts_retries_into_one_line_source_error(fake: FakeAlpaca) -> None:

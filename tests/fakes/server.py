@@ -18,6 +18,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 DROP = -1
 """A scripted 'status' that closes the connection without any response."""
+STALL = -2
+"""A scripted 'status' that accepts the request and answers nothing for STALL_SECONDS."""
+STALL_SECONDS = 2.0
 
 
 @dataclass
@@ -118,6 +121,10 @@ class FakeServer:
                 if failure == DROP:
                     self.close_connection = True
                     self.connection.close()
+                    return
+                if failure == STALL:
+                    time.sleep(STALL_SECONDS)
+                    self.close_connection = True
                     return
                 if failure is not None:
                     reply = Reply(failure, {"code": failure, "message": f"scripted failure {failure}"})

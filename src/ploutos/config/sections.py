@@ -70,7 +70,9 @@ class DataConfig:
     yahoo_url: str | None = None
     """Base URL of Yahoo's chart API; empty: Yahoo's own (set for a local fake server)."""
     max_retries: int = 5
-    """Attempts per request on HTTP 429/5xx and dropped connections."""
+    """Attempts per request on HTTP 429/5xx, dropped connections and timeouts."""
+    request_timeout_s: float = 60.0
+    """Seconds a request may wait for the server before it counts as failed (and is retried)."""
     retry_backoff_s: float = 1.0
     """First retry delay in seconds; it doubles on every further attempt."""
     macro: tuple[str, ...] = ()
@@ -103,6 +105,7 @@ class DataConfig:
         _require(self.max_gap_bars >= 0, "max_gap_bars", "must be >= 0")
         _require(self.max_retries >= 1, "max_retries", "must be >= 1")
         _require(self.retry_backoff_s >= 0, "retry_backoff_s", "must be >= 0")
+        _require(self.request_timeout_s > 0, "request_timeout_s", "must be > 0")
         _require(self.macro_lag_minutes >= 0, "macro_lag_minutes", "must be >= 0")
         _require(self.synthetic_bars >= 2, "synthetic_bars", "must be >= 2")
         unknown = sorted(set(self.macro) - {"VIX", "TNX", "DXY"})

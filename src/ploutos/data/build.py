@@ -32,6 +32,7 @@ from ploutos.data.macro import SERIES, load_macro, macro_csv_path
 from ploutos.data.sources.base import BarSource
 from ploutos.data.validate import Repair, check, gaps
 from ploutos.errors import DataError
+from ploutos.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -394,11 +395,7 @@ def _count_rules(repairs: list[dict[str, Any]]) -> dict[str, int]:
 
 
 def _bar(items: list[str], progress: bool, desc: str) -> Any:
-    if not progress:
-        return items
-    from tqdm import tqdm
-
-    return tqdm(items, desc=desc, unit="ticker")
+    return progress_bar(items, enabled=progress, desc=desc, unit="ticker")
 
 
 def _last_whole_hour() -> datetime:

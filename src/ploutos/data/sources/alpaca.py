@@ -19,8 +19,8 @@ Why it is built this way:
 
 from __future__ import annotations
 
+import functools
 import os
-import sys
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
@@ -31,13 +31,13 @@ from alpaca.data.enums import Adjustment, DataFeed
 from alpaca.data.historical.stock import StockHistoricalDataClient
 from alpaca.data.requests import StockBarsRequest
 from alpaca.data.timeframe import TimeFrame
-from tqdm.auto import tqdm
 
 from ploutos.config.sections import DataConfig
 from ploutos.data.bars import canonical, empty_bars, to_utc, utc_datetime
 from ploutos.data.sources.base import BarSource
 from ploutos.data.sources.retry import Transient, one_line, retry_call, scrub
 from ploutos.errors import SourceError
+from ploutos.progress import progress_bar
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -72,14 +72,14 @@ class AlpacaSource(BarSource):
     def fetch(self, ticker: str, start: datetime | None, end: datetime | None) -> pl.DataFrame:
         """Bars of ``ticker`` with ``start <= timestamp < end``; raises :class:`SourceError` on failure."""
         key, secret = _keys()
-        client = _client(key, secret, self.cfg.alpaca_url)
+        client = _client(key, secret, self.cfg.alpaca_url, self.cfg.request_timeout_s)
         lo = utc_datetime(start) or EARLIEST
         hi = utc_datetime(end) or datetime.now(timezone.utc)
         if lo >= hi:
             raise SourceError(f"alpaca {ticker}: empty range {lo:%Y-%m-%d %H:%M} .. {hi:%Y-%m-%d %H:%M} UTC")
         windows = chunks(lo, hi, CHUNK)
         frames = []
-        bar = tqdm(total=len(windows), desc=f"alpaca {ticker}", unit="chunk", disable=not self._show_progress())
+        bar = progress_bar(total=len(windows), desc=f"alpaca {ticker}", unit="chunk", enabled=self.progress)
         with bar:
             for a, b in windows:
                 what = f"alpaca {ticker} {a:%Y-%m-%d %H:%M}..{b:%Y-%m-%d %H:%M} UTC"
@@ -99,9 +99,6 @@ class AlpacaSource(BarSource):
                 f"{self.cfg.alpaca_feed}; check the symbol and the date range"
             )
         return bars.unique(subset=["timestamp"], keep="first", maintain_order=True)
-
-    def _show_progress(self) -> bool:
-        return self.progress and sys.stderr.isatty()
 
     def _fetch_chunk(
         self,
@@ -163,10 +160,20 @@ def _keys() -> tuple[str, str]:
     return key, secret
 
 
-def _client(key: str, secret: str, url: str | None) -> StockHistoricalDataClient:
+def _client(key: str, secret: str, url: str | None, timeout_s: float) -> StockHistoricalDataClient:
     client = StockHistoricalDataClient(api_key=key, secret_key=secret, url_override=url or None)
     _disable_builtin_retry(client)
+    _set_timeout(client, timeout_s)
     return client
+
+
+def _set_timeout(client: StockHistoricalDataClient, timeout_s: float) -> None:
+    """Give every request a timeout: alpaca-py sets none, so a server that stalls would hang the build."""
+    session = getattr(client, "_session", None)
+    if session is None:
+        raise SourceError("alpaca: this alpaca-py version has no _session; pin alpaca-py < 1 (tested with 0.44)")
+    send = session.request
+    session.request = functools.partial(send, timeout=timeout_s)
 
 
 def _disable_builtin_retry(client: StockHistoricalDataClient) -> None:

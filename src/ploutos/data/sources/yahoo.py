@@ -121,6 +121,7 @@ def _day(value: datetime | None, default: str) -> str:
 def _history(cfg: DataConfig, symbol: str, what: str, **kwargs: Any) -> pd.DataFrame:
     """``yf.Ticker(symbol).history(**kwargs)`` with our retries; a non-empty frame or a :class:`SourceError`."""
     session = make_session(cfg.yahoo_url)
+    kwargs["timeout"] = cfg.request_timeout_s
     if kwargs.get("start") is None:
         kwargs.pop("start", None)
         kwargs["period"] = "max"

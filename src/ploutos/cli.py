@@ -89,14 +89,90 @@ def _format_info(info: dict) -> str:
     return "\n".join(lines)
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    """The main job: every pipeline stage that exists, in order, on one config."""
-    from ploutos.data.build import build_dataset
+def cmd_features_list(args: argparse.Namespace) -> int:
+    from ploutos.features import all_specs
 
     config = _load(args)
-    print(f"[1/1] data: building {config.data.store} from {config.data.source}", flush=True)
-    report = build_dataset(config.data, progress=not args.no_progress)
-    print(report.summary())
+    macro = [f"macro_{name}" for name in config.data.macro]
+    specs = all_specs(config.features, n_tickers=len(config.data.tickers), macro_columns=macro)
+    if args.markdown:
+        print("| feature | kind | warm-up | definition |\n| --- | --- | ---: | --- |")
+        for spec in specs:
+            print(f"| `{spec.name}` | {spec.kind} | {spec.warmup} | {spec.definition} |")
+    else:
+        width = max(len(spec.name) for spec in specs)
+        for spec in specs:
+            print(f"{spec.name:<{width}}  {spec.kind:<11}  warm-up {spec.warmup:>3}  {spec.definition}")
+    counts = {kind: sum(s.kind == kind for s in specs) for kind in ("raw", "observation", "macro", "cross")}
+    summary = ", ".join(f"{n} {kind}" for kind, n in counts.items() if n)
+    separator = "\n" if args.markdown else ""
+    print(f"{separator}{len(specs)} features ({summary}) for {len(config.data.tickers)} ticker(s)")
+    return 0
+
+
+def cmd_features_compute(args: argparse.Namespace) -> int:
+    from ploutos.data.inspect import read_bars_path
+    from ploutos.data.store import read_dataset
+    from ploutos.data.validate import check
+    from ploutos.features import compute
+    from ploutos.results.files import atomic_path
+
+    config = _load(args)
+    source, out = Path(args.input), Path(args.out)
+    if not out.parent.is_dir():  # before the work, not after it
+        raise PloutosError(f"{out}: the folder {out.parent} does not exist")
+    if source.is_dir():
+        bars = read_dataset(source)
+    else:
+        bars, _ = check(
+            read_bars_path(source, config.data),
+            config.data.on_invalid,
+            path=str(source),
+            max_gap_bars=None,
+        )
+    features = compute(bars, config.features)
+    with atomic_path(out) as tmp:
+        features.write_parquet(tmp)
+    tickers = features["ticker"].n_unique()
+    print(f"{args.out}: {features.height} rows x {features.width - 2} features for {tickers} ticker(s)")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Benchmarks print their figures and ratios against a baseline measured in the same run."""
+    from ploutos.bench import features as bench_features
+
+    benches = {"features": bench_features.main}
+    return benches[args.bench](args.rest)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """The main job: every pipeline stage that exists, in order, on one config."""
+    import time
+
+    from ploutos.data.build import build_dataset
+    from ploutos.features import normalize
+    from ploutos.features.pipeline import load_bars, months_after, observation_arrays
+
+    config = _load(args)
+    print(f"[1/2] data: building {config.data.store} from {config.data.source}", flush=True)
+    print(build_dataset(config.data, progress=not args.no_progress).summary(), flush=True)
+
+    print("[2/2] features: computing, aligning, normalizing on the first training window", flush=True)
+    started = time.perf_counter()
+    bars = load_bars(config)
+    arrays = observation_arrays(bars, config)
+    train_end = months_after(arrays.timestamps[0], config.walkforward.train_months)
+    train_rows = arrays.rows_between(None, train_end)
+    normalized, stats = normalize(arrays, train_rows, config.features)
+    time_steps, assets, features = normalized.shape
+    print(
+        f"{features} observation features x {assets} asset(s) x {time_steps} bars "
+        f"({int(normalized.valid.sum())} valid) in {time.perf_counter() - started:.2f} s; "
+        f"normalized on {train_rows.stop - train_rows.start} bars up to {train_end}"
+        + (f"; constant in that window: {', '.join(stats.constant)}" if stats.constant else ""),
+        flush=True,
+    )
     return 0
 
 
@@ -128,6 +204,21 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("path", help="dataset directory, Parquet or CSV file")
     info.add_argument("--json", action="store_true", help="machine-readable output")
     info.set_defaults(handler=cmd_data_info)
+
+    features = commands.add_parser("features", help="list and compute features")
+    feature_commands = features.add_subparsers(dest="features_command", metavar="SUBCOMMAND", required=True)
+    listing = feature_commands.add_parser("list", parents=[common], help="every feature with definition and warm-up")
+    listing.add_argument("--markdown", action="store_true", help="as a markdown table")
+    listing.set_defaults(handler=cmd_features_list)
+    compute = feature_commands.add_parser("compute", parents=[common], help="compute raw features of a bars file")
+    compute.add_argument("input", help="CSV or Parquet bars, or a dataset directory")
+    compute.add_argument("--out", required=True, help="output Parquet file")
+    compute.set_defaults(handler=cmd_features_compute)
+
+    bench = commands.add_parser("bench", help="benchmarks: speed against a baseline measured in the same run")
+    bench.add_argument("bench", choices=["features"], help="what to benchmark")
+    bench.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark (--quick, --repeats N)")
+    bench.set_defaults(handler=cmd_bench)
     return parser
 
 

@@ -49,3 +49,7 @@ def first_line(err: BaseException) -> str:
     """The first line of an exception's text, for wrapping library errors into one-line messages."""
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
+
+
+class FeatureError(PloutosError):
+    """Features cannot be built as configured: a saturating feature, too little data to fit on."""

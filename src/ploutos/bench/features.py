@@ -1,0 +1,330 @@
+"""``ploutos bench features``: the feature engine against TA-Lib and the pandas ``ta`` library.
+
+Three measurements in one run, on the same machine and the same synthetic bars:
+
+* the full feature set (:func:`ploutos.features.compute`) on one ticker of 100k bars, and TA-Lib
+  computing the equivalent set (:func:`talib_equivalent`) on the same bars; the ratio
+  ploutos / TA-Lib should be <= 1.0;
+* the full set on 15 tickers x 50k bars (one call; Polars runs the tickers in parallel), which
+  should take under 0.5 s on 2 cores;
+* ``ta.add_all_ta_features`` (pandas) on the same 100k bars, timed once because it is slow.
+
+Benchmarks report; they never fail: a missed target prints ``MISS`` and the exit code stays 0.
+The CLI calls :func:`main` with its arguments (``[--quick] [--repeats N]``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+import polars as pl
+
+from ploutos.bench.timing import Timing, format_ms, time_call
+
+WINDOWS = (5, 10, 20, 50, 100, 200)
+"""Windows of the SMA/EMA/std/z-score outputs (the default ``FeaturesConfig.windows``)."""
+RETURN_HORIZONS = (1, 2, 4, 8, 16, 32, 64)
+LEVEL_WINDOWS = (20, 50, 100, 200)
+FLOW_WINDOWS = (20, 100)
+RSI_WINDOWS = (7, 14, 28)
+ROC_WINDOWS = (5, 10, 20)
+
+TALIB_RATIO_TARGET = 1.0
+"""ploutos time / TA-Lib time on one ticker's 100k bars must be at or below this."""
+MULTI_TARGET_MS = 500.0
+"""15 tickers x 50k bars must take less than this (on 2 cores)."""
+PANDAS_QUICK_BARS = 20_000
+"""With ``--quick``, pandas ``ta`` runs on this many bars and its time is scaled up linearly."""
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """One line of the report."""
+
+    label: str
+    """What was measured, e.g. ``features 1 x 100k bars``."""
+    subject: str
+    """Who was timed: ``ploutos`` or ``pandas ta``."""
+    timing: Timing
+    outputs: int
+    """Columns produced (features for ploutos, outputs for the baselines)."""
+    baseline: str | None = None
+    """Name of what this is compared with in the same run (``TA-Lib``)."""
+    baseline_timing: Timing | None = None
+    baseline_outputs: int | None = None
+    target: str = ""
+    """Human-readable target, e.g. ``ratio <= 1.0``."""
+    passed: bool | None = None
+    """Whether the target was met (None: no target)."""
+    scale: float = 1.0
+    """Factor applied to the measured times (``--quick`` pandas runs on fewer bars)."""
+    note: str = ""
+
+    @property
+    def ms(self) -> float:
+        """Median time in ms, scaled."""
+        return self.timing.median_ms * self.scale
+
+    @property
+    def ratio(self) -> float | None:
+        """Median time over the baseline's median time, both from this run."""
+        if self.baseline_timing is None:
+            return None
+        return self.ms / self.baseline_timing.median_ms
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs
+# --------------------------------------------------------------------------------------------
+
+
+def synthetic_bars(n_tickers: int, n_bars: int) -> pl.DataFrame:
+    """``n_tickers`` synthetic tickers (``T00``, ``T01``...) of ``n_bars`` hourly 24x7 bars each, stacked."""
+    from ploutos.config import DataConfig
+    from ploutos.data.sources.synthetic import SyntheticSource
+
+    tickers = tuple(f"T{i:02d}" for i in range(n_tickers))
+    cfg = replace(DataConfig(), source="synthetic", session="24x7", tickers=tickers, synthetic_bars=n_bars)
+    source = SyntheticSource(cfg)
+    return pl.concat([source.fetch(t, None, None) for t in tickers], how="vertical")
+
+
+def _ohlcv(bars: pl.DataFrame) -> tuple[np.ndarray, ...]:
+    return tuple(bars[name].to_numpy() for name in ("open", "high", "low", "close", "volume"))
+
+
+# --------------------------------------------------------------------------------------------
+# TA-Lib baseline
+# --------------------------------------------------------------------------------------------
+
+
+def talib_equivalent(bars_one_ticker: pl.DataFrame) -> dict[str, np.ndarray]:
+    """TA-Lib (plus the numpy arithmetic it needs) computing the equivalent of our feature set.
+
+    On numpy float64 arrays of one ticker, no guards against 0/0 beyond what TA-Lib does itself:
+
+    * TA-Lib indicators (37): SMA and EMA at the 6 windows, RSI 7/14/28, MACD (3), BBANDS (3),
+      ATR, NATR, ADX, PLUS_DI, MINUS_DI, CCI, WILLR, MFI, STOCH (2), OBV, AD, ROC 5/10/20, MOM;
+    * realized volatility (6): STDDEV of 1-bar log returns at the 6 windows (rescaled to ddof=1);
+    * z-scores (12): ``(x - SMA) / STDDEV`` at the 6 windows, for close and log(1 + volume);
+    * distances to support/resistance (8): log(close / MAX(high)) and log(close / MIN(low)) at
+      20/50/100/200;
+    * numpy ratios of the above (24): log returns at 7 horizons, log(close / SMA) and
+      log(close / EMA) at the 6 windows, log(SMA_fast / SMA_slow) for the 5 adjacent pairs;
+    * flow z-scores (4): OBV and A/D z-scores at 20 and 100 bars.
+
+    Ours computes more (Parkinson and Garman-Klass volatility, candle shape, clock features, and
+    the rescaled oscillators); those are left out here, which favours TA-Lib.
+    """
+    import talib
+
+    o, h, lo, c, v = _ohlcv(bars_one_ticker)
+    out: dict[str, np.ndarray] = {}
+    sma = {n: talib.SMA(c, n) for n in WINDOWS}
+    ema = {n: talib.EMA(c, n) for n in WINDOWS}
+    out.update({f"sma_{n}": x for n, x in sma.items()})
+    out.update({f"ema_{n}": x for n, x in ema.items()})
+    for n in RSI_WINDOWS:
+        out[f"rsi_{n}"] = talib.RSI(c, n)
+    out["macd"], out["macd_signal"], out["macd_hist"] = talib.MACD(c, 12, 26, 9)
+    out["bb_upper_20"], out["bb_middle_20"], out["bb_lower_20"] = talib.BBANDS(c, 20, 2.0, 2.0)
+    out["atr_14"] = talib.ATR(h, lo, c, 14)
+    out["natr_14"] = talib.NATR(h, lo, c, 14)
+    out["adx_14"] = talib.ADX(h, lo, c, 14)
+    out["plus_di_14"] = talib.PLUS_DI(h, lo, c, 14)
+    out["minus_di_14"] = talib.MINUS_DI(h, lo, c, 14)
+    out["cci_20"] = talib.CCI(h, lo, c, 20)
+    out["willr_14"] = talib.WILLR(h, lo, c, 14)
+    out["mfi_14"] = talib.MFI(h, lo, c, v, 14)
+    out["stoch_k"], out["stoch_d"] = talib.STOCH(h, lo, c, 14, 3, 0, 3, 0)
+    out["obv"] = talib.OBV(c, v)
+    out["ad"] = talib.AD(h, lo, c, v)
+    for n in ROC_WINDOWS:
+        out[f"roc_{n}"] = talib.ROC(c, n)
+    out["mom_10"] = talib.MOM(c, 10)
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_c = np.log(c)
+        for n in RETURN_HORIZONS:
+            ret = np.full_like(c, np.nan)
+            ret[n:] = log_c[n:] - log_c[:-n]
+            out[f"ret_{n}"] = ret
+        ret_1 = out["ret_1"]
+        log_v = np.log1p(v)
+        for n in WINDOWS:
+            out[f"rvol_{n}"] = talib.STDDEV(ret_1, n, 1.0) * np.sqrt(n / (n - 1))
+            out[f"close_z_{n}"] = (c - sma[n]) / talib.STDDEV(c, n, 1.0)
+            out[f"volume_z_{n}"] = (log_v - talib.SMA(log_v, n)) / talib.STDDEV(log_v, n, 1.0)
+            out[f"close_sma_{n}"] = log_c - np.log(sma[n])
+            out[f"close_ema_{n}"] = log_c - np.log(ema[n])
+        for fast, slow in zip(WINDOWS, WINDOWS[1:], strict=False):
+            out[f"sma_{fast}_{slow}"] = np.log(sma[fast] / sma[slow])
+        for n in LEVEL_WINDOWS:
+            out[f"to_high_{n}"] = log_c - np.log(talib.MAX(h, n))
+            out[f"to_low_{n}"] = log_c - np.log(talib.MIN(lo, n))
+        for n in FLOW_WINDOWS:
+            for name in ("obv", "ad"):
+                x = out[name]
+                out[f"{name}_z_{n}"] = (x - talib.SMA(x, n)) / talib.STDDEV(x, n, 1.0)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# pandas baseline
+# --------------------------------------------------------------------------------------------
+
+
+def pandas_ta_all(bars_one_ticker: pl.DataFrame):  # -> pandas.DataFrame
+    """``ta.add_all_ta_features`` (the pandas ``ta`` library) on one ticker's bars."""
+    import ta
+
+    frame = bars_one_ticker.select("open", "high", "low", "close", "volume").to_pandas()
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        return ta.add_all_ta_features(frame, "open", "high", "low", "close", "volume", fillna=False)
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------
+
+
+def _k(n: int) -> str:
+    return f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n)
+
+
+def _feature_count(frame: pl.DataFrame) -> int:
+    return frame.width - 2  # timestamp, ticker
+
+
+def run(
+    quick: bool = False,
+    repeats: int = 5,
+    *,
+    warmup: int = 1,
+    bars: int = 100_000,
+    tickers: int = 15,
+    bars_per_ticker: int = 50_000,
+    pandas: bool = True,
+    pandas_bars: int | None = None,
+    log: Callable[[str], None] | None = None,
+) -> list[BenchResult]:
+    """Time ploutos, TA-Lib and (if ``pandas``) pandas ``ta``; one :class:`BenchResult` per report line.
+
+    ``quick`` runs pandas ``ta`` on :data:`PANDAS_QUICK_BARS` bars (or ``pandas_bars``) and
+    scales its time linearly to ``bars``. Each ploutos and TA-Lib measurement starts with ``warmup``
+    untimed runs. ``log`` receives progress messages.
+    """
+    from ploutos.features import compute
+
+    say = log or (lambda _msg: None)
+    one = synthetic_bars(1, bars)
+    label = f"features 1 x {_k(bars)} bars"
+
+    say(f"timing {label} ...")
+    ours = time_call(lambda: compute(one), repeats=repeats, warmup=warmup)
+    talib_timing = time_call(lambda: talib_equivalent(one), repeats=repeats, warmup=warmup)
+    ratio = ours.median_ms / talib_timing.median_ms
+    results = [
+        BenchResult(
+            label,
+            "ploutos",
+            ours,
+            _feature_count(ours.result),
+            baseline="TA-Lib",
+            baseline_timing=talib_timing,
+            baseline_outputs=len(talib_timing.result),
+            target=f"ratio <= {TALIB_RATIO_TARGET:.1f}",
+            passed=ratio <= TALIB_RATIO_TARGET,
+        )
+    ]
+
+    many = synthetic_bars(tickers, bars_per_ticker)
+    label = f"features {tickers} x {_k(bars_per_ticker)} bars"
+    say(f"timing {label} ...")
+    multi = time_call(lambda: compute(many), repeats=repeats, warmup=warmup)
+    results.append(
+        BenchResult(
+            label,
+            "ploutos",
+            multi,
+            _feature_count(multi.result),
+            target=f"< {MULTI_TARGET_MS:.0f} ms",
+            passed=multi.median_ms < MULTI_TARGET_MS,
+        )
+    )
+
+    if pandas:
+        n = min(pandas_bars or (PANDAS_QUICK_BARS if quick else bars), bars)
+        scale = bars / n
+        note = f"measured on {_k(n)} bars, scaled x{scale:g}" if n < bars else ""
+        say(f"timing pandas ta on {_k(n)} bars (once) ...")
+        slow = time_call(lambda: pandas_ta_all(one.head(n)), repeats=1, warmup=0)
+        added = slow.result.shape[1] - 5
+        results.append(BenchResult(f"pandas ta 1 x {_k(bars)} bars", "pandas ta", slow, added, scale=scale, note=note))
+    return results
+
+
+def format_results(results: Sequence[BenchResult]) -> list[str]:
+    """The report lines: one per result, ratios against the baselines and PASS/MISS."""
+    lines = []
+    ploutos_one = next((r for r in results if r.subject == "ploutos" and r.baseline == "TA-Lib"), None)
+    for r in results:
+        verdict = "" if r.passed is None else (" PASS" if r.passed else " MISS")
+        if r.subject == "ploutos" and r.baseline_timing is not None:
+            lines.append(
+                f"{r.label}: ploutos {format_ms(r.ms)} ({r.outputs} features) | "
+                f"{r.baseline} {format_ms(r.baseline_timing.median_ms)} ({r.baseline_outputs} outputs) | "
+                f"ratio {r.ratio:.2f} (target {r.target}){verdict}"
+            )
+        elif r.subject == "ploutos":
+            lines.append(f"{r.label}: ploutos {format_ms(r.ms)} ({r.outputs} features) | target {r.target}{verdict}")
+        else:
+            line = f"{r.label}: {format_ms(r.ms)} ({r.outputs} outputs"
+            line += f"; {r.note})" if r.note else ")"
+            if ploutos_one is not None:
+                line += f" | ploutos is {r.ms / ploutos_one.ms:.0f}x faster"
+            lines.append(line)
+    return lines
+
+
+def environment_line(repeats: int) -> str:
+    """Machine, thread pool and timing method, printed above the results."""
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        usable = os.cpu_count() or 0
+    import talib
+
+    return (
+        f"cores: {usable} usable of {os.cpu_count()} | polars {pl.__version__} threads {pl.thread_pool_size()} | "
+        f"TA-Lib {talib.__version__} (single-threaded) | {platform.python_implementation()} "
+        f"{platform.python_version()} | median of {repeats} runs after 1 warm-up"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``ploutos bench features [--quick] [--repeats N]``: run and print; always returns 0."""
+    parser = argparse.ArgumentParser(prog="ploutos bench features", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--quick", action="store_true", help=f"pandas ta on {_k(PANDAS_QUICK_BARS)} bars, time scaled up"
+    )
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (default 5)")
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be >= 1")
+    print(environment_line(args.repeats), flush=True)
+    results = run(quick=args.quick, repeats=args.repeats, log=lambda msg: print(msg, flush=True))
+    for line in format_results(results):
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

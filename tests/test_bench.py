@@ -1,0 +1,79 @@
+"""Smoke tests of the benchmark harness and ``ploutos bench features`` (no speed assertions)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ploutos.bench import features as bench
+from ploutos.bench.timing import Timing, format_ms, time_call
+
+
+def test_time_call_counts_repeats_and_keeps_the_result():
+    calls = []
+    timing = time_call(lambda: calls.append(1) or len(calls), repeats=3, warmup=2)
+    assert len(calls) == 5
+    assert timing.repeats == 3
+    assert timing.result == 5
+    assert 0 <= timing.min_ms <= timing.median_ms
+    with pytest.raises(ValueError):
+        time_call(lambda: None, repeats=0)
+
+
+def test_format_ms():
+    assert format_ms(9600.0) == "9.6 s"
+    assert format_ms(412.3) == "412 ms"
+    assert format_ms(31.24) == "31.2 ms"
+    assert format_ms(3.141) == "3.14 ms"
+    assert "median" in str(Timing((1.0, 2.0, 3.0)))
+
+
+def test_talib_equivalent_outputs_match_the_bars():
+    bars = bench.synthetic_bars(1, 3_000)
+    out = bench.talib_equivalent(bars)
+    assert len(out) >= 85
+    for name, values in out.items():
+        assert values.shape == (3_000,), name
+        assert np.isfinite(values[-1]), name  # every output is defined after the longest warm-up
+
+
+def test_run_small_reports_every_line():
+    results = bench.run(quick=True, repeats=1, warmup=0, bars=5_000, tickers=3, bars_per_ticker=2_000, pandas=False)
+    assert [r.subject for r in results] == ["ploutos", "ploutos"]
+    single, multi = results
+    assert single.baseline == "TA-Lib"
+    assert single.baseline_outputs >= 85
+    assert single.outputs > 100 and multi.outputs >= single.outputs
+    for r in results:
+        assert r.ms > 0 and r.timing.repeats == 1
+        assert r.passed in (True, False)
+    assert single.baseline_timing.median_ms > 0 and single.ratio > 0
+    lines = bench.format_results(results)
+    assert lines[0].startswith("features 1 x 5k bars: ploutos ")
+    assert "TA-Lib" in lines[0] and "ratio" in lines[0]
+    assert lines[1].startswith("features 3 x 2k bars: ploutos ")
+    assert all(line.endswith(("PASS", "MISS")) for line in lines)
+
+
+def test_pandas_ta_line_is_scaled_in_quick_mode():
+    results = bench.run(quick=True, repeats=1, warmup=0, bars=2_000, tickers=2, bars_per_ticker=500, pandas_bars=1_000)
+    pandas_line = results[-1]
+    assert pandas_line.subject == "pandas ta"
+    assert pandas_line.scale == 2.0 and "scaled x2" in pandas_line.note
+    assert pandas_line.outputs > 50
+    assert "x faster" in bench.format_results(results)[-1]
+
+
+def test_main_prints_and_returns_zero(monkeypatch, capsys):
+    small = bench.run
+
+    def tiny(quick=False, repeats=5, **kwargs):
+        return small(
+            quick, repeats, warmup=0, bars=1_000, tickers=2, bars_per_ticker=500, pandas=False, log=kwargs.get("log")
+        )
+
+    monkeypatch.setattr(bench, "run", tiny)
+    assert bench.main(["--quick", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "threads" in out and "cores" in out
+    assert "features 1 x 1k bars" in out

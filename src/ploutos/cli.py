@@ -150,6 +150,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     """The main job: every pipeline stage that exists, in order, on one config."""
     import time
 
+    import numpy as np
+
     from ploutos.data.build import build_dataset
     from ploutos.features import normalize
     from ploutos.features.pipeline import load_bars, months_after, observation_arrays
@@ -166,13 +168,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     train_rows = arrays.rows_between(None, train_end)
     normalized, stats = normalize(arrays, train_rows, config.features)
     time_steps, assets, features = normalized.shape
+    worst = ", ".join(f"{n} {share:.2%}" for n, share in sorted(stats.saturation.items(), key=lambda kv: -kv[1])[:3])
     print(
         f"{features} observation features x {assets} asset(s) x {time_steps} bars "
         f"({int(normalized.valid.sum())} valid) in {time.perf_counter() - started:.2f} s; "
-        f"normalized on {train_rows.stop - train_rows.start} bars up to {train_end}"
-        + (f"; constant in that window: {', '.join(stats.constant)}" if stats.constant else ""),
+        f"normalized on {train_rows.stop - train_rows.start} bars up to {np.datetime_as_string(train_end, unit='m')}Z",
         flush=True,
     )
+    print(f"share at the clip bound ±{config.features.clip:g} (limit {config.features.max_saturation:.1%}): {worst}")
+    if stats.constant:
+        print(f"constant in the training window (scaled to 0): {', '.join(stats.constant)}")
     return 0
 
 

@@ -9,7 +9,7 @@ calm window, a heavy tail) and the build stops naming it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -34,6 +34,8 @@ class NormStats:
     """(F,) float64, > 0; 1 for a feature that was constant in the window."""
     constant: tuple[str, ...]
     """Features with no spread in the window (they normalize to 0)."""
+    saturation: dict[str, float] = field(default_factory=dict)
+    """Share of each feature's valid values at the clip bound once scaled (filled in by :func:`normalize`)."""
 
 
 def fit(arrays: FeatureArrays, rows: slice, method: Method) -> NormStats:
@@ -82,16 +84,18 @@ def normalize(arrays: FeatureArrays, train_rows: slice, cfg: FeaturesConfig) -> 
     through is exactly what the check is for.
     """
     stats = fit(arrays, train_rows, cfg.normalize)
-    scaled = transform(arrays, stats, cfg.clip) if cfg.normalize != "none" else arrays
-    if cfg.normalize != "none":
-        shares = saturation(scaled, cfg.clip)
-        offenders = sorted(((s, n) for n, s in shares.items() if s > cfg.max_saturation), reverse=True)
-        if offenders:
-            listed = ", ".join(f"{name} {share:.1%}" for share, name in offenders[:5])
-            more = f" and {len(offenders) - 5} more" if len(offenders) > 5 else ""
-            raise FeatureError(
-                f"feature(s) saturate at the clip bound ±{cfg.clip:g} above features.max_saturation "
-                f"{cfg.max_saturation:.1%}: {listed}{more}; raise features.clip, use features.normalize: robust, "
-                "or lengthen the training window"
-            )
+    if cfg.normalize == "none":
+        return arrays, stats
+    scaled = transform(arrays, stats, cfg.clip)
+    shares = saturation(scaled, cfg.clip)
+    stats = replace(stats, saturation=shares)
+    offenders = sorted(((s, n) for n, s in shares.items() if s > cfg.max_saturation), reverse=True)
+    if offenders:
+        listed = ", ".join(f"{name} {share:.1%}" for share, name in offenders[:5])
+        more = f" and {len(offenders) - 5} more" if len(offenders) > 5 else ""
+        raise FeatureError(
+            f"feature(s) saturate at the clip bound ±{cfg.clip:g} above features.max_saturation "
+            f"{cfg.max_saturation:.1%}: {listed}{more}; raise features.clip, use features.normalize: robust, "
+            "or lengthen the training window"
+        )
     return scaled, stats

@@ -25,6 +25,15 @@ if ! python3 -c 'import venv, sysconfig, os; assert os.path.exists(sysconfig.get
     say "missing system packages: ${missing[*]} (run as root or install them)"; exit 1
   fi
 fi
+# Open MPI for multi-rank nodes and the cluster tests (mpirun -n 2); conda environments bring their own.
+if ! command -v mpirun >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "apt-get install openmpi-bin libopenmpi-dev"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openmpi-bin libopenmpi-dev >/dev/null
+  else
+    say "no mpirun: MPI runs and the cluster tests need Open MPI (openmpi-bin libopenmpi-dev, or conda's openmpi)"
+  fi
+fi
 
 if [ ! -x "$venv/bin/python" ]; then
   say "creating virtual environment $venv"
@@ -32,14 +41,23 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
 stamp="$venv/.ploutos-installed"
-if [ ! -f "$stamp" ] || [ "$repo/pyproject.toml" -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ "$repo/pyproject.toml" -nt "$stamp" ] \
+   || ! "$venv/bin/python" -c 'import mpi4py' 2>/dev/null; then
   # The CPU build of torch first: a bare torch requirement would pull a multi-GB CUDA build.
   if ! "$venv/bin/python" -c 'import torch' 2>/dev/null; then
     say "installing torch (CPU build)"
     "${pip[@]}" install "${PLOUTOS_TORCH_SPEC:-torch==2.13.0}"
   fi
   say "installing ploutos and its dependencies"
-  "${pip[@]}" install -e "$repo[dev]"
+  "${pip[@]}" install -e "$repo[dev,mpi]"
   touch "$stamp"
+fi
+if command -v mpirun >/dev/null 2>&1; then
+  check='from mpi4py import MPI; print(MPI.Get_library_version().replace("\0", "").split(",")[0])'
+  if mpi="$("$venv/bin/python" -c "$check" 2>&1)"; then
+    say "mpi4py uses $mpi"
+  else
+    say "mpi4py does not load with this MPI: ${mpi##*$'\n'}"
+  fi
 fi
 say "ready: $venv"

@@ -141,26 +141,48 @@ def cmd_features_compute(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     """Benchmarks print their figures and ratios against a baseline measured in the same run."""
     from ploutos.bench import features as bench_features
+    from ploutos.bench import memory as bench_memory
 
-    benches = {"features": bench_features.main}
+    benches = {"features": bench_features.main, "memory": bench_memory.main}
     return benches[args.bench](args.rest)
+
+
+def cmd_hardware(args: argparse.Namespace) -> int:
+    from ploutos.hardware import cli_hardware
+
+    return cli_hardware(_load(args))
+
+
+def cmd_shm_list(args: argparse.Namespace) -> int:
+    from ploutos.shm import cli_list
+
+    return cli_list(args)
+
+
+def cmd_shm_clean(args: argparse.Namespace) -> int:
+    from ploutos.shm import cli_clean
+
+    return cli_clean(args)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """The main job: every pipeline stage that exists, in order, on one config."""
+    import hashlib
     import time
 
     import numpy as np
 
+    from ploutos.config import config_hash
     from ploutos.data.build import build_dataset
     from ploutos.features import normalize
     from ploutos.features.pipeline import load_bars, months_after, observation_arrays
+    from ploutos.parallel import digest_from_worker, node_feature_store
 
     config = _load(args)
-    print(f"[1/2] data: building {config.data.store} from {config.data.source}", flush=True)
+    print(f"[1/3] data: building {config.data.store} from {config.data.source}", flush=True)
     print(build_dataset(config.data, progress=not args.no_progress).summary(), flush=True)
 
-    print("[2/2] features: computing, aligning, normalizing on the first training window", flush=True)
+    print("[2/3] features: computing, aligning, normalizing on the first training window", flush=True)
     started = time.perf_counter()
     bars = load_bars(config)
     arrays = observation_arrays(bars, config)
@@ -178,6 +200,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"share at the clip bound ±{config.features.clip:g} (limit {config.features.max_saturation:.1%}): {worst}")
     if stats.constant:
         print(f"constant in the training window (scaled to 0): {', '.join(stats.constant)}")
+
+    print("[3/3] node store: one copy in /dev/shm, read back by an env worker", flush=True)
+    fingerprint = config_hash(config)
+    with node_feature_store(lambda: normalized, config_hash=fingerprint) as store:
+        seen = digest_from_worker(store.name, fingerprint)
+        same = seen == hashlib.sha256(store.values.tobytes()).hexdigest()
+        verdict = "identical" if same else "DIFFERENT"
+        print(f"{store.name}: {store.nbytes / 2**20:.1f} MB; an env worker read {verdict} bytes")
+        if not same:
+            raise PloutosError(f"{store.name}: an env worker read different bytes than the owner wrote")
+    print(f"{store.name}: released")
     return 0
 
 
@@ -221,9 +254,21 @@ def build_parser() -> argparse.ArgumentParser:
     compute.set_defaults(handler=cmd_features_compute)
 
     bench = commands.add_parser("bench", help="benchmarks: speed against a baseline measured in the same run")
-    bench.add_argument("bench", choices=["features"], help="what to benchmark")
-    bench.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark (--quick, --repeats N)")
+    bench.add_argument("bench", choices=["features", "memory"], help="what to benchmark")
+    bench.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark (see --help after its name)")
     bench.set_defaults(handler=cmd_bench)
+
+    hardware = commands.add_parser("hardware", parents=[common], help="the plan for this machine and why")
+    hardware.set_defaults(handler=cmd_hardware)
+
+    shm = commands.add_parser("shm", help="shared-memory feature stores in /dev/shm")
+    shm_commands = shm.add_subparsers(dest="shm_command", metavar="SUBCOMMAND", required=True)
+    shm_commands.add_parser("list", help="every Ploutos segment, its job and whether it is alive").set_defaults(
+        handler=cmd_shm_list
+    )
+    clean = shm_commands.add_parser("clean", help="remove segments left by dead jobs (never a live one)")
+    clean.add_argument("--job", default=None, help="only this job's orphans")
+    clean.set_defaults(handler=cmd_shm_clean)
     return parser
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,3 +49,15 @@ def assert_one_line_error(result: Completed, *fragments: str) -> None:
     assert lines[0].startswith("ploutos: error: "), lines[0]
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_segment_outlives_the_suite():
+    """`ploutos shm list` must be empty after the suite: every store a test made is gone."""
+    shm_dir = Path(os.environ.get("PLOUTOS_SHM_DIR", "/dev/shm"))
+    before = {p.name for p in shm_dir.glob("ploutos_*")}
+    yield
+    deadline = time.monotonic() + 10  # reapers of killed owners need a moment
+    while (left := sorted({p.name for p in shm_dir.glob("ploutos_*")} - before)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not left, f"segments left in {shm_dir} after the test suite: {left}"

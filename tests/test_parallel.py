@@ -131,9 +131,14 @@ def _start_hanging_job(job: str) -> tuple[subprocess.Popen, list[dict]]:
                 ready.append(json.loads(line[len("RESULT ") :]))
                 if len(ready) == 2:
                     break
+        assert len(ready) == 2, "the MPI job did not get ready"
+    except BaseException:
+        # a job that hangs by design must not outlive a failed test (nor keep its segment)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        raise
     finally:
         timer.cancel()
-    assert len(ready) == 2, "the MPI job did not get ready"
     return proc, sorted(ready, key=lambda row: row["rank"])
 
 

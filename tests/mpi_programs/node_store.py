@@ -43,6 +43,12 @@ def synthetic(n_time: int = 20_000, n_asset: int = 4, n_feature: int = 16, seed:
     )
 
 
+def emit(result: dict) -> None:
+    """One ``RESULT`` line in one write(2): ranks share mpirun's stdout pipe, and a line written in
+    two calls (text, then newline) can interleave with another rank's line."""
+    os.write(1, ("RESULT " + json.dumps(result) + "\n").encode())
+
+
 def digest(store) -> str:
     return hashlib.sha256(store.values.tobytes()).hexdigest()
 
@@ -91,7 +97,7 @@ def main() -> int:
         config_hash = "other-config" if wrong else "test-config"
         store = node_feature_store(build, config_hash=config_hash, ctx=ctx, job=args.job)
     except PloutosError as err:
-        print("RESULT " + json.dumps({**common, "error": f"{type(err).__name__}: {err}"}), flush=True)
+        emit({**common, "error": f"{type(err).__name__}: {err}"})
         return 3
 
     ctx.node_barrier()  # everyone attached: the listing below is the node's steady state
@@ -115,7 +121,7 @@ def main() -> int:
         "segments": job_segments(args.job),
         "workers": workers,
     }
-    print("RESULT " + json.dumps(result), flush=True)
+    emit(result)
     if args.mode == "hang":
         time.sleep(120)
     ctx.node_barrier()  # nobody reads after the owner unlinks (their mappings would stay valid anyway)

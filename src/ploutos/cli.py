@@ -140,10 +140,17 @@ def cmd_features_compute(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Benchmarks print their figures and ratios against a baseline measured in the same run."""
+    from ploutos.bench import env as bench_env
     from ploutos.bench import features as bench_features
     from ploutos.bench import memory as bench_memory
+    from ploutos.bench import vecenv as bench_vecenv
 
-    benches = {"features": bench_features.main, "memory": bench_memory.main}
+    benches = {
+        "features": bench_features.main,
+        "memory": bench_memory.main,
+        "env": bench_env.main,
+        "vecenv": bench_vecenv.main,
+    }
     return benches[args.bench](args.rest)
 
 
@@ -254,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     compute.set_defaults(handler=cmd_features_compute)
 
     bench = commands.add_parser("bench", help="benchmarks: speed against a baseline measured in the same run")
-    bench.add_argument("bench", choices=["features", "memory"], help="what to benchmark")
+    bench.add_argument("bench", choices=["features", "memory", "env", "vecenv"], help="what to benchmark")
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark (see --help after its name)")
     bench.set_defaults(handler=cmd_bench)
 

@@ -173,6 +173,8 @@ class EnvConfig:
     """Slippage as this multiple of the bar's realized volatility."""
     impact_coef: float = 0.1
     """Square-root market impact coefficient (times sqrt of traded share of bar volume)."""
+    sec_fee_per_million: float = 0.0
+    """Regulatory fee on sells in currency per million of sell notional (US SEC Section 31: 27.80 in 2024)."""
     reward: Literal["log_return", "dsr"] = "log_return"
     """Reward: log return of equity, or the Moody-Saffell differential Sharpe ratio."""
     dsr_eta: float = 0.01
@@ -191,7 +193,7 @@ class EnvConfig:
     def __post_init__(self) -> None:
         _require(self.lookback >= 1, "lookback", "must be >= 1")
         _require(self.initial_cash > 0, "initial_cash", "must be > 0")
-        for key in ("commission_bps", "half_spread_bps", "slippage_vol_mult", "impact_coef"):
+        for key in ("commission_bps", "half_spread_bps", "slippage_vol_mult", "impact_coef", "sec_fee_per_million"):
             _require(getattr(self, key) >= 0, key, "costs cannot be negative")
         _require(0 < self.dsr_eta < 1, "dsr_eta", "must be between 0 and 1")
         _require(

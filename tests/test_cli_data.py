@@ -59,6 +59,9 @@ def test_run_is_the_main_job_on_the_embedded_default(ploutos, tmp_path: Path):
     result = ploutos("run", "--no-progress")
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "data/quickstart/manifest.json").is_file()
+    assert "an env worker read identical bytes" in result.stdout
+    assert "[4/4] env:" in result.stdout and "env steps at" in result.stdout
+    assert result.stdout.rstrip().endswith("released")
 
 
 @pytest.mark.parametrize(

@@ -186,10 +186,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ploutos.parallel import digest_from_worker, node_feature_store
 
     config = _load(args)
-    print(f"[1/3] data: building {config.data.store} from {config.data.source}", flush=True)
+    print(f"[1/4] data: building {config.data.store} from {config.data.source}", flush=True)
     print(build_dataset(config.data, progress=not args.no_progress).summary(), flush=True)
 
-    print("[2/3] features: computing, aligning, normalizing on the first training window", flush=True)
+    print("[2/4] features: computing, aligning, normalizing on the first training window", flush=True)
     started = time.perf_counter()
     bars = load_bars(config)
     arrays = observation_arrays(bars, config)
@@ -208,7 +208,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if stats.constant:
         print(f"constant in the training window (scaled to 0): {', '.join(stats.constant)}")
 
-    print("[3/3] node store: one copy in /dev/shm, read back by an env worker", flush=True)
+    print("[3/4] node store: one copy in /dev/shm, read back by an env worker", flush=True)
     fingerprint = config_hash(config)
     with node_feature_store(lambda: normalized, config_hash=fingerprint) as store:
         seen = digest_from_worker(store.name, fingerprint)
@@ -217,8 +217,43 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"{store.name}: {store.nbytes / 2**20:.1f} MB; an env worker read {verdict} bytes")
         if not same:
             raise PloutosError(f"{store.name}: an env worker read different bytes than the owner wrote")
+        _smoke_env(config, store.name, fingerprint, train_rows)
     print(f"{store.name}: released")
     return 0
+
+
+def _smoke_env(config, store_name: str, fingerprint: str, train_rows: slice) -> None:
+    """Step env workers over the node store with random actions: the path training will take."""
+    import time
+
+    import numpy as np
+
+    from ploutos.env.factory import StoreEnvFactory
+    from ploutos.env.vec import ShmVecEnv
+    from ploutos.hardware import plan
+
+    layout = plan(config)
+    factory = StoreEnvFactory(
+        store_name, fingerprint, config.env, (train_rows.start, train_rows.stop), config.data.bars_per_year
+    )
+    steps = 200
+    print(
+        f"[4/4] env: {layout.n_envs} env(s) in {layout.workers} worker(s) over the store, {steps} random steps",
+        flush=True,
+    )
+    venv = ShmVecEnv([factory] * layout.n_envs, envs_per_worker=layout.envs_per_worker)
+    try:
+        venv.seed(config.seed)
+        venv.action_space.seed(config.seed)
+        venv.reset()
+        started, episodes = time.perf_counter(), 0
+        for _ in range(steps):
+            _, _, dones, _ = venv.step(np.stack([venv.action_space.sample() for _ in range(venv.num_envs)]))
+            episodes += int(dones.sum())
+        rate = steps * venv.num_envs / (time.perf_counter() - started)
+    finally:
+        venv.close()
+    print(f"{steps * layout.n_envs} env steps at {rate:,.0f} steps/s; {episodes} episode(s) ended", flush=True)
 
 
 def build_parser() -> argparse.ArgumentParser:

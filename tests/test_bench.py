@@ -77,3 +77,23 @@ def test_main_prints_and_returns_zero(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "threads" in out and "cores" in out
     assert "features 1 x 1k bars" in out
+
+
+@pytest.mark.slow
+def test_bench_train_quick_reports_both_setups_and_the_ratio(ploutos, tmp_path):
+    import re
+
+    store = tmp_path / "quickstart"
+    result = ploutos("bench", "train", "--quick", "--set", f"data.store={store}", timeout=600)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    rates = {
+        label: float(match.group(1).replace(",", ""))
+        for label in ("ploutos", "plain SB3")
+        if (match := re.search(rf"^{label} +([\d,]+) steps/s", out, re.MULTILINE))
+    }
+    assert set(rates) == {"ploutos", "plain SB3"}, out
+    assert all(rate > 0 for rate in rates.values()), rates
+    assert re.search(r"^ratio ploutos / plain SB3: \d+\.\d\dx \(target >= 3x\)", out, re.MULTILINE), out
+    assert "warm-up" in out and "ShmVecEnv" in out and "SubprocVecEnv" in out
+    assert (store / "manifest.json").exists()  # the dataset was built in tmp_path, not in the repo

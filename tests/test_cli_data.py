@@ -56,12 +56,22 @@ def test_quickstart_build_writes_a_dataset_and_a_second_run_is_a_no_op(ploutos, 
 
 
 def test_run_is_the_main_job_on_the_embedded_default(ploutos, tmp_path: Path):
-    result = ploutos("run", "--no-progress")
+    budget = ("--set", "ppo.total_timesteps=512", "--set", "hardware.n_envs=2")
+    result = ploutos("run", "--no-progress", *budget)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "data/quickstart/manifest.json").is_file()
-    assert "an env worker read identical bytes" in result.stdout
-    assert "[4/4] env:" in result.stdout and "env steps at" in result.stdout
-    assert result.stdout.rstrip().endswith("released")
+    assert "3 folds x 2 members = 6 tasks" in result.stdout
+    assert "task 6/6 fold 2 member 1: 512 steps" in result.stdout
+    tasks = tmp_path / "results/quickstart/tasks"
+    assert sorted(p.name for p in tasks.glob("*.h5")) == sorted(
+        [f"fold{f}_member{m}.h5" for f in range(3) for m in range(2)] + [f"fold{f}_ensemble.h5" for f in range(3)]
+    )
+    table = result.stdout.split("[4/4]")[1].splitlines()[2:5]
+    assert [row.split()[0] for row in table] == ["0", "1", "2"]
+
+    again = ploutos("run", "--no-progress", *budget)  # the main job continues where it stopped
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.count("already done") == 6
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,8 @@ from ploutos.errors import PloutosError
 EXIT_USER_ERROR = 2
 EXIT_PROBLEMS_FOUND = 1
 EXIT_INTERRUPTED = 130
+EXIT_PREEMPTED = 3
+"""A task checkpointed after SIGUSR2/SIGTERM; the same command resumes it (Slurm requeues on this)."""
 
 
 def _config_options() -> argparse.ArgumentParser:
@@ -143,6 +145,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from ploutos.bench import env as bench_env
     from ploutos.bench import features as bench_features
     from ploutos.bench import memory as bench_memory
+    from ploutos.bench import train as bench_train
     from ploutos.bench import vecenv as bench_vecenv
 
     benches = {
@@ -150,6 +153,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         "memory": bench_memory.main,
         "env": bench_env.main,
         "vecenv": bench_vecenv.main,
+        "train": bench_train.main,
     }
     return benches[args.bench](args.rest)
 
@@ -172,88 +176,84 @@ def cmd_shm_clean(args: argparse.Namespace) -> int:
     return cli_clean(args)
 
 
+def cmd_folds(args: argparse.Namespace) -> int:
+    from ploutos.train.folds import cli_folds
+
+    return cli_folds(_load(args))
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ploutos.train.trainer import Preempted, train_task
+
+    config = _load(args)
+    try:
+        outcome = train_task(config, args.fold, args.member, progress=not args.no_progress, force=args.force)
+    except Preempted as stop:
+        print(f"ploutos: {stop}", file=sys.stderr)
+        return EXIT_PREEMPTED
+    if outcome.result is None:  # a rank other than 0: rank 0 reports
+        return 0
+    if outcome.skipped:
+        print(f"{outcome.result}: already done (--force trains it again)")
+        return 0
+    resumed = f", resumed {outcome.resumed} time(s)" if outcome.resumed else ""
+    print(f"{outcome.result}: {outcome.timesteps} steps in {outcome.wall_seconds:.1f} s{resumed}")
+    from ploutos.results.hdf5 import format_metrics
+
+    print(format_metrics(outcome.result))
+    if outcome.ensemble is not None:
+        print(f"{outcome.ensemble}: the fold's {config.ensemble.members} members as one ensemble")
+        print(format_metrics(outcome.ensemble))
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from ploutos.train.validate import validate
+
+    validate(_load(args))
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    """The main job: every pipeline stage that exists, in order, on one config."""
-    import hashlib
-    import time
+    """The main job on one machine: data, the walk-forward plan, every (fold, member), the results.
 
-    import numpy as np
-
-    from ploutos.config import config_hash
+    Tasks already done are skipped and interrupted ones resume from their checkpoints, so running
+    it again continues where it stopped.
+    """
     from ploutos.data.build import build_dataset
-    from ploutos.features import normalize
-    from ploutos.features.pipeline import load_bars, months_after, observation_arrays
-    from ploutos.parallel import digest_from_worker, node_feature_store
+    from ploutos.results.hdf5 import read_metrics
+    from ploutos.results.layout import RunLayout
+    from ploutos.train.folds import format_plan, plan_for
+    from ploutos.train.trainer import Preempted, train_task
 
     config = _load(args)
     print(f"[1/4] data: building {config.data.store} from {config.data.source}", flush=True)
     print(build_dataset(config.data, progress=not args.no_progress).summary(), flush=True)
-
-    print("[2/4] features: computing, aligning, normalizing on the first training window", flush=True)
-    started = time.perf_counter()
-    bars = load_bars(config)
-    arrays = observation_arrays(bars, config)
-    train_end = months_after(arrays.timestamps[0], config.walkforward.train_months)
-    train_rows = arrays.rows_between(None, train_end)
-    normalized, stats = normalize(arrays, train_rows, config.features)
-    time_steps, assets, features = normalized.shape
-    worst = ", ".join(f"{n} {share:.2%}" for n, share in sorted(stats.saturation.items(), key=lambda kv: -kv[1])[:3])
-    print(
-        f"{features} observation features x {assets} asset(s) x {time_steps} bars "
-        f"({int(normalized.valid.sum())} valid) in {time.perf_counter() - started:.2f} s; "
-        f"normalized on {train_rows.stop - train_rows.start} bars up to {np.datetime_as_string(train_end, unit='m')}Z",
-        flush=True,
-    )
-    print(f"share at the clip bound ±{config.features.clip:g} (limit {config.features.max_saturation:.1%}): {worst}")
-    if stats.constant:
-        print(f"constant in the training window (scaled to 0): {', '.join(stats.constant)}")
-
-    print("[3/4] node store: one copy in /dev/shm, read back by an env worker", flush=True)
-    fingerprint = config_hash(config)
-    with node_feature_store(lambda: normalized, config_hash=fingerprint) as store:
-        seen = digest_from_worker(store.name, fingerprint)
-        same = seen == hashlib.sha256(store.values.tobytes()).hexdigest()
-        verdict = "identical" if same else "DIFFERENT"
-        print(f"{store.name}: {store.nbytes / 2**20:.1f} MB; an env worker read {verdict} bytes")
-        if not same:
-            raise PloutosError(f"{store.name}: an env worker read different bytes than the owner wrote")
-        _smoke_env(config, store.name, fingerprint, train_rows)
-    print(f"{store.name}: released")
+    print("[2/4] walk-forward plan", flush=True)
+    folds = plan_for(config)
+    print(format_plan(folds, config.ensemble.members), flush=True)
+    tasks = [(fold.index, member) for fold in folds for member in range(config.ensemble.members)]
+    print(f"[3/4] train: {len(tasks)} task(s) into {config.run_dir}", flush=True)
+    for number, (fold, member) in enumerate(tasks, 1):
+        try:
+            outcome = train_task(config, fold, member, progress=not args.no_progress)
+        except Preempted as stop:
+            print(f"ploutos: {stop}", file=sys.stderr)
+            return EXIT_PREEMPTED
+        state = "already done" if outcome.skipped else f"{outcome.timesteps} steps in {outcome.wall_seconds:.0f} s"
+        print(f"  task {number}/{len(tasks)} fold {fold} member {member}: {state}", flush=True)
+    print("[4/4] out-of-sample results per fold (ensemble of the fold's members)", flush=True)
+    run = RunLayout.of(config)
+    print(f"{'fold':>4}  {'return':>8}  {'sharpe':>7}  {'max dd':>7}  {'b&h return':>10}  {'b&h sharpe':>10}")
+    for fold in folds:
+        metrics = read_metrics(run.result(fold.index, None))
+        policy, hold = metrics["policy"], metrics["buy_and_hold"]
+        print(
+            f"{fold.index:>4}  {policy['total_return']:>8.2%}  {policy['sharpe']:>7.2f}  "
+            f"{policy['max_drawdown']:>7.2%}  {hold['total_return']:>10.2%}  {hold['sharpe']:>10.2f}"
+        )
+    print(f"task files: {run.tasks}")
     return 0
-
-
-def _smoke_env(config, store_name: str, fingerprint: str, train_rows: slice) -> None:
-    """Step env workers over the node store with random actions: the path training will take."""
-    import time
-
-    import numpy as np
-
-    from ploutos.env.factory import StoreEnvFactory
-    from ploutos.env.vec import ShmVecEnv
-    from ploutos.hardware import plan
-
-    layout = plan(config)
-    factory = StoreEnvFactory(
-        store_name, fingerprint, config.env, (train_rows.start, train_rows.stop), config.data.bars_per_year
-    )
-    steps = 200
-    print(
-        f"[4/4] env: {layout.n_envs} env(s) in {layout.workers} worker(s) over the store, {steps} random steps",
-        flush=True,
-    )
-    venv = ShmVecEnv([factory] * layout.n_envs, envs_per_worker=layout.envs_per_worker)
-    try:
-        venv.seed(config.seed)
-        venv.action_space.seed(config.seed)
-        venv.reset()
-        started, episodes = time.perf_counter(), 0
-        for _ in range(steps):
-            _, _, dones, _ = venv.step(np.stack([venv.action_space.sample() for _ in range(venv.num_envs)]))
-            episodes += int(dones.sum())
-        rate = steps * venv.num_envs / (time.perf_counter() - started)
-    finally:
-        venv.close()
-    print(f"{steps * layout.n_envs} env steps at {rate:,.0f} steps/s; {episodes} episode(s) ended", flush=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -264,6 +264,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", parents=[common], help="run the whole pipeline on a config")
     run.set_defaults(handler=cmd_run)
+
+    folds = commands.add_parser("folds", parents=[common], help="the walk-forward plan on the built dataset")
+    folds.set_defaults(handler=cmd_folds)
+
+    train = commands.add_parser(
+        "train", parents=[common], help="train, evaluate and record one (fold, member); resumes from its checkpoint"
+    )
+    train.add_argument("--fold", type=int, required=True, help="walk-forward fold (see `ploutos folds`)")
+    train.add_argument("--member", type=int, default=0, help="ensemble member (default 0)")
+    train.add_argument("--force", action="store_true", help="train again even if the task's result exists")
+    train.set_defaults(handler=cmd_train)
+
+    check_run = commands.add_parser(
+        "validate", parents=[common], help="run every stage of the pipeline on a tiny budget and report each"
+    )
+    check_run.set_defaults(handler=cmd_validate)
 
     config = commands.add_parser("config", help="show the resolved config")
     config_commands = config.add_subparsers(dest="config_command", metavar="SUBCOMMAND", required=True)
@@ -296,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     compute.set_defaults(handler=cmd_features_compute)
 
     bench = commands.add_parser("bench", help="benchmarks: speed against a baseline measured in the same run")
-    bench.add_argument("bench", choices=["features", "memory", "env", "vecenv"], help="what to benchmark")
+    bench.add_argument("bench", choices=["features", "memory", "env", "vecenv", "train"], help="what to benchmark")
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark (see --help after its name)")
     bench.set_defaults(handler=cmd_bench)
 
@@ -325,6 +341,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ploutos: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # output piped into `head` and friends
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

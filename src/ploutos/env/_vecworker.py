@@ -30,10 +30,14 @@ def views(buffer: Any, layout: Layout) -> dict[str, np.ndarray]:
     }
 
 
-def is_wrapped(env: Any, wrapper_class: type) -> bool:
-    """Whether ``wrapper_class`` is among ``env``'s wrappers (SB3's ``is_wrapped`` without importing SB3)."""
+def is_wrapped(env: Any, wrapper: tuple[str, str]) -> bool:
+    """Whether a wrapper of class ``(module, qualname)`` or a subclass of it is among ``env``'s wrappers.
+
+    The class travels by name: unpickling it would import its module here, and SB3's ``Monitor``
+    would pull torch into every worker (seconds of start-up each).
+    """
     while env is not None:
-        if isinstance(env, wrapper_class):
+        if any((cls.__module__, cls.__qualname__) == wrapper for cls in type(env).__mro__):
             return True
         env = getattr(env, "env", None)
     return False

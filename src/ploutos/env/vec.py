@@ -383,7 +383,7 @@ class ShmVecEnv(VecEnv):
         return self._call("env_method", (method_name, method_args, method_kwargs), indices)
 
     def env_is_wrapped(self, wrapper_class: type[gym.Wrapper], indices: VecEnvIndices = None) -> list[bool]:
-        return self._call("is_wrapped", wrapper_class, indices)
+        return self._call("is_wrapped", (wrapper_class.__module__, wrapper_class.__qualname__), indices)
 
     @property
     def pids(self) -> list[int]:

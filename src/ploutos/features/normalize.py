@@ -3,8 +3,9 @@
 ``fit`` reads only the rows it is given (a fold's training window) and only valid entries; the
 same statistics are then applied to every row, so the test window is scaled as the agent would
 have seen it live. After clipping to ``[-clip, clip]`` no feature may sit at a bound for more
-than ``max_saturation`` of its valid values: a feature that does is broken (a scale fitted on a
-calm window, a heavy tail) and the build stops naming it.
+than ``max_saturation`` of its valid values in the training window: a feature that does is
+broken (a heavy tail, a near-constant series) and the build stops naming it. The test window is
+not judged, so that out-of-sample data never decides which folds run.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ class NormStats:
     constant: tuple[str, ...]
     """Features with no spread in the window (they normalize to 0)."""
     saturation: dict[str, float] = field(default_factory=dict)
-    """Share of each feature's valid values at the clip bound once scaled (filled in by :func:`normalize`)."""
+    """Share of each feature's valid training values at the clip bound once scaled (set by :func:`normalize`)."""
 
 
 def fit(arrays: FeatureArrays, rows: slice, method: Method) -> NormStats:
@@ -80,14 +81,15 @@ def saturation(arrays: FeatureArrays, clip: float, rows: slice | None = None) ->
 def normalize(arrays: FeatureArrays, train_rows: slice, cfg: FeaturesConfig) -> tuple[FeatureArrays, NormStats]:
     """Fit on ``train_rows``, scale everything, and refuse a feature that saturates.
 
-    Saturation is measured on all rows, test window included: a scale that the test window blows
-    through is exactly what the check is for.
+    Saturation is judged on the training rows only: refusing a fold because of what its test
+    window holds would let out-of-sample data decide which experiments run. (A feature that is
+    often clipped in training carries little information, which is what the check is for.)
     """
     stats = fit(arrays, train_rows, cfg.normalize)
     if cfg.normalize == "none":
         return arrays, stats
     scaled = transform(arrays, stats, cfg.clip)
-    shares = saturation(scaled, cfg.clip)
+    shares = saturation(scaled, cfg.clip, train_rows)
     stats = replace(stats, saturation=shares)
     offenders = sorted(((s, n) for n, s in shares.items() if s > cfg.max_saturation), reverse=True)
     if offenders:

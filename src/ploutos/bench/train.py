@@ -1,0 +1,360 @@
+"""``ploutos bench train``: end-to-end env steps per second of PPO training, ploutos against plain SB3.
+
+Both setups train the same PPO (:func:`ploutos.train.trainer.build_model`: same network, same
+hyperparameters, same seed) on the same env: a :class:`~ploutos.env.trading.TradingEnv` over
+fold 0's training rows of the config's normalized features (default: the embedded quickstart;
+its dataset is built first when it is missing). In the same run, with repeats interleaved:
+
+- **ploutos**, the trainer's setup: the features in the node's /dev/shm store, a
+  :class:`~ploutos.env.vec.ShmVecEnv` of ``n_envs`` envs in ``plan.workers`` worker processes
+  mapping that one copy (``copy_obs=False``), ``VecMonitor``, learner threads pinned per the
+  hardware plan;
+- **plain SB3**, as a user would write it: ``SubprocVecEnv`` with one process per env, each env
+  built from the arrays captured in its env function (each worker holds its own copy),
+  ``VecMonitor``, torch threads left at their default, ``PPO("MlpPolicy", ...)`` with the same
+  arguments.
+
+Only ``model.learn(timesteps)`` is timed (rollouts and updates): worker start-up, imports and one
+warm-up rollout and update per setup come before. Throughput is env steps per second over all
+envs (best repeat). Both vec envs start their workers from the same forkserver, which the
+ploutos setup starts first (as the trainer does), so the SB3 workers inherit its one-thread caps;
+the envs do no BLAS work, so this does not favour either side.
+
+Target: ploutos >= 3x plain SB3. Benchmarks report; they never fail: a missed target prints
+``MISS`` and the exit code stays 0. The CLI calls :func:`main` with its arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import Any
+
+from ploutos.bench.timing import time_call
+
+TARGET_RATIO = 3.0
+"""ploutos steps/s over plain SB3 steps/s must be at or above this."""
+FOLD = 0
+"""The walk-forward fold whose training rows the envs trade."""
+
+
+@dataclass(frozen=True)
+class TrainBench:
+    """Both setups at one env count."""
+
+    n_envs: int
+    workers: int
+    """ShmVecEnv worker processes (SubprocVecEnv runs ``n_envs``)."""
+    envs_per_worker: int
+    batch_size: int
+    learner_threads: int
+    """Threads of the ploutos learner (pinned)."""
+    default_threads: int
+    """Torch threads of the plain SB3 learner (its default)."""
+    ploutos_steps: int
+    ploutos_seconds: tuple[float, ...]
+    sb3_steps: int
+    sb3_seconds: tuple[float, ...]
+
+    @property
+    def ploutos_rate(self) -> float:
+        """Env steps per second of the best ploutos repeat."""
+        return self.ploutos_steps / min(self.ploutos_seconds)
+
+    @property
+    def sb3_rate(self) -> float:
+        """Env steps per second of the best plain SB3 repeat."""
+        return self.sb3_steps / min(self.sb3_seconds)
+
+    @property
+    def ratio(self) -> float:
+        return self.ploutos_rate / self.sb3_rate
+
+    @property
+    def passed(self) -> bool:
+        return self.ratio >= TARGET_RATIO
+
+
+class _Threads:
+    """Switches this process between the plan's pinned learner threads and the defaults it started with."""
+
+    def __init__(self) -> None:
+        import torch
+        from threadpoolctl import threadpool_info
+
+        from ploutos.parallel import THREAD_VARIABLES
+
+        self.torch = torch
+        self.default = torch.get_num_threads()
+        self.environ = {key: os.environ.get(key) for key in THREAD_VARIABLES}
+        self.pools: dict[str, int] = {}
+        for pool in threadpool_info():
+            api = pool["user_api"]
+            self.pools[api] = max(self.pools.get(api, 1), int(pool["num_threads"]))
+
+    def pinned(self, threads: int) -> None:
+        """The trainer's learner: ``pin_threads`` and ``torch.set_num_threads`` at the plan's count."""
+        from ploutos.parallel import pin_threads
+
+        pin_threads(threads)
+        self.torch.set_num_threads(threads)
+
+    def use(self, pinned: int | None) -> None:
+        """Pinned at ``pinned`` threads, or the defaults when it is None."""
+        if pinned is None:
+            self.defaults()
+        else:
+            self.pinned(pinned)
+
+    def defaults(self) -> None:
+        """What a plain SB3 script has: the thread counts and variables this process started with."""
+        from threadpoolctl import threadpool_limits
+
+        for key, value in self.environ.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        if self.pools:
+            threadpool_limits(limits=dict(self.pools))
+        self.torch.set_num_threads(self.default)
+
+
+def _plan_for(config: Any, n_envs: int | None) -> Any:
+    from ploutos.hardware import plan
+
+    if n_envs is not None:
+        config = replace(config, hardware=replace(config.hardware, n_envs=n_envs))
+    return plan(config)
+
+
+def plain_env_fn(arrays: Any, config: Any, rows: slice) -> Callable[[], Any]:
+    """An env function as a user would write it: the arrays travel (pickled) into each worker."""
+
+    def make() -> Any:
+        from ploutos.env.trading import TradingEnv
+
+        return TradingEnv(arrays, config.env, rows=rows, bars_per_year=config.data.bars_per_year)
+
+    return make
+
+
+@contextmanager
+def _setups(
+    config: Any, arrays: Any, fold: Any, store_name: str, store_hash: str, layout: Any, seed: int
+) -> Iterator[tuple[Any, Any]]:
+    """The ploutos and the plain SB3 models at ``layout.n_envs`` envs; every vec env is closed on exit."""
+    from stable_baselines3.common.vec_env import SubprocVecEnv, VecMonitor
+
+    from ploutos.env.factory import StoreEnvFactory
+    from ploutos.env.vec import ShmVecEnv
+    from ploutos.train.trainer import build_model
+
+    rows = (fold.train.start, fold.train.stop)
+    venvs: list[Any] = []
+    try:
+        factory = StoreEnvFactory(store_name, store_hash, config.env, rows, config.data.bars_per_year)
+        shm = VecMonitor(ShmVecEnv([factory] * layout.n_envs, envs_per_worker=layout.envs_per_worker, copy_obs=False))
+        venvs.append(shm)
+        plain = VecMonitor(SubprocVecEnv([plain_env_fn(arrays, config, slice(*rows))] * layout.n_envs))
+        venvs.append(plain)
+        models = []
+        for venv in (shm, plain):
+            model = build_model(config, venv, layout, seed)
+            venv.seed(seed)
+            models.append(model)
+        yield models[0], models[1]
+    finally:
+        for venv in venvs:
+            venv.close()
+
+
+def _learn(model: Any, timesteps: int) -> Callable[[], int]:
+    def run() -> int:
+        model.learn(timesteps)  # resets the env and the step count, as a fresh training run does
+        return int(model.num_timesteps)
+
+    return run
+
+
+def measure(
+    config: Any,
+    arrays: Any,
+    fold: Any,
+    store_name: str,
+    store_hash: str,
+    *,
+    n_envs: int | None,
+    timesteps: int,
+    repeats: int,
+    threads: _Threads,
+    seed: int,
+) -> TrainBench:
+    """Warm both setups up with one rollout and update each, then time ``learn(timesteps)`` in turn."""
+    layout = _plan_for(config, n_envs)
+    threads.defaults()
+    with _setups(config, arrays, fold, store_name, store_hash, layout, seed) as (ours, theirs):
+        runs = (("ploutos", ours, layout.learner_threads), ("sb3", theirs, None))
+        seconds: dict[str, list[float]] = {"ploutos": [], "sb3": []}
+        steps: dict[str, int] = {}
+        for _, model, pinned in runs:
+            threads.use(pinned)
+            model.learn(layout.rollout)
+        for _ in range(repeats):
+            for label, model, pinned in runs:
+                threads.use(pinned)
+                timing = time_call(_learn(model, timesteps), repeats=1, warmup=0)
+                seconds[label].append(timing.min_ms / 1000.0)
+                steps[label] = timing.result
+        threads.defaults()
+    return TrainBench(
+        n_envs=layout.n_envs,
+        workers=layout.workers,
+        envs_per_worker=layout.envs_per_worker,
+        batch_size=layout.batch_size,
+        learner_threads=layout.learner_threads,
+        default_threads=threads.default,
+        ploutos_steps=steps["ploutos"],
+        ploutos_seconds=tuple(seconds["ploutos"]),
+        sb3_steps=steps["sb3"],
+        sb3_seconds=tuple(seconds["sb3"]),
+    )
+
+
+def obs_description(arrays: Any, config: Any) -> str:
+    n_time, n_asset, n_feat = arrays.values.shape
+    lookback = config.env.lookback
+    size = lookback * n_asset * n_feat + n_asset + 3
+    return f"{size:,} float32 (lookback {lookback} x {n_asset} asset(s) x {n_feat} features + {n_asset + 3} portfolio)"
+
+
+def network_description(config: Any) -> str:
+    ppo = config.ppo
+    policy = "MlpLstmPolicy" if ppo.algo == "recurrent_ppo" else "MlpPolicy"
+    if config.env.obs_layout != "flat":
+        policy = policy.replace("Mlp", "MultiInput")
+    arch = list(ppo.net_arch)
+    return (
+        f"{ppo.algo} {policy} pi {arch} vf {arch}, n_steps {ppo.n_steps}, n_epochs {ppo.n_epochs}, "
+        f"lr {ppo.learning_rate:g}"
+    )
+
+
+def format_result(r: TrainBench) -> list[str]:
+    def runs(seconds: tuple[float, ...]) -> str:
+        return ", ".join(f"{s:.2f} s" for s in seconds)
+
+    verdict = "ok" if r.passed else "MISS"
+    return [
+        f"ploutos    {r.ploutos_rate:>9,.0f} steps/s  (best of {len(r.ploutos_seconds)}: {runs(r.ploutos_seconds)} "
+        f"for {r.ploutos_steps:,} steps)",
+        f"plain SB3  {r.sb3_rate:>9,.0f} steps/s  (best of {len(r.sb3_seconds)}: {runs(r.sb3_seconds)} "
+        f"for {r.sb3_steps:,} steps)",
+        f"ratio ploutos / plain SB3: {r.ratio:.2f}x (target >= {TARGET_RATIO:.0f}x) {verdict}",
+    ]
+
+
+def format_table(results: Sequence[TrainBench]) -> list[str]:
+    lines = [
+        f"{'n_envs':>6} {'workers':>7} {'batch':>5} {'threads':>7} {'ploutos steps/s':>16} "
+        f"{'plain SB3 steps/s':>18} {'ratio':>7}",
+    ]
+    for r in results:
+        verdict = "ok" if r.passed else "MISS"
+        lines.append(
+            f"{r.n_envs:>6} {r.workers:>7} {r.batch_size:>5} {r.learner_threads:>3}/{r.default_threads:<3} "
+            f"{r.ploutos_rate:>16,.0f} {r.sb3_rate:>18,.0f} {r.ratio:>6.2f}x {verdict}"
+        )
+    best = max(results, key=lambda r: r.ratio)
+    lines.append(
+        f"best ratio ploutos / plain SB3: {best.ratio:.2f}x at {best.n_envs} envs (target >= {TARGET_RATIO:.0f}x)"
+    )
+    return lines
+
+
+def _env_counts(text: str) -> list[int]:
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated env counts like 2,4,8, got {text!r}") from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"env counts must be >= 1, got {text!r}")
+    return counts
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ploutos bench train", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", "-c", default=None, help="config YAML file or embedded name (default: quickstart)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        help="override one config value (repeatable), e.g. --set data.store=/tmp/quickstart",
+    )  # fmt: skip
+    parser.add_argument("--timesteps", type=int, default=8192, help="env steps per timed learn (default 8192)")
+    parser.add_argument("--repeats", type=int, default=2, help="timed repeats of each setup, interleaved (default 2)")
+    parser.add_argument("--n-envs", type=int, default=None, help="envs of both setups (default: the hardware plan's)")
+    parser.add_argument(
+        "--n-envs-list", type=_env_counts, default=None, metavar="N,N,...",
+        help="measure at each of these env counts and print a table (e.g. 2,4,8)",
+    )  # fmt: skip
+    parser.add_argument("--quick", action="store_true", help="1024 timesteps, 1 repeat")
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    timesteps, repeats = (1024, 1) if args.quick else (args.timesteps, args.repeats)
+    if timesteps < 1 or repeats < 1:
+        parser.error("--timesteps and --repeats must be >= 1")
+
+    from ploutos.config import config_hash, load
+    from ploutos.data.build import build_dataset
+    from ploutos.parallel import node_feature_store
+    from ploutos.train.trainer import fold_features, member_seed
+
+    config = load(args.config or "quickstart", args.overrides)
+    build_dataset(config.data, progress=False)  # a no-op when the dataset is built
+    arrays, fold, _ = fold_features(config, FOLD)
+    threads = _Threads()
+    counts: list[int | None] = list(args.n_envs_list) if args.n_envs_list else [args.n_envs]
+    first = _plan_for(config, counts[0])
+    seed = member_seed(config.seed, FOLD, 0)
+    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, python {platform.python_version()}")
+    print(
+        f"train throughput: {config.name}, fold {FOLD} training rows {fold.train.start}:{fold.train.stop} of "
+        f"{len(arrays.timestamps):,}, {timesteps:,} timesteps x {repeats} repeat(s) per setup, interleaved, best "
+        "(env steps/s over all envs; higher is better)"
+    )
+    print(
+        "  timed: model.learn() only (rollouts + updates); worker start-up, imports and one warm-up "
+        "rollout + update per setup are excluded"
+    )
+    print(f"  obs {obs_description(arrays, config)}, action {arrays.values.shape[1]} weight(s)")
+    print(f"  network {network_description(config)}, device {first.device}")
+    if len(counts) == 1:
+        print(f"  n_envs {first.n_envs}, batch_size {first.batch_size}, rollout {first.rollout} per update")
+        print(
+            f"  ploutos:   ShmVecEnv, {first.workers} worker(s) x {first.envs_per_worker} env(s), copy_obs=False, "
+            f"features in one /dev/shm store, VecMonitor; learner threads {first.learner_threads} (pinned)"
+        )
+        print(
+            f"  plain SB3: SubprocVecEnv, {first.n_envs} processes, arrays pickled into each, VecMonitor; "
+            f"torch threads {threads.default} (default)"
+        )
+    else:
+        print("  ploutos: ShmVecEnv over the /dev/shm store, workers per the plan, learner threads pinned/default")
+        print("  plain SB3: SubprocVecEnv, one process per env, arrays pickled into each")
+    store_hash = f"{config_hash(config)}-bench-train"
+    results = []
+    with node_feature_store(lambda: arrays, config_hash=store_hash, tag="benchtrain") as store:
+        for n_envs in counts:
+            result = measure(
+                config, arrays, fold, store.name, store_hash,
+                n_envs=n_envs, timesteps=timesteps, repeats=repeats, threads=threads, seed=seed,
+            )  # fmt: skip
+            results.append(result)
+            if len(counts) > 1:
+                print(f"  measured {result.n_envs} envs: ratio {result.ratio:.2f}x", flush=True)
+    lines = format_result(results[0]) if len(counts) == 1 else format_table(results)
+    for line in lines:
+        print(line)
+    return 0

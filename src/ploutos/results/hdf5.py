@@ -1,0 +1,211 @@
+"""One HDF5 file per task: a member of a fold, or the fold's ensemble.
+
+The file is written under a temporary name and renamed into place, so a reader (the aggregation)
+sees a whole file or none. Files are opened with HDF5 file locking off: they are written once by
+one process, and locks fail on NFS and Lustre. The layout (``SCHEMA``) is documented in
+``results/README.md``; :func:`missing_fields` checks a file against it.
+
+Times are int64 microseconds since 1970-01-01 UTC (attribute ``unit``), strings UTF-8.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from ploutos.errors import PloutosError
+from ploutos.results.files import atomic_path
+from ploutos.train.evaluate import Evaluation, FoldEvaluation
+
+SCHEMA_VERSION = 1
+TIME_UNIT = "us since 1970-01-01 UTC"
+
+SCHEMA: dict[str, str] = {
+    "/": "attrs schema_version, kind (member|ensemble), fold, member (-1 for the ensemble), run, config_hash",
+    "/config": "the resolved config as YAML (string)",
+    "/provenance": "attrs: ploutos, python and package versions (packages, JSON), git_revision, git_dirty, "
+    "dataset_hash, host, slurm_job_id, slurm_array_job_id, slurm_array_task_id, slurm_restart_count, ranks, "
+    "started, finished, wall_seconds, timesteps, resumed",
+    "/fold": "attrs train_start, train_end, test_start, test_end (ISO UTC), train_rows, test_rows ([start, stop)), "
+    "embargo_bars",
+    "/tickers": "(A,) asset names in array order",
+    "/normalization/names": "(F,) observation feature names",
+    "/normalization/center": "(F,) center fitted on the fold's training window",
+    "/normalization/scale": "(F,) scale fitted on the fold's training window",
+    "/training": "one (K,) dataset per training-curve column: timesteps, wall_seconds, ep_rew_mean, ep_len_mean, "
+    "policy_gradient_loss, value_loss, entropy_loss, approx_kl, clip_fraction, explained_variance, fps "
+    "(empty for an ensemble)",
+    "/test/timestamps": "(N+1,) int64: the bar before the test window, then every bar marked",
+    "/test/equity": "(N+1,) policy equity at each close",
+    "/test/weights": "(N+1, A) policy weights at each close",
+    "/test/units": "(N+1, A) units held",
+    "/test/turnover": "(N,) traded notional / equity at each fill",
+    "/test/costs": "(N,) costs paid at each fill",
+    "/test/trades": "group of (K,) datasets step, asset, timestamp, units, price, notional: every non-zero fill",
+    "/benchmarks/buy_and_hold/equity": "(N+1,) equity of buying 1/A of every asset at the first fill",
+    "/benchmarks/equal_weight/equity": "(N+1,) equity of 1/A in every asset rebalanced at every bar",
+    "/metrics/policy": "attrs: total_return, annual_return, volatility, sharpe, sortino, calmar, max_drawdown, "
+    "win_rate, turnover, cost_drag, psr, n_bars",
+    "/metrics/buy_and_hold": "attrs: the same metrics",
+    "/metrics/equal_weight": "attrs: the same metrics",
+    "/bootstrap": "(S,) samples per statistic (sharpe, total_return, annual_return, max_drawdown); attrs block, "
+    "confidence, <statistic>_low, <statistic>_high",
+}
+"""Every object a task file holds, with what it is."""
+
+
+class ResultError(PloutosError):
+    """A task file that cannot be read or does not follow the schema."""
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """What one task hands to the aggregation."""
+
+    fold: int
+    member: int | None
+    """None for the fold's ensemble."""
+    run: str
+    config_hash: str
+    config_yaml: str
+    provenance: Mapping[str, Any]
+    fold_bounds: Mapping[str, Any]
+    """train_start, train_end, test_start, test_end (ISO), train_rows, test_rows, embargo_bars."""
+    tickers: tuple[str, ...]
+    feature_names: tuple[str, ...]
+    norm_center: np.ndarray
+    norm_scale: np.ndarray
+    evaluation: FoldEvaluation
+    training: Mapping[str, Any] = field(default_factory=dict)
+    """Training curve columns of equal length (empty for an ensemble)."""
+
+    @property
+    def kind(self) -> str:
+        return "ensemble" if self.member is None else "member"
+
+
+def _time(values: np.ndarray) -> np.ndarray:
+    return np.asarray(values, dtype="datetime64[us]").astype(np.int64)
+
+
+def _attrs(target: h5py.AttributeManager, values: Mapping[str, Any]) -> None:
+    for key, value in values.items():
+        if isinstance(value, (dict, list, tuple)) and not (
+            isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) for v in value)
+        ):
+            value = json.dumps(value, default=str)
+        target[key] = "" if value is None else value
+
+
+def _write_path(group: h5py.Group, path: Evaluation, *, full: bool) -> None:
+    times = group.create_dataset("timestamps", data=_time(path.timestamps))
+    times.attrs["unit"] = TIME_UNIT
+    group.create_dataset("equity", data=path.equity)
+    group.create_dataset("turnover", data=path.turnover)
+    group.create_dataset("costs", data=path.costs)
+    if full:
+        group.create_dataset("weights", data=path.weights)
+        group.create_dataset("units", data=path.units)
+        trades = group.create_group("trades")
+        for key, column in path.trades.items():
+            data = _time(column) if key == "timestamp" else column
+            trades.create_dataset(key, data=data)
+        trades["timestamp"].attrs["unit"] = TIME_UNIT
+
+
+def write_task_result(path: Path, result: TaskResult) -> None:
+    """Write ``result`` to ``path`` atomically (the folder must exist)."""
+    strings = h5py.string_dtype()
+    with atomic_path(Path(path)) as tmp, h5py.File(tmp, "w", locking=False) as h5:
+        _attrs(
+            h5.attrs,
+            {
+                "schema_version": SCHEMA_VERSION,
+                "kind": result.kind,
+                "fold": result.fold,
+                "member": -1 if result.member is None else result.member,
+                "run": result.run,
+                "config_hash": result.config_hash,
+            },
+        )
+        h5.create_dataset("config", data=result.config_yaml, dtype=strings)
+        _attrs(h5.create_group("provenance").attrs, result.provenance)
+        _attrs(h5.create_group("fold").attrs, result.fold_bounds)
+        h5.create_dataset("tickers", data=list(result.tickers), dtype=strings)
+        norm = h5.create_group("normalization")
+        norm.create_dataset("names", data=list(result.feature_names), dtype=strings)
+        norm.create_dataset("center", data=np.asarray(result.norm_center, dtype=np.float64))
+        norm.create_dataset("scale", data=np.asarray(result.norm_scale, dtype=np.float64))
+        training = h5.create_group("training")
+        for key, column in result.training.items():
+            training.create_dataset(key, data=np.asarray(column))
+        evaluation = result.evaluation
+        _write_path(h5.create_group("test"), evaluation.policy, full=True)
+        benchmarks = h5.create_group("benchmarks")
+        for name, bench in evaluation.benchmarks.items():
+            _write_path(benchmarks.create_group(name), bench, full=False)
+        metrics = h5.create_group("metrics")
+        for name, values in evaluation.metrics.items():
+            _attrs(metrics.create_group(name).attrs, values.as_dict())
+        boot = h5.create_group("bootstrap")
+        boot.attrs["block"] = evaluation.bootstrap.block
+        boot.attrs["confidence"] = evaluation.bootstrap.confidence
+        for stat, samples in evaluation.bootstrap.samples.items():
+            boot.create_dataset(stat, data=samples)
+            low, high = evaluation.bootstrap.intervals[stat]
+            boot.attrs[f"{stat}_low"], boot.attrs[f"{stat}_high"] = low, high
+
+
+def missing_fields(path: Path) -> list[str]:
+    """Schema entries absent from the file at ``path`` (empty: the file is complete)."""
+    missing = []
+    try:
+        with h5py.File(path, "r", locking=False) as h5:
+            for key in SCHEMA:
+                if key != "/" and key not in h5:
+                    missing.append(key)
+            for attr in ("schema_version", "kind", "fold", "member", "run", "config_hash"):
+                if attr not in h5.attrs:
+                    missing.append(f"/@{attr}")
+            if "metrics/policy" in h5:
+                for attr in ("sharpe", "psr", "max_drawdown", "cost_drag"):
+                    if attr not in h5["metrics/policy"].attrs:
+                        missing.append(f"/metrics/policy@{attr}")
+    except OSError as err:
+        raise ResultError(f"{path}: not a readable HDF5 file ({err})") from None
+    return missing
+
+
+def read_metrics(path: Path) -> dict[str, dict[str, float]]:
+    """The ``/metrics`` groups of a task file as plain dicts."""
+    try:
+        with h5py.File(path, "r", locking=False) as h5:
+            return {name: {k: float(v) for k, v in group.attrs.items()} for name, group in h5["metrics"].items()}
+    except (OSError, KeyError) as err:
+        raise ResultError(f"{path}: no readable /metrics ({err})") from None
+
+
+def read_attrs(path: Path, group: str = "/") -> dict[str, Any]:
+    """Attributes of ``group`` (strings decoded, JSON left as text)."""
+    try:
+        with h5py.File(path, "r", locking=False) as h5:
+            return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in h5[group].attrs.items()}
+    except (OSError, KeyError) as err:
+        raise ResultError(f"{path}: cannot read {group} ({err})") from None
+
+
+def format_metrics(path: Path) -> str:
+    """The test-window metrics of a task file: policy against the benchmarks, one row per metric."""
+    metrics = read_metrics(path)
+    columns = ["policy", *[name for name in metrics if name != "policy"]]
+    shown = ("total_return", "annual_return", "sharpe", "sortino", "max_drawdown", "psr", "turnover", "cost_drag")
+    lines = [f"{'':<14}" + "".join(f"{name:>14}" for name in columns)]
+    for key in shown:
+        lines.append(f"{key:<14}" + "".join(f"{metrics[name].get(key, float('nan')):>14.4f}" for name in columns))
+    return "\n".join(lines)

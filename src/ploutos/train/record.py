@@ -1,0 +1,108 @@
+"""After training: save the member's model, evaluate it and its fold's ensemble, write the task files."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ploutos.config import Config, config_hash, dump
+from ploutos.features.arrays import FeatureArrays
+from ploutos.features.normalize import NormStats
+from ploutos.results.files import atomic_path
+from ploutos.results.hdf5 import TaskResult, write_task_result
+from ploutos.results.layout import RunLayout
+from ploutos.results.provenance import provenance
+from ploutos.train.evaluate import Ensemble, FoldEvaluation, evaluate
+from ploutos.train.folds import Fold
+
+if TYPE_CHECKING:
+    from ploutos.train.trainer import TaskOutcome, _MemberTraining
+
+
+def save_model(model: Any, path: Path) -> None:
+    """The model as an SB3 zip, written atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        model.save(handle)
+
+
+def evaluate_fold(actor: Any, arrays: FeatureArrays, fold: Fold, config: Config, seed: int) -> FoldEvaluation:
+    rows = fold.eval_rows(config.env.lookback)
+    return evaluate(actor, arrays, config.env, rows, config.data.bars_per_year, seed=seed)
+
+
+def _result(
+    config: Config, fold: Fold, member: int | None, arrays: FeatureArrays, stats: NormStats | None,
+    evaluation: FoldEvaluation, record: dict[str, Any], training: dict[str, Any],
+) -> TaskResult:  # fmt: skip
+    from ploutos.train.trainer import fold_bounds
+
+    return TaskResult(
+        fold=fold.index,
+        member=member,
+        run=config.name,
+        config_hash=config_hash(config),
+        config_yaml=dump(config),
+        provenance=record,
+        fold_bounds=fold_bounds(fold, config),
+        tickers=tuple(arrays.tickers),
+        feature_names=tuple(arrays.names),
+        norm_center=stats.center if stats is not None else [],
+        norm_scale=stats.scale if stats is not None else [],
+        evaluation=evaluation,
+        training=training,
+    )
+
+
+def record_member(
+    config: Config, fold: Fold, member: int, training: _MemberTraining, arrays: FeatureArrays,
+    stats: NormStats | None, outcome: TaskOutcome,
+) -> TaskOutcome:  # fmt: skip
+    """Rank 0: model file, evaluation, task file; then the ensemble if this completed the fold."""
+    import time
+
+    run = RunLayout.of(config)
+    save_model(training.model, run.model(fold.index, member))
+    evaluation = evaluate_fold(training.model, arrays, fold, config, seed=training.seed)
+    record = provenance(config.data.store)
+    record.update(
+        ranks=training.ranks.size,
+        started=training.started_iso,
+        finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        wall_seconds=outcome.wall_seconds,
+        timesteps=outcome.timesteps,
+        resumed=outcome.resumed,
+        n_envs=training.layout.n_envs,
+        env_workers=training.layout.workers,
+        device=training.layout.device,
+        replica_parameters=[replica["parameters"] for replica in training.replicas],
+        replica_rollouts=[replica["rollout"] for replica in training.replicas],
+    )
+    result = run.result(fold.index, member)
+    write_task_result(result, _result(config, fold, member, arrays, stats, evaluation, record, training.curve))
+    training.checkpoint_path.unlink(missing_ok=True)  # the result is final; a rerun skips the task
+    ensemble = evaluate_ensemble(config, fold, arrays, stats, record) if fold_complete(config, fold.index) else None
+    return replace(outcome, result=result, ensemble=ensemble)
+
+
+def fold_complete(config: Config, fold_index: int) -> bool:
+    """Whether every member of the fold has its model."""
+    run = RunLayout.of(config)
+    return all(run.model(fold_index, m).exists() for m in range(config.ensemble.members))
+
+
+def evaluate_ensemble(
+    config: Config, fold: Fold, arrays: FeatureArrays, stats: NormStats | None, record: dict[str, Any]
+) -> Path:
+    """Load every member of the fold, evaluate them as one policy, write ``fold<F>_ensemble.h5``."""
+    from ploutos.train.trainer import algorithm
+
+    run = RunLayout.of(config)
+    members = [algorithm(config).load(run.model(fold.index, m), device="cpu") for m in range(config.ensemble.members)]
+    ensemble = Ensemble(members, config.ensemble.combine)
+    evaluation = evaluate_fold(ensemble, arrays, fold, config, seed=config.seed)
+    record = {**record, "members": config.ensemble.members, "combine": config.ensemble.combine}
+    path = run.result(fold.index, None)
+    write_task_result(path, _result(config, fold, None, arrays, stats, evaluation, record, {}))
+    return path

@@ -1,0 +1,104 @@
+"""``ploutos validate``: the whole pipeline of a config on a tiny budget, stage by stage.
+
+Before spending cluster hours, run every stage once: data, walk-forward plan, features of the
+first fold, one rollout of training per ensemble member (node store, env workers, PPO update,
+checkpoint), evaluation against the benchmarks, the fold's ensemble, and the task files checked
+against the schema. Results go to ``<results_dir>/<name>-validate`` (replaced on every run), so a
+real run of the same name is never touched.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from ploutos.config import Config
+from ploutos.errors import PloutosError, first_line
+
+
+class ValidationFailed(PloutosError):
+    """A stage failed; the message names it."""
+
+
+def tiny(config: Config) -> Config:
+    """The config on a budget of two rollouts per member (a checkpoint between them), in its own run folder."""
+    from ploutos.hardware import plan
+
+    layout = plan(config)
+    rollout = layout.rollout * layout.ranks
+    ppo = replace(config.ppo, total_timesteps=2 * rollout, checkpoint_every=rollout)
+    return replace(config, name=f"{config.name}-validate", ppo=ppo)
+
+
+def validate(config: Config, *, echo: Callable[[str], Any] = print) -> Config:
+    """Run every stage; print one line per stage; raise :class:`ValidationFailed` at the first failure."""
+    from ploutos.data.build import build_dataset
+    from ploutos.results.hdf5 import missing_fields, read_metrics
+    from ploutos.results.layout import RunLayout
+    from ploutos.train.folds import plan_for
+    from ploutos.train.trainer import fold_features, train_task
+
+    small = tiny(config)
+    run = RunLayout.of(small)
+    facts: dict[str, Any] = {}
+
+    def stage(name: str, work: Callable[[], str]) -> None:
+        started = time.perf_counter()
+        try:
+            detail = work()
+        except Exception as err:
+            echo(f"[FAIL] {name:<10} {type(err).__name__}: {first_line(err)}")
+            raise ValidationFailed(f"validate: stage {name} failed: {first_line(err)}") from err
+        echo(f"[ ok ] {name:<10} {detail} ({time.perf_counter() - started:.1f} s)")
+
+    def data() -> str:
+        return build_dataset(config.data, progress=False).summary().splitlines()[-1]
+
+    def folds() -> str:
+        plan = plan_for(config)
+        facts["folds"] = len(plan)
+        return f"{len(plan)} fold(s) x {config.ensemble.members} member(s); fold 0 trains on {plan[0].train_bars} bars"
+
+    def features() -> str:
+        arrays, fold, stats = fold_features(config, 0)
+        worst = max(stats.saturation.values(), default=0.0)
+        return (
+            f"{arrays.shape[2]} features x {arrays.shape[1]} asset(s) x {arrays.shape[0]} bars; "
+            f"largest share at the clip bound {worst:.2%}"
+        )
+
+    def train() -> str:
+        if run.root.exists():
+            shutil.rmtree(run.root)
+        steps = []
+        for member in range(config.ensemble.members):
+            outcome = train_task(small, 0, member, progress=False)
+            steps.append(outcome.timesteps)
+            facts["ensemble"] = outcome.ensemble
+        return f"{len(steps)} member(s) of fold 0, {steps[0]} steps each (2 rollouts, a checkpoint between), evaluated"
+
+    def results() -> str:
+        files = sorted(run.tasks.glob("*.h5"))
+        problems = {path.name: missing_fields(path) for path in files}
+        incomplete = {name: fields for name, fields in problems.items() if fields}
+        if incomplete:
+            raise ValidationFailed(f"task files miss schema fields: {incomplete}")
+        if facts.get("ensemble") is None:
+            raise ValidationFailed("the fold's ensemble file was not written")
+        sharpe = read_metrics(Path(facts["ensemble"]))["policy"]["sharpe"]
+        return f"{len(files)} task file(s) hold every schema field; ensemble Sharpe {sharpe:.2f} (tiny budget)"
+
+    for name, work in (
+        ("data", data),
+        ("folds", folds),
+        ("features", features),
+        ("train", train),
+        ("results", results),
+    ):
+        stage(name, work)
+    echo(f"validated: {run.root} holds the tiny run; `ploutos train` and `sbatch slurm/train_array.sh` can start")
+    return small

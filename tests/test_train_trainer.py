@@ -1,0 +1,215 @@
+"""``ploutos train`` and ``ploutos validate`` end to end on the quickstart data: results, ensembles,
+preemption and resume, and two data-parallel MPI ranks whose replicas stay identical."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import assert_one_line_error
+from ploutos.results.hdf5 import SCHEMA, missing_fields
+from ploutos.train.trainer import member_seed
+
+MPI_ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1", "PYTHONUNBUFFERED": "1"}
+ROLLOUT = 512  # n_steps 256 x 2 envs on the 2-core CI machine, or n_envs set below
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    store = tmp_path_factory.mktemp("data") / "quickstart"
+    proc = subprocess.run(
+        [sys.executable, "-m", "ploutos", "data", "build", "--no-progress", "--set", f"data.store={store}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return store
+
+
+def _settings(dataset: Path, results: Path, steps: int = 2 * ROLLOUT, **extra: object) -> list[str]:
+    values = {
+        "data.store": dataset,
+        "results_dir": results,
+        "ppo.total_timesteps": steps,
+        "hardware.n_envs": 2,
+        "hardware.envs_per_worker": 1,
+        **extra,
+    }
+    return [part for key, value in values.items() for part in ("--set", f"{key}={value}")]
+
+
+def _attrs(path: Path, group: str) -> dict:
+    with h5py.File(path, "r") as h5:
+        return dict(h5[group].attrs)
+
+
+def test_member_seeds_are_distinct_and_stable():
+    seeds = {member_seed(7, fold, member) for fold in range(5) for member in range(8)}
+    assert len(seeds) == 40
+    assert member_seed(7, 1, 2) == member_seed(7, 1, 2) != member_seed(8, 1, 2)
+
+
+def test_train_writes_complete_member_and_ensemble_files(ploutos, dataset, tmp_path):
+    settings = _settings(dataset, tmp_path / "results")
+    first = ploutos("train", "--fold", "0", "--member", "0", "--no-progress", *settings)
+    assert first.returncode == 0, first.stderr
+    run = tmp_path / "results" / "quickstart"
+    member0 = run / "tasks" / "fold0_member0.h5"
+    assert missing_fields(member0) == []
+    assert not (run / "tasks" / "fold0_ensemble.h5").exists()  # member 1 is missing
+    assert "sharpe" in first.stdout and "buy_and_hold" in first.stdout
+
+    second = ploutos("train", "--fold", "0", "--member", "1", "--no-progress", *settings)
+    assert second.returncode == 0, second.stderr
+    ensemble = run / "tasks" / "fold0_ensemble.h5"
+    assert missing_fields(ensemble) == [] and "ensemble" in second.stdout
+    assert (run / "config.yaml").exists() and not list((run / "checkpoints").iterdir())
+
+    with h5py.File(member0, "r") as h5:
+        assert set(SCHEMA) - {"/"} <= {f"/{name}" for name in _all_names(h5)}
+        curve = h5["training/timesteps"][:]
+        assert list(curve) == [ROLLOUT, 2 * ROLLOUT]
+        assert np.isfinite(h5["training/value_loss"][:]).all()  # the last update's losses are kept too
+        test_times = h5["test/timestamps"][:]
+        fold = dict(h5["fold"].attrs)
+        train_rows, test_rows = fold["train_rows"], fold["test_rows"]
+        assert train_rows[1] <= test_rows[0] - fold["embargo_bars"]  # no training bar in or next to the test
+        first_mark = np.datetime64(int(test_times[0]), "us")
+        assert first_mark < np.datetime64(fold["test_start"].rstrip("Z")) <= np.datetime64(int(test_times[1]), "us")
+        equity = h5["test/equity"][:]
+        assert len(equity) == len(test_times) == len(h5["benchmarks/buy_and_hold/equity"][:])
+        assert equity[0] == pytest.approx(100_000.0)
+        provenance = dict(h5["provenance"].attrs)
+        assert provenance["timesteps"] == 2 * ROLLOUT and provenance["resumed"] == 0 and provenance["ranks"] == 1
+        assert len(provenance["dataset_hash"]) == 64 and provenance["git_revision"]
+        assert json.loads(provenance["packages"])["stable-baselines3"]
+    with h5py.File(ensemble, "r") as h5:
+        assert h5.attrs["kind"] == "ensemble" and h5.attrs["member"] == -1
+        member_equity = h5py.File(member0, "r")["test/equity"][:]
+        assert len(h5["test/equity"][:]) == len(member_equity)
+        # two members averaged are a policy of their own, not either member
+        assert not np.array_equal(h5["test/equity"][:], member_equity)
+
+    again = ploutos("train", "--fold", "0", "--member", "0", "--no-progress", *settings)
+    assert again.returncode == 0 and "already done" in again.stdout
+
+
+def _all_names(h5: h5py.File) -> list[str]:
+    names: list[str] = []
+    h5.visit(names.append)
+    return names
+
+
+def test_train_refuses_impossible_tasks_with_one_line(ploutos, dataset, tmp_path):
+    settings = _settings(dataset, tmp_path / "results")
+    assert_one_line_error(ploutos("train", "--fold", "9", *settings), "fold 9 does not exist", "3 fold(s)")
+    assert_one_line_error(ploutos("train", "--fold", "0", "--member", "2", *settings), "member 2", "ensemble.members")
+    missing = _settings(tmp_path / "nowhere", tmp_path / "other-results")
+    assert_one_line_error(ploutos("train", "--fold", "0", *missing), "ploutos data build")
+    assert not (tmp_path / "results").exists()  # a refused task leaves no run folder behind
+
+
+def test_a_run_folder_belongs_to_one_config(ploutos, dataset, tmp_path):
+    results = tmp_path / "results"
+    run = results / "quickstart"
+    (run).mkdir(parents=True)
+    (run / "config.yaml").write_text("name: quickstart\n# config hash: 0123456789abcdef\n")
+    refused = ploutos("train", "--fold", "0", *_settings(dataset, results))
+    assert_one_line_error(refused, "another config", "0123456789abcdef")
+    assert (run / "config.yaml").read_text().endswith("0123456789abcdef\n")  # untouched
+
+
+def test_signalled_task_checkpoints_and_resumes_to_the_same_total(dataset, tmp_path):
+    steps = 8 * ROLLOUT
+    command = [sys.executable, "-m", "ploutos", "train", "--fold", "0", "--member", "0", "--no-progress"]
+    command += _settings(dataset, tmp_path / "results", steps, **{"ppo.checkpoint_every": ROLLOUT})
+    checkpoint = tmp_path / "results" / "quickstart" / "checkpoints" / "fold0_member0.ckpt"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert checkpoint.exists(), "no checkpoint written"
+        proc.send_signal(signal.SIGUSR2)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 3, err
+    assert "SIGUSR2" in err and "run the same command again to resume" in err
+    assert len(err.strip().splitlines()) == 1
+    result = tmp_path / "results" / "quickstart" / "tasks" / "fold0_member0.h5"
+    assert checkpoint.exists() and not result.exists()
+
+    resumed = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed 1 time(s)" in resumed.stdout
+    provenance = _attrs(result, "provenance")
+    assert provenance["timesteps"] == steps and provenance["resumed"] == 1
+    with h5py.File(result, "r") as h5:
+        curve = h5["training/timesteps"][:]
+    assert curve[-1] == steps and np.all(np.diff(curve) > 0)  # continued, not restarted
+    assert curve[0] == ROLLOUT  # the rows before the checkpoint came from the checkpoint
+    assert not checkpoint.exists()
+
+
+@pytest.mark.cluster
+def test_two_mpi_ranks_train_one_member_with_identical_replicas(dataset, tmp_path):
+    mpirun = shutil.which("mpirun")
+    if mpirun is None:
+        pytest.fail("mpirun not found: run scripts/setup.sh (installs openmpi-bin and mpi4py)")
+    steps = 4 * ROLLOUT
+    settings = _settings(dataset, tmp_path / "results", steps, **{"hardware.mpi_ranks": 2, "hardware.n_envs": 1})
+    command = [mpirun, "-n", "2", "--oversubscribe", sys.executable, "-m", "ploutos", "train", "--fold", "0"]
+    proc = subprocess.run(
+        [*command, "--no-progress", *settings],
+        cwd=tmp_path,
+        env={**os.environ, **MPI_ENV},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    provenance = _attrs(tmp_path / "results" / "quickstart" / "tasks" / "fold0_member0.h5", "provenance")
+    assert provenance["ranks"] == 2 and provenance["timesteps"] == steps
+    parameters = json.loads(provenance["replica_parameters"])
+    rollouts = json.loads(provenance["replica_rollouts"])
+    assert len(parameters) == len(rollouts) == 2
+    assert rollouts[0] != rollouts[1]  # each rank saw its own episodes, so its own gradients...
+    assert parameters[0] == parameters[1]  # ...and averaging them kept the replicas identical
+
+
+def test_recurrent_ppo_member(ploutos, dataset, tmp_path):
+    settings = _settings(dataset, tmp_path / "results", **{"ppo.algo": "recurrent_ppo", "ppo.lstm_hidden": 16})
+    result = ploutos("train", "--fold", "2", "--no-progress", *settings)
+    assert result.returncode == 0, result.stderr
+    assert missing_fields(tmp_path / "results" / "quickstart" / "tasks" / "fold2_member0.h5") == []
+
+
+def test_validate_reports_every_stage(ploutos, dataset, tmp_path):
+    result = ploutos("validate", *_settings(dataset, tmp_path / "results"))
+    assert result.returncode == 0, result.stderr
+    stages = [line[7:].split()[0] for line in result.stdout.splitlines() if line.startswith("[ ok ]")]
+    assert stages == ["data", "folds", "features", "train", "results"]
+    assert (tmp_path / "results" / "quickstart-validate" / "tasks" / "fold0_ensemble.h5").exists()
+    assert not (tmp_path / "results" / "quickstart").exists()  # the real run's folder is not touched
+
+
+def test_validate_names_the_failing_stage(ploutos, dataset, tmp_path):
+    settings = _settings(dataset, tmp_path / "results", **{"walkforward.train_months": 11})
+    result = ploutos("validate", *settings)
+    assert result.returncode == 2
+    assert "[FAIL] folds" in result.stdout and "train 11 + test 2 months" in result.stdout
+    assert result.stderr.strip().startswith("ploutos: error: validate: stage folds failed")

@@ -34,6 +34,15 @@ if ! command -v mpirun >/dev/null 2>&1; then
     say "no mpirun: MPI runs and the cluster tests need Open MPI (openmpi-bin libopenmpi-dev, or conda's openmpi)"
   fi
 fi
+# Slurm and munge for the one-machine cluster of slurm/local/ (the cluster tests run on it).
+if ! command -v slurmctld >/dev/null 2>&1 || ! command -v munged >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "apt-get install slurm-wlm munge"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null
+  else
+    say "no slurmctld: the cluster tests need Slurm (slurm-wlm munge as root, see slurm/local/start.sh)"
+  fi
+fi
 
 if [ ! -x "$venv/bin/python" ]; then
   say "creating virtual environment $venv"

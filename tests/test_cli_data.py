@@ -66,8 +66,11 @@ def test_run_is_the_main_job_on_the_embedded_default(ploutos, tmp_path: Path):
     assert sorted(p.name for p in tasks.glob("*.h5")) == sorted(
         [f"fold{f}_member{m}.h5" for f in range(3) for m in range(2)] + [f"fold{f}_ensemble.h5" for f in range(3)]
     )
-    table = result.stdout.split("[4/4]")[1].splitlines()[2:5]
-    assert [row.split()[0] for row in table] == ["0", "1", "2"]
+    table = result.stdout.split("[4/4]")[1].splitlines()[3:7]
+    assert [row.split()[0] for row in table] == ["0", "1", "2", "stitched"]
+    assert "6 of 6 member task(s) and 3 of 3 ensemble(s) ok" in result.stdout
+    assert (tmp_path / "results/quickstart/summary.h5").is_file()
+    assert (tmp_path / "results/quickstart/report/summary.md").is_file()
 
     again = ploutos("run", "--no-progress", *budget)  # the main job continues where it stopped
     assert again.returncode == 0, again.stderr

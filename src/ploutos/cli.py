@@ -207,6 +207,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_launch(args: argparse.Namespace) -> int:
+    from ploutos.launch import launch
+
+    return launch(_load(args), args.executor, wait=not args.no_wait)
+
+
+def cmd_aggregate(args: argparse.Namespace) -> int:
+    from ploutos.results.aggregate import cli_aggregate
+
+    return cli_aggregate(Path(args.run_dir))
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from ploutos.results.report import cli_report
+
+    return cli_report(Path(args.run_dir))
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from ploutos.train.validate import validate
 
@@ -221,7 +239,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     it again continues where it stopped.
     """
     from ploutos.data.build import build_dataset
-    from ploutos.results.hdf5 import read_metrics
     from ploutos.results.layout import RunLayout
     from ploutos.train.folds import format_plan, plan_for
     from ploutos.train.trainer import Preempted, train_task
@@ -232,6 +249,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     print("[2/4] walk-forward plan", flush=True)
     folds = plan_for(config)
     print(format_plan(folds, config.ensemble.members), flush=True)
+    RunLayout.of(config).prepare(config)
+    RunLayout.of(config).write_plan(len(folds), config.ensemble.members)
     tasks = [(fold.index, member) for fold in folds for member in range(config.ensemble.members)]
     print(f"[3/4] train: {len(tasks)} task(s) into {config.run_dir}", flush=True)
     for number, (fold, member) in enumerate(tasks, 1):
@@ -242,17 +261,15 @@ def cmd_run(args: argparse.Namespace) -> int:
             return EXIT_PREEMPTED
         state = "already done" if outcome.skipped else f"{outcome.timesteps} steps in {outcome.wall_seconds:.0f} s"
         print(f"  task {number}/{len(tasks)} fold {fold} member {member}: {state}", flush=True)
-    print("[4/4] out-of-sample results per fold (ensemble of the fold's members)", flush=True)
-    run = RunLayout.of(config)
-    print(f"{'fold':>4}  {'return':>8}  {'sharpe':>7}  {'max dd':>7}  {'b&h return':>10}  {'b&h sharpe':>10}")
-    for fold in folds:
-        metrics = read_metrics(run.result(fold.index, None))
-        policy, hold = metrics["policy"], metrics["buy_and_hold"]
-        print(
-            f"{fold.index:>4}  {policy['total_return']:>8.2%}  {policy['sharpe']:>7.2f}  "
-            f"{policy['max_drawdown']:>7.2%}  {hold['total_return']:>10.2%}  {hold['sharpe']:>10.2f}"
-        )
-    print(f"task files: {run.tasks}")
+    print("[4/4] aggregate and report", flush=True)
+    from ploutos.results.aggregate import aggregate, format_folds
+    from ploutos.results.report import write_report
+
+    summary = aggregate(RunLayout.of(config).root)
+    print(summary.line())
+    print(format_folds(summary.path))
+    report = write_report(summary.path.parent)
+    print(f"report: {report[-1]} (and {len(report) - 1} plots)")
     return 0
 
 
@@ -275,6 +292,27 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--member", type=int, default=0, help="ensemble member (default 0)")
     train.add_argument("--force", action="store_true", help="train again even if the task's result exists")
     train.set_defaults(handler=cmd_train)
+
+    launch = commands.add_parser(
+        "launch", parents=[common], help="run the whole walk-forward: on Slurm, on this machine, or inline"
+    )
+    launch.add_argument(
+        "--executor",
+        choices=["sbatch", "slurm", "local", "debug"],
+        default="local",
+        help="sbatch: the array scripts; slurm: submitit; local: this machine, all cores, one task at a time "
+        "(RunPod); debug: in this process (default: local)",
+    )
+    launch.add_argument("--no-wait", action="store_true", help="sbatch: submit and return without following")
+    launch.set_defaults(handler=cmd_launch)
+
+    aggregate = commands.add_parser("aggregate", help="merge a run's task files into RUN_DIR/summary.h5")
+    aggregate.add_argument("run_dir", help="the run folder, e.g. results/quickstart")
+    aggregate.set_defaults(handler=cmd_aggregate)
+
+    report = commands.add_parser("report", help="plots and a markdown summary of an aggregated run")
+    report.add_argument("run_dir", help="the run folder, e.g. results/quickstart")
+    report.set_defaults(handler=cmd_report)
 
     check_run = commands.add_parser(
         "validate", parents=[common], help="run every stage of the pipeline on a tiny budget and report each"

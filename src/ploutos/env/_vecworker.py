@@ -59,7 +59,11 @@ def _write(arrays: dict[str, np.ndarray], prefix: str, keys: list[str | None], a
 
 def run(worker: int, conn: Any, payload: bytes, first: int) -> None:  # noqa: C901 - one dispatch loop
     """Worker main: ``payload`` is the cloudpickled list of env factories for envs ``first, first + 1, ...``."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it closes us
+    # Ctrl-C, and Slurm's checkpoint and termination signals (sent to every process of the job
+    # step), are the parent's to handle: it may still need us to checkpoint, and closes us, or
+    # its exit closes our pipe
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2):
+        signal.signal(signum, signal.SIG_IGN)
     os.environ.setdefault("PLOUTOS_ENV_WORKER", "1")
     index: int | None = None
     try:

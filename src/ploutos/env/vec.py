@@ -33,6 +33,7 @@ import os
 import pickle
 import signal
 import tempfile
+import threading
 import warnings
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import wait
@@ -54,6 +55,31 @@ ALIGN = 64
 
 class VecEnvWorkerError(PloutosError):
     """An env worker died or an env raised in ``step``/``reset``; names the worker, pid and env."""
+
+
+WORKER_IGNORED_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
+"""Signals Slurm sends to every process of a job step; the parent handles them (checkpoint)."""
+
+
+def _start_forkserver_deaf() -> None:
+    """Start multiprocessing's forkserver (and resource tracker) ignoring ``WORKER_IGNORED_SIGNALS``.
+
+    Slurm signals every process of the step. A forkserver killed by SIGUSR2 closes the pipes
+    that report its children's exit codes, and every worker then looks dead (exit code 255)
+    while the trainer is still checkpointing. An ignored signal stays ignored across exec, so
+    the servers are started inside a short window where this process ignores them too.
+    """
+    from multiprocessing import forkserver
+
+    if threading.current_thread() is not threading.main_thread():
+        forkserver.ensure_running()
+        return
+    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in WORKER_IGNORED_SIGNALS}
+    try:
+        forkserver.ensure_running()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _obs_keys(space: spaces.Space) -> list[str | None]:
@@ -135,6 +161,8 @@ class ShmVecEnv(VecEnv):
         self._slot = 0
         n = len(env_fns)
         ctx = mp.get_context(context)
+        if context == "forkserver":
+            _start_forkserver_deaf()
         self._ranges = [range(lo, min(lo + envs_per_worker, n)) for lo in range(0, n, envs_per_worker)]
         self._worker_of = [w for w, rows in enumerate(self._ranges) for _ in rows]
         self.remotes: list[Any] = []
@@ -270,15 +298,13 @@ class ShmVecEnv(VecEnv):
                     self.remotes[w].send(("close", None))
             for w in live:
                 self.processes[w].join(10.0)
+        for remote in self.remotes:  # a worker waiting for a command sees the pipe close and exits
+            remote.close()
         for process in self.processes:
-            if process.is_alive():
-                process.terminate()
-                process.join(2.0)
-            if process.is_alive():
+            process.join(1.0)
+            if process.is_alive():  # busy in an env; workers ignore SIGTERM (it is the parent's)
                 process.kill()
                 process.join(2.0)
-        for remote in self.remotes:
-            remote.close()
         self.closed = True
 
     def _by_worker(self, indices: VecEnvIndices) -> tuple[list[int], dict[int, list[int]]]:

@@ -7,6 +7,7 @@ every later task checks its hash, so results of two different configs never mix 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +52,11 @@ class RunLayout:
     def summary(self) -> Path:
         return self.root / "summary.h5"
 
+    @property
+    def plan_file(self) -> Path:
+        """``plan.json``: ``{"folds": F, "members": M}``, the task grid the launchers submitted."""
+        return self.root / "plan.json"
+
     def task_name(self, fold: int, member: int | None) -> str:
         """``fold<F>_member<M>``, or ``fold<F>_ensemble`` for the fold's ensemble (``member`` None)."""
         return f"fold{fold}_ensemble" if member is None else f"fold{fold}_member{member}"
@@ -90,3 +96,28 @@ class RunLayout:
             if line.startswith(HASH_LINE):
                 return line[len(HASH_LINE) :].strip()
         raise ConfigError(f"{self.config_file}: no '{HASH_LINE.strip()}' line; it was not written by Ploutos")
+
+    def write_plan(self, folds: int, members: int) -> None:
+        """Record the task grid (``folds`` x ``members``) in ``plan.json``, atomically."""
+        for key, value in (("folds", folds), ("members", members)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"plan: {key} must be an int >= 1, got {value!r}")
+        self.root.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.plan_file) as tmp:
+            tmp.write_text(json.dumps({"folds": folds, "members": members}) + "\n")
+
+    def read_plan(self) -> tuple[int, int] | None:
+        """``(folds, members)`` from ``plan.json``, or None when the file does not exist."""
+        if not self.plan_file.exists():
+            return None
+        try:
+            data = json.loads(self.plan_file.read_text())
+            folds, members = data["folds"], data["members"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ConfigError(
+                f'{self.plan_file}: not a plan ({type(err).__name__}: {err}); expected {{"folds": F, "members": M}}'
+            ) from None
+        for key, value in (("folds", folds), ("members", members)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{self.plan_file}: {key} must be an int >= 1, got {value!r}")
+        return folds, members

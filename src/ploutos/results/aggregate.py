@@ -1,0 +1,308 @@
+"""``ploutos aggregate RUN_DIR``: merge a run's task files into ``RUN_DIR/summary.h5``.
+
+The expected tasks come from ``plan.json`` (written by the launchers) or, without it, from
+planning the folds of ``config.yaml`` over its dataset. Every expected (fold, member) task and
+every fold's ensemble gets a status; a task that is not ``ok`` is data (NaN in the tables, a line
+in ``/missing``), not an error. Task files are only read. The summary is written atomically, so
+a failed aggregation leaves the previous ``summary.h5`` as it was. Layout: ``SUMMARY_SCHEMA``,
+documented in ``results/README.md``.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from ploutos.errors import PloutosError, first_line
+from ploutos.results.files import atomic_path
+from ploutos.results.hdf5 import TIME_UNIT, ResultError, missing_fields
+from ploutos.results.layout import RunLayout
+from ploutos.train.evaluate import BENCHMARKS
+from ploutos.train.metrics import Metrics, compute_metrics
+
+SUMMARY_VERSION = 1
+METRICS = tuple(f.name for f in fields(Metrics))
+SUMMARY_SCHEMA: dict[str, str] = {
+    "/": "attrs schema_version, run, config_hash, folds (F), members (M), complete (no expected task is not ok), "
+    "created (ISO UTC)",
+    "/config": "the run's config.yaml (string)",
+    "/tasks": "group of (K,) datasets fold, member (-1 for the ensemble), status (ok, missing, unreadable, incomplete "
+    "or foreign), reason (empty when ok): every expected task and every fold's ensemble",
+    "/missing": "(n,) one line per task that is not ok, e.g. fold1_member0: missing (no task file); empty when none",
+    "/metrics/<metric>": "(F, M) each member's policy metric (every metric of a task file), NaN where not ok",
+    "/ensemble/<metric>": "(F,) the fold ensembles' policy metrics, NaN where not ok",
+    "/benchmarks/<name>/<metric>": "(F,) buy_and_hold and equal_weight metrics from an ok file of the fold "
+    "(the ensemble first, else a member), NaN if none",
+    "/oos": "attrs gaps: folds whose ensemble is not ok, left out of the stitched curves",
+    "/oos/timestamps": "(N,) int64 (attribute unit) of the stitched out-of-sample curves",
+    "/oos/fold": "(N,) int64 fold of each point",
+    "/oos/ensemble": "(N,) the ok folds' ensemble test equity in fold order, each divided by its first value and "
+    "chained from 1.0; a later fold's first mark (the previous fold's last bar) is dropped; flat across a gap",
+    "/oos/buy_and_hold": "(N,) the same for the fold's buy-and-hold equity",
+    "/oos/equal_weight": "(N,) the same for the fold's equal-weight equity",
+    "/oos/metrics": "attrs: the metrics of the stitched ensemble curve (bars per year of the run's config)",
+    "/oos/benchmark_metrics/<name>": "attrs: the metrics of each stitched benchmark curve",
+}
+"""Every object ``summary.h5`` holds, with what it is."""
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What an aggregation found; ``missing`` holds one line per task that is not ok."""
+
+    path: Path
+    folds: int
+    members: int
+    members_ok: int
+    ensembles_ok: int
+    missing: tuple[str, ...]
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing
+
+    @property
+    def any_ok(self) -> bool:
+        return self.members_ok + self.ensembles_ok > 0
+
+    def line(self) -> str:
+        """``PATH: 5 of 6 member task(s) and 2 of 3 ensemble(s) ok; missing: fold1_member0 (no task file)``."""
+        head = (
+            f"{self.path}: {self.members_ok} of {self.folds * self.members} member task(s) and "
+            f"{self.ensembles_ok} of {self.folds} ensemble(s) ok"
+        )
+        if self.complete:
+            return head + "; complete"
+        shown = [_short(line) for line in self.missing[:10]]
+        more = f", and {len(self.missing) - 10} more (see /missing)" if len(self.missing) > 10 else ""
+        return f"{head}; missing: {', '.join(shown)}{more}"
+
+
+@dataclass(frozen=True)
+class _Task:
+    fold: int
+    member: int
+    """-1 for the fold's ensemble."""
+    status: str
+    reason: str
+    data: dict[str, Any] | None = None
+    """metrics (name -> dict), and for an ensemble the test curves (name -> timestamps, equity, turnover, costs)."""
+
+    @property
+    def name(self) -> str:
+        return f"fold{self.fold}_ensemble" if self.member < 0 else f"fold{self.fold}_member{self.member}"
+
+    def line(self) -> str:
+        return f"{self.name}: {self.status} ({self.reason})"
+
+
+def _short(line: str) -> str:
+    """``fold1_member0: missing (no task file)`` -> ``fold1_member0 (no task file)``; other states keep their name."""
+    name, _, rest = line.partition(": ")
+    status, _, reason = rest.partition(" (")
+    return f"{name} ({reason}" if status == "missing" else f"{name} ({status}: {reason}"
+
+
+def expected_plan(layout: RunLayout) -> tuple[int, int]:
+    """``(folds, members)`` from ``plan.json``, else planned from ``config.yaml`` over its dataset."""
+    plan = layout.read_plan()
+    if plan is not None:
+        return plan
+    try:
+        from ploutos.config import load
+        from ploutos.train.folds import plan_for
+
+        config = load(layout.config_file)
+        return len(plan_for(config)), config.ensemble.members
+    except Exception as err:  # any failure of the fallback is reported as one line
+        raise PloutosError(
+            f"{layout.plan_file}: missing, and planning the folds from {layout.config_file.name} failed: "
+            f"{first_line(err)}"
+        ) from err
+
+
+def _read_curve(h5: h5py.File, group: str) -> dict[str, np.ndarray]:
+    return {key: h5[f"{group}/{key}"][()] for key in ("timestamps", "equity", "turnover", "costs")}
+
+
+def _inspect(path: Path, fold: int, member: int, run_hash: str) -> _Task:
+    """The status of one expected task file and, when ok, what the summary needs from it."""
+    if not path.exists():
+        return _Task(fold, member, "missing", "no task file")
+    try:
+        lacks = missing_fields(path)
+        if lacks:
+            more = f", +{len(lacks) - 3} more" if len(lacks) > 3 else ""
+            return _Task(fold, member, "incomplete", f"lacks {', '.join(lacks[:3])}{more}")
+        with h5py.File(path, "r", locking=False) as h5:
+            attrs = {key: h5.attrs[key] for key in ("config_hash", "fold", "member")}
+            found = attrs["config_hash"].decode() if isinstance(attrs["config_hash"], bytes) else attrs["config_hash"]
+            if found != run_hash:
+                return _Task(fold, member, "foreign", f"config hash {found}, the run's is {run_hash}")
+            if (int(attrs["fold"]), int(attrs["member"])) != (fold, member):
+                held = f"fold {int(attrs['fold'])} member {int(attrs['member'])}"
+                return _Task(fold, member, "foreign", f"holds {held}, not fold {fold} member {member}")
+            metrics = {name: {k: float(v) for k, v in group.attrs.items()} for name, group in h5["metrics"].items()}
+            data: dict[str, Any] = {"metrics": metrics}
+            if member < 0:
+                data["curves"] = {"ensemble": _read_curve(h5, "test")}
+                data["curves"].update({name: _read_curve(h5, f"benchmarks/{name}") for name in BENCHMARKS})
+    except (ResultError, OSError, KeyError, ValueError, TypeError) as err:
+        return _Task(fold, member, "unreadable", first_line(err).replace(f"{path}: ", ""))
+    return _Task(fold, member, "ok", "", data)
+
+
+def _stitch(ensembles: list[_Task], bars_per_year: int) -> dict[str, Any]:
+    """Chain the ok folds' test curves (each starting at its predecessor's end) and measure them."""
+    names = ("ensemble", *BENCHMARKS)
+    parts: dict[str, list[np.ndarray]] = {key: [] for key in ("timestamps", "fold", *names)}
+    steps: dict[str, dict[str, list[np.ndarray]]] = {name: {"turnover": [], "costs": []} for name in names}
+    level = dict.fromkeys(names, 1.0)
+    for i, task in enumerate(ensembles):
+        curves = task.data["curves"]  # type: ignore[index]
+        start = 0 if i == 0 else 1  # a later fold's first mark is the previous fold's last bar
+        stamps = np.asarray(curves["ensemble"]["timestamps"], dtype=np.int64)
+        parts["timestamps"].append(stamps[start:])
+        parts["fold"].append(np.full(stamps.size - start, task.fold, dtype=np.int64))
+        for name in names:
+            curve = curves[name]
+            factor = level[name] / float(curve["equity"][0])
+            chained = np.asarray(curve["equity"], dtype=np.float64) * factor
+            level[name] = float(chained[-1])
+            parts[name].append(chained[start:])
+            steps[name]["turnover"].append(np.asarray(curve["turnover"], dtype=np.float64))
+            steps[name]["costs"].append(np.asarray(curve["costs"], dtype=np.float64) * factor)
+    out: dict[str, Any] = {
+        key: np.concatenate(values) if values else np.zeros(0, np.int64 if key in ("timestamps", "fold") else float)
+        for key, values in parts.items()
+    }
+    out["metrics"] = {}
+    for name in names:
+        equity = out[name]
+        if equity.size < 2:
+            out["metrics"][name] = {key: math.nan for key in METRICS} | {"n_bars": 0}
+            continue
+        turnover, costs = (np.concatenate(steps[name][key]) for key in ("turnover", "costs"))
+        measured = compute_metrics(equity, bars_per_year, turnover=turnover, costs=costs)
+        out["metrics"][name] = measured.as_dict()
+    return out
+
+
+def _write(path: Path, head: dict[str, Any], config_text: str, tasks: list[_Task], folds: int, members: int,
+           oos: dict[str, Any], gaps: list[int]) -> None:  # fmt: skip
+    strings = h5py.string_dtype()
+    by_key = {(task.fold, task.member): task for task in tasks}
+    with atomic_path(path) as tmp, h5py.File(tmp, "w", locking=False) as h5:
+        for key, value in head.items():
+            h5.attrs[key] = value
+        h5.create_dataset("config", data=config_text, dtype=strings)
+        group = h5.create_group("tasks")
+        group.create_dataset("fold", data=np.array([t.fold for t in tasks], dtype=np.int64))
+        group.create_dataset("member", data=np.array([t.member for t in tasks], dtype=np.int64))
+        group.create_dataset("status", data=np.array([t.status for t in tasks], dtype=object), dtype=strings)
+        group.create_dataset("reason", data=np.array([t.reason for t in tasks], dtype=object), dtype=strings)
+        lines = [t.line() for t in tasks if t.status != "ok"]
+        h5.create_dataset("missing", data=np.array(lines, dtype=object), shape=(len(lines),), dtype=strings)
+
+        def table(shape: tuple[int, ...], keys: list[tuple[int, int]], source: str) -> dict[str, np.ndarray]:
+            values = {metric: np.full(shape, np.nan) for metric in METRICS}
+            for index, key in zip(np.ndindex(shape), keys, strict=True):
+                task = by_key.get(key)
+                found = task.data["metrics"].get(source, {}) if task is not None and task.data else {}
+                for metric in METRICS:
+                    values[metric][index] = found.get(metric, np.nan)
+            return values
+
+        grid = [(f, m) for f in range(folds) for m in range(members)]
+        for metric, values in table((folds, members), grid, "policy").items():
+            h5.create_dataset(f"metrics/{metric}", data=values)
+        for metric, values in table((folds,), [(f, -1) for f in range(folds)], "policy").items():
+            h5.create_dataset(f"ensemble/{metric}", data=values)
+        for name in BENCHMARKS:
+            sources = []
+            for f in range(folds):  # the ensemble's file first, else the first ok member's
+                ok = [m for m in (-1, *range(members)) if by_key[(f, m)].status == "ok"]
+                sources.append((f, ok[0] if ok else -2))
+            for metric, values in table((folds,), sources, name).items():
+                h5.create_dataset(f"benchmarks/{name}/{metric}", data=values)
+        group = h5.create_group("oos")
+        group.attrs["gaps"] = np.array(gaps, dtype=np.int64)
+        group.create_dataset("timestamps", data=oos["timestamps"]).attrs["unit"] = TIME_UNIT
+        group.create_dataset("fold", data=oos["fold"])
+        for name in ("ensemble", *BENCHMARKS):
+            group.create_dataset(name, data=oos[name])
+            target = group.create_group("metrics" if name == "ensemble" else f"benchmark_metrics/{name}")
+            for key, value in oos["metrics"][name].items():
+                target.attrs[key] = value
+
+
+def aggregate(run_dir: Path) -> Summary:
+    """Merge the task files of ``run_dir`` into ``run_dir/summary.h5`` (atomically) and say what was found."""
+    layout = RunLayout(Path(run_dir))
+    if not layout.config_file.is_file():
+        raise PloutosError(f"{run_dir}: not a run folder (no config.yaml)")
+    from ploutos.config import load
+
+    run_hash = layout.recorded_hash() or ""
+    config = load(layout.config_file)
+    folds, members = expected_plan(layout)
+    tasks = [
+        _inspect(layout.result(f, None if m < 0 else m), f, m, run_hash)
+        for f in range(folds)
+        for m in (*range(members), -1)
+    ]
+    ensembles = [t for t in tasks if t.member < 0 and t.status == "ok"]
+    gaps = [t.fold for t in tasks if t.member < 0 and t.status != "ok"]
+    oos = _stitch(ensembles, config.data.bars_per_year)
+    missing = tuple(t.line() for t in tasks if t.status != "ok")
+    head = {
+        "schema_version": SUMMARY_VERSION,
+        "run": config.name,
+        "config_hash": run_hash,
+        "folds": folds,
+        "members": members,
+        "complete": not missing,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    _write(layout.summary, head, layout.config_file.read_text(), tasks, folds, members, oos, gaps)
+    return Summary(
+        path=layout.summary,
+        folds=folds,
+        members=members,
+        members_ok=sum(t.member >= 0 and t.status == "ok" for t in tasks),
+        ensembles_ok=len(ensembles),
+        missing=missing,
+    )
+
+
+def format_folds(path: Path) -> str:
+    """The ensemble of each fold in ``summary.h5``, and the stitched curve: return, Sharpe, drawdown, buy-and-hold."""
+    with h5py.File(path, "r", locking=False) as h5:
+        rows = [(str(f), *(h5[f"ensemble/{k}"][f] for k in ("total_return", "sharpe", "max_drawdown")),
+                 h5["benchmarks/buy_and_hold/total_return"][f]) for f in range(int(h5.attrs["folds"]))]  # fmt: skip
+        oos, bench = h5["oos/metrics"].attrs, h5["oos/benchmark_metrics/buy_and_hold"].attrs
+        rows.append(("stitched", oos["total_return"], oos["sharpe"], oos["max_drawdown"], bench["total_return"]))
+        gaps = [int(g) for g in h5["oos"].attrs["gaps"]]
+    lines = [f"{'fold':>8} {'return':>10} {'sharpe':>10} {'max dd':>10} {'b&h return':>11}"]
+    lines += [f"{r[0]:>8} {r[1]:>10.4f} {r[2]:>10.4f} {r[3]:>10.4f} {r[4]:>11.4f}" for r in rows]
+    if gaps:
+        lines.append(f"stitched without fold(s) {', '.join(map(str, gaps))} (ensemble not ok)")
+    return "\n".join(lines)
+
+
+def cli_aggregate(run_dir: Path) -> int:
+    """``ploutos aggregate RUN_DIR``: 0 when written (missing tasks are data), 1 when no task at all is ok."""
+    summary = aggregate(Path(run_dir))
+    print(summary.line())
+    print(format_folds(summary.path))
+    if not summary.any_ok:
+        print(f"ploutos: error: {run_dir}: no task file is ok; nothing to aggregate", file=sys.stderr)
+        return 1
+    return 0

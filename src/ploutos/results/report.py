@@ -1,0 +1,334 @@
+"""``ploutos report RUN_DIR``: PNG plots and a markdown summary of an aggregated run.
+
+Reads ``RUN_DIR/summary.h5`` (written by ``ploutos aggregate``) and, for the per-fold and
+training plots, the task files under ``RUN_DIR/tasks``; writes ``RUN_DIR/report/``. Every file
+is written atomically, so a rerun replaces the old report file by file and a crash leaves the
+previous version. A run with missing or damaged tasks still gets a report: they are listed, not
+fatal, because the report is how a user finds out what failed.
+
+Plots use matplotlib's object API (``Figure``) and never pyplot: pyplot keeps global figure state
+and picks a GUI backend, while ``Figure.savefig`` renders PNG with Agg and needs no display.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
+from matplotlib.figure import Figure
+from matplotlib.ticker import PercentFormatter
+
+from ploutos.errors import PloutosError
+from ploutos.results.files import atomic_path
+from ploutos.results.layout import RunLayout
+
+DPI = 100
+CURVES = {
+    "ensemble": ("ensemble", "C0"),
+    "buy_and_hold": ("buy and hold", "C1"),
+    "equal_weight": ("equal weight", "C2"),
+}
+OOS_ROWS = (  # (metric, label, format) of the out-of-sample table
+    ("total_return", "total return", "pct"),
+    ("annual_return", "annual return", "pct"),
+    ("sharpe", "Sharpe", "num"),
+    ("sortino", "Sortino", "num"),
+    ("max_drawdown", "max drawdown", "pct"),
+    ("psr", "PSR", "prob"),
+    ("turnover", "turnover (annual, x equity)", "num"),
+    ("cost_drag", "cost drag (annual)", "pct"),
+)
+DISTRIBUTIONS = (
+    ("sharpe", "Sharpe"),
+    ("total_return", "total return"),
+    ("max_drawdown", "max drawdown"),
+    ("psr", "PSR"),
+)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What the report needs from ``summary.h5``."""
+
+    run: str
+    config_hash: str
+    folds: int
+    members: int
+    complete: bool
+    created: str
+    members_ok: np.ndarray  # (F,) member tasks with status ok
+    missing: list[str]
+    metrics: dict[str, np.ndarray]  # (F, M) per member
+    ensemble: dict[str, np.ndarray]  # (F,)
+    benchmarks: dict[str, dict[str, np.ndarray]]  # name -> metric -> (F,)
+    oos_time: np.ndarray  # (N,) datetime64[us]
+    oos_fold: np.ndarray
+    oos: dict[str, np.ndarray]  # ensemble, buy_and_hold, equal_weight
+    gaps: list[int]
+    oos_metrics: dict[str, dict[str, float]]  # ensemble and the benchmarks
+
+
+def _text(values: np.ndarray) -> list[str]:
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in np.atleast_1d(values)]
+
+
+def _floats(group: h5py.Group) -> dict[str, np.ndarray]:
+    return {key: np.asarray(ds[()], dtype=np.float64) for key, ds in group.items() if isinstance(ds, h5py.Dataset)}
+
+
+def read_summary(path: Path) -> Summary:
+    """Load ``summary.h5``; a damaged file is one-line PloutosError, not a traceback."""
+    try:
+        with h5py.File(path, "r", locking=False) as h5:
+            attrs, folds, members = h5.attrs, int(h5.attrs["folds"]), int(h5.attrs["members"])
+            task_fold, task_member = h5["tasks/fold"][()], h5["tasks/member"][()]
+            ok = (np.array(_text(h5["tasks/status"][()])) == "ok") & (task_member >= 0)
+            oos = h5["oos"]
+            oos_metrics = {"ensemble": dict(oos["metrics"].attrs)}
+            oos_metrics.update({k: dict(g.attrs) for k, g in oos["benchmark_metrics"].items()})
+            return Summary(
+                run=_text(attrs["run"])[0],
+                config_hash=_text(attrs["config_hash"])[0],
+                folds=folds,
+                members=members,
+                complete=bool(attrs.get("complete", False)),
+                created=_text(attrs.get("created", ""))[0],
+                members_ok=np.array([int(np.sum(ok & (task_fold == f))) for f in range(folds)]),
+                missing=_text(h5["missing"][()]) if "missing" in h5 else [],
+                metrics=_floats(h5["metrics"]),
+                ensemble=_floats(h5["ensemble"]),
+                benchmarks={name: _floats(group) for name, group in h5["benchmarks"].items()},
+                oos_time=oos["timestamps"][()].astype("datetime64[us]"),
+                oos_fold=oos["fold"][()].astype(np.int64),
+                oos={name: oos[name][()].astype(np.float64) for name in CURVES},
+                gaps=[int(g) for g in np.atleast_1d(oos.attrs.get("gaps", []))],
+                oos_metrics={name: {k: float(v) for k, v in m.items()} for name, m in oos_metrics.items()},
+            )
+    except (OSError, KeyError, ValueError) as err:
+        raise PloutosError(f"{path}: not a readable summary ({err}); run `ploutos aggregate` again") from None
+
+
+def _read_task(path: Path) -> dict[str, np.ndarray] | None:
+    """The curves of a task file, or None when it is absent or unreadable (the report goes on)."""
+    if not path.exists():
+        return None
+    try:
+        with h5py.File(path, "r", locking=False) as h5:
+            out = {"time": h5["test/timestamps"][()].astype("datetime64[us]"), "equity": h5["test/equity"][()]}
+            for key, where in (("buy_and_hold", "benchmarks/buy_and_hold/equity"), ("timesteps", "training/timesteps")):
+                if where in h5:
+                    out[key] = h5[where][()]
+            for key in ("ep_rew_mean", "value_loss"):
+                if f"training/{key}" in h5:
+                    out[key] = h5[f"training/{key}"][()]
+            return out
+    except (OSError, KeyError):
+        return None
+
+
+def _dates(ax: Axes) -> None:
+    locator = AutoDateLocator(minticks=3, maxticks=8)
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI)  # format given: the temporary name has no .png suffix
+    return path
+
+
+def plot_oos(s: Summary, path: Path) -> Path:
+    fig = Figure(figsize=(10, 5))
+    ax = fig.add_subplot()
+    present = [int(f) for f in np.unique(s.oos_fold)]
+    for name, (label, color) in CURVES.items():
+        for i, fold in enumerate(present):  # one line per fold, so a missing fold is a break, not a fake line
+            sel = s.oos_fold == fold
+            ax.plot(s.oos_time[sel], s.oos[name][sel], color=color, lw=1.6 if name == "ensemble" else 1.0,
+                    label=label if i == 0 else None)  # fmt: skip
+    starts = {f: s.oos_time[s.oos_fold == f][0] for f in present}
+    ends = {f: s.oos_time[s.oos_fold == f][-1] for f in present}
+    for fold in present[1:]:
+        ax.axvline(starts[fold], color="0.5", lw=0.8, ls=":")
+    for fold in present:
+        ax.text(starts[fold], 1.0, f" fold {fold}", transform=ax.get_xaxis_transform(), va="top", fontsize=8)
+    for gap in s.gaps:  # shade the hole left by a missing fold where neighbours bound it
+        before, after = [f for f in present if f < gap], [f for f in present if f > gap]
+        if before and after:
+            ax.axvspan(ends[before[-1]], starts[after[0]], color="red", alpha=0.12, lw=0)
+            ax.text(ends[before[-1]], 0.5, f" fold {gap} missing", transform=ax.get_xaxis_transform(), color="red")
+    if not present:
+        ax.text(0.5, 0.5, "no out-of-sample data", transform=ax.transAxes, ha="center")
+    missing = f"; missing folds {', '.join(map(str, s.gaps))}" if s.gaps else ""
+    ax.set_title(f"{s.run}: stitched out-of-sample equity, {len(present)}/{s.folds} folds{missing}")
+    ax.set_ylabel("equity (start = 1)")
+    ax.legend(loc="upper left", bbox_to_anchor=(0, 0.93))
+    _dates(ax)
+    return _save(fig, path)
+
+
+def plot_folds(s: Summary, tasks: dict[tuple[int, int], dict[str, np.ndarray] | None], path: Path) -> Path:
+    cols = min(max(s.folds, 1), 3)
+    rows = -(-max(s.folds, 1) // cols)
+    fig = Figure(figsize=(10, max(5.0, 2.6 * rows)))
+    for fold in range(s.folds):
+        ax = fig.add_subplot(rows, cols, fold + 1)
+        ens = tasks[(fold, -1)]
+        absent = ([] if ens is not None else ["ensemble"]) + [
+            f"m{m}" for m in range(s.members) if tasks[(fold, m)] is None
+        ]
+        for m in range(s.members):
+            if (t := tasks[(fold, m)]) is not None:
+                ax.plot(
+                    t["time"], t["equity"] / t["equity"][0], color="0.6", lw=0.7, label="members" if m == 0 else None
+                )
+        hold = next(
+            (t for t in [ens, *(tasks[(fold, m)] for m in range(s.members))] if t and "buy_and_hold" in t), None
+        )
+        if hold is not None:
+            ax.plot(hold["time"], hold["buy_and_hold"] / hold["buy_and_hold"][0], color="C1", lw=1.0, ls="--",
+                    label="buy and hold")  # fmt: skip
+        if ens is not None:
+            ax.plot(ens["time"], ens["equity"] / ens["equity"][0], color="C0", lw=1.5, label="ensemble")
+        ax.set_title(f"fold {fold}" + (f" (absent: {', '.join(absent)})" if absent else ""), fontsize=9)
+        ax.tick_params(labelsize=7)
+        _dates(ax)
+        if fold == 0:
+            ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_distributions(s: Summary, path: Path) -> Path:
+    fig = Figure(figsize=(10, 6))
+    rng = np.random.default_rng(0)  # fixed jitter: a rerun draws the same picture
+    hold = s.benchmarks.get("buy_and_hold", {})
+    for i, (key, label) in enumerate(DISTRIBUTIONS):
+        ax = fig.add_subplot(2, 2, i + 1)
+        values = s.metrics.get(key, np.full((s.folds, s.members), np.nan))
+        data = [(f, row[np.isfinite(row)]) for f, row in enumerate(values)]
+        data = [(f, row) for f, row in data if row.size]
+        if data:
+            ax.boxplot([row for _, row in data], positions=[f for f, _ in data], widths=0.5, showfliers=False)
+        for f, row in data:
+            ax.scatter(f + rng.uniform(-0.12, 0.12, row.size), row, s=12, color="0.4", zorder=3,
+                       label="members" if f == data[0][0] else None)  # fmt: skip
+        folds = np.arange(s.folds)
+        ax.scatter(folds, s.ensemble.get(key, np.full(s.folds, np.nan)), marker="D", color="C3", zorder=4,
+                   label="ensemble")  # fmt: skip
+        if key in hold:
+            ax.scatter(folds, hold[key], marker="_", s=200, color="C1", zorder=4, label="buy and hold")
+        ax.set_xticks(folds)
+        ax.set_xlim(-0.6, s.folds - 0.4)
+        ax.set_xlabel("fold", fontsize=8)
+        ax.set_title(label, fontsize=10)
+        if key in ("total_return", "max_drawdown"):
+            ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+        if i == 0:
+            ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_training(s: Summary, tasks: dict[tuple[int, int], dict[str, np.ndarray] | None], path: Path) -> Path:
+    fig = Figure(figsize=(10, 6))
+    axes = fig.subplots(2, 1, sharex=True)
+    drawn: set[int] = set()
+    for (fold, member), t in sorted(tasks.items()):
+        if member < 0 or t is None or "timesteps" not in t:
+            continue
+        for ax, key in zip(axes, ("ep_rew_mean", "value_loss"), strict=True):
+            if key in t and len(t[key]) == len(t["timesteps"]):  # colour by fold: members of a fold overlap
+                ax.plot(
+                    t["timesteps"],
+                    t[key],
+                    color=f"C{fold % 10}",
+                    lw=0.9,
+                    label=None if fold in drawn else f"fold {fold}",
+                )
+        drawn.add(fold)
+    for ax, key in zip(axes, ("ep_rew_mean", "value_loss"), strict=True):
+        ax.set_ylabel(key)
+    if drawn:
+        axes[0].legend(fontsize=7, ncols=min(len(drawn), 6))
+    else:
+        axes[0].text(0.5, 0.5, "no member task files with a training curve", transform=axes[0].transAxes, ha="center")
+    axes[0].set_title(f"{s.run}: training curves of every member task file present")
+    axes[1].set_xlabel("timesteps")
+    return _save(fig, path)
+
+
+def _fmt(value: float | None, kind: str = "num") -> str:
+    if value is None or not np.isfinite(value):
+        return "n/a"
+    return f"{value:.2%}" if kind == "pct" else f"{value:.3f}" if kind == "prob" else f"{value:.2f}"
+
+
+def summary_markdown(s: Summary) -> str:
+    present = s.folds - len(s.gaps)
+    lines = [
+        f"# Ploutos report: {s.run}",
+        "",
+        f"Config hash `{s.config_hash}`; {s.folds} fold(s) x {s.members} member(s); "
+        f"aggregated {s.created or 'n/a'}; complete: {'yes' if s.complete else 'no'}.",
+        "",
+        "## Out-of-sample (stitched)",
+        "",
+        f"The out-of-sample curve is stitched from the test windows only of {present} of {s.folds} fold(s): "
+        "every point was traded by models trained on earlier data, so there is no look-ahead."
+        + (f" Missing fold(s) {', '.join(map(str, s.gaps))} are left out of it." if s.gaps else ""),
+        "",
+        "| metric | ensemble | buy and hold | equal weight |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for key, label, kind in OOS_ROWS:
+        cells = [_fmt(s.oos_metrics.get(name, {}).get(key), kind) for name in CURVES]
+        lines.append(f"| {label} | {' | '.join(cells)} |")
+    lines += ["", "![Out-of-sample equity](oos_equity.png)", "", "## Per fold", ""]
+    lines += ["| fold | ensemble return | Sharpe | max dd | buy-and-hold return | members ok |"]
+    lines += ["| ---: | ---: | ---: | ---: | ---: | ---: |"]
+    nan = np.full(s.folds, np.nan)
+    hold = s.benchmarks.get("buy_and_hold", {}).get("total_return", nan)
+    for f in range(s.folds):
+        ens = {key: s.ensemble.get(key, nan)[f] for key in ("total_return", "sharpe", "max_drawdown")}
+        lines.append(
+            f"| {f} | {_fmt(ens['total_return'], 'pct')} | {_fmt(ens['sharpe'])} | "
+            f"{_fmt(ens['max_drawdown'], 'pct')} | {_fmt(hold[f], 'pct')} | {s.members_ok[f]}/{s.members} |"
+        )
+    lines += ["", "![Test equity per fold](fold_equity.png)", "", "![Metrics across members](metric_distributions.png)"]
+    lines += ["", "## Missing or failed tasks", ""]
+    lines += [f"- {line}" for line in s.missing] or ["none"]
+    lines += ["", "## Training", "", "![Training curves](training_curves.png)", ""]
+    return "\n".join(lines)
+
+
+def write_report(run_dir: Path) -> list[Path]:
+    """Write the plots and ``summary.md`` under ``run_dir/report``; return their paths."""
+    layout = RunLayout(Path(run_dir))
+    if not layout.summary.exists():
+        raise PloutosError(f"{layout.summary} not found; run `ploutos aggregate {layout.root}` first")
+    s = read_summary(layout.summary)
+    tasks = {
+        (f, m): _read_task(layout.result(f, None if m < 0 else m)) for f in range(s.folds) for m in range(-1, s.members)
+    }
+    out = layout.root / "report"
+    out.mkdir(exist_ok=True)
+    paths = [
+        plot_oos(s, out / "oos_equity.png"),
+        plot_folds(s, tasks, out / "fold_equity.png"),
+        plot_distributions(s, out / "metric_distributions.png"),
+        plot_training(s, tasks, out / "training_curves.png"),
+    ]
+    with atomic_path(out / "summary.md") as tmp:
+        tmp.write_text(summary_markdown(s))
+    return [*paths, out / "summary.md"]
+
+
+def cli_report(run_dir: Path) -> int:
+    """``ploutos report RUN_DIR``: print the paths written."""
+    for path in write_report(run_dir):
+        print(path)
+    return 0

@@ -273,6 +273,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_paper(args: argparse.Namespace) -> int:
+    from ploutos.paper.command import cli_paper
+
+    return cli_paper(Path(args.run), args.overrides, loop=args.loop, dry=args.dry_run, live=args.live)
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _config_options()
     parser = argparse.ArgumentParser(prog="ploutos", description=__doc__.split("\n\n")[0])
@@ -318,6 +324,21 @@ def build_parser() -> argparse.ArgumentParser:
         "validate", parents=[common], help="run every stage of the pipeline on a tiny budget and report each"
     )
     check_run.set_defaults(handler=cmd_validate)
+
+    paper = commands.add_parser(
+        "paper", help="trade the latest fold's ensemble on Alpaca paper, or replay it (--dry-run)"
+    )
+    paper.add_argument("--run", required=True, metavar="RUN_DIR", help="a trained run folder, e.g. results/quickstart")
+    paper_mode = paper.add_mutually_exclusive_group()
+    paper_mode.add_argument("--once", action="store_true", help="process the newest bar and exit (default)")
+    paper_mode.add_argument("--loop", action="store_true", help="check for a new bar every paper.poll_seconds")
+    paper.add_argument("--dry-run", action="store_true", help="replay the local dataset over the latest test window")
+    paper.add_argument("--live", action="store_true", help="trade a live account (needs PLOUTOS_LIVE_CONFIRM=yes)")
+    paper.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        help="override paper.* or data.* (source, url, store, tickers) of the run's config",
+    )  # fmt: skip
+    paper.set_defaults(handler=cmd_paper)
 
     config = commands.add_parser("config", help="show the resolved config")
     config_commands = config.add_subparsers(dest="config_command", metavar="SUBCOMMAND", required=True)

@@ -214,8 +214,9 @@ class _MemberTraining:
         self.replicas: list[dict[str, str]] = []
         """Every rank's :meth:`replica_fingerprint` at the end (on rank 0)."""
         self.last_checkpoint = 0
+        rollout = layout.n_steps * layout.n_envs  # SB3 stops at the first whole rollout past the total
         self.bar = progress_bar(
-            total=config.ppo.total_timesteps,
+            total=math.ceil(self.local_total / rollout) * rollout * ranks.size,
             enabled=progress and ranks.is_root,
             desc=f"fold {fold.index} member {member}",
             unit="step",

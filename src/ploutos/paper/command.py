@@ -1,0 +1,52 @@
+"""``ploutos paper --run RUN_DIR [--once | --loop] [--dry-run] [--live]``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from ploutos.paper import risk
+
+
+def cli_paper(run_dir: Path, overrides: Sequence[str], *, loop: bool, dry: bool, live: bool) -> int:
+    risk.check_live(live)  # first: nothing is loaded or contacted before the guard
+    from ploutos.paper.runner import load_policy
+
+    policy = load_policy(run_dir, overrides)
+    members = ", ".join(map(str, policy.members))
+    print(f"policy: fold {policy.fold}, member(s) {members}, combine {policy.config.ensemble.combine}", flush=True)
+    if dry:
+        from ploutos.paper.replay import agreement, dry_run, write_replay
+
+        replay = dry_run(policy)
+        orders, equity = write_replay(replay, run_dir)
+        print(f"{orders}: {replay.orders.height} order(s); {equity}: {len(replay.equity)} mark(s)")
+        if replay.halted:
+            print(replay.halted)
+        print(agreement(policy, replay).line())
+        return 0
+    from ploutos.data.sources.alpaca import _keys
+    from ploutos.paper.broker import AlpacaBroker
+    from ploutos.paper.runner import PaperRunner
+
+    if policy.config.data.macro:
+        from ploutos.errors import PloutosError
+
+        raise PloutosError("paper trading does not fetch macro series yet; the run's data.macro must be empty")
+    key, secret = _keys()
+    data = policy.config.data
+    broker = AlpacaBroker(
+        key,
+        secret,
+        url=policy.config.paper.trading_url,
+        live=live,
+        attempts=data.max_retries,
+        backoff_s=data.retry_backoff_s,
+        timeout_s=data.request_timeout_s,
+    )
+    runner = PaperRunner(run_dir, policy, broker)
+    if loop:
+        runner.loop(policy.config.paper.poll_seconds)
+    else:
+        runner.step()
+    return 0

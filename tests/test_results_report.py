@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+from contextlib import redirect_stdout
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import pytest
 from ploutos.bench.env import synthetic_arrays
 from ploutos.config import EnvConfig
 from ploutos.errors import PloutosError
-from ploutos.results.hdf5 import TaskResult, write_task_result
+from ploutos.results.hdf5 import TaskResult, read_metrics, write_task_result
 from ploutos.results.layout import RunLayout
 from ploutos.results.report import cli_report, write_report
 from ploutos.train.evaluate import FoldEvaluation, evaluate
@@ -127,40 +129,68 @@ def make_run(root: Path, evaluations: dict, missing: set[int] = frozenset()) -> 
     return layout
 
 
-def assert_png(path: Path) -> None:
+def assert_png(path: Path, size: tuple[int, int] | None = None) -> None:
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n", path
     assert len(data) > 10_000, (path, len(data))
+    if size is not None:  # width and height are the first fields of the IHDR chunk
+        assert (int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")) == size
 
 
-def test_the_report_writes_four_pngs_and_summary_md(tmp_path: Path, evaluations, capsys):
-    layout = make_run(tmp_path / "run", evaluations)
-    assert cli_report(layout.root) == 0
+@pytest.fixture(scope="module")
+def reported(tmp_path_factory: pytest.TempPathFactory, evaluations) -> tuple[RunLayout, str]:
+    """A complete run, reported once through the CLI entry point (plots are the slow part)."""
+    layout = make_run(tmp_path_factory.mktemp("complete") / "run", evaluations)
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert cli_report(layout.root) == 0
+    return layout, out.getvalue()
+
+
+def test_the_report_writes_four_pngs_and_summary_md(reported):
+    layout, printed = reported
     report = layout.root / "report"
     expected = [report / name for name in (*PNGS, "summary.md")]
-    assert capsys.readouterr().out.splitlines() == [str(p) for p in expected]
+    assert printed.splitlines() == [str(p) for p in expected]
     assert sorted(report.iterdir()) == sorted(expected)  # no temporaries left
     for name in PNGS:
         assert_png(report / name)
+    assert_png(report / "oos_equity.png", (1000, 500))
     md = (report / "summary.md").read_text()
-    assert md.startswith("# Ploutos report: report-test\n") and "`c0ffee`" in md
+    assert md.startswith("# Ploutos report: report-test\n") and "`c0ffee`" in md and "complete: yes" in md
     assert "| metric | ensemble | buy and hold | equal weight |" in md
     for label in ("total return", "annual return", "Sharpe", "Sortino", "max drawdown", "PSR", "turnover", "cost drag"):
         assert f"\n| {label}" in md, label
     psr_row = next(line for line in md.splitlines() if line.startswith("| PSR |"))
     assert psr_row.endswith("| n/a |")  # NaN prints as n/a
     assert "| fold | ensemble return | Sharpe | max dd | buy-and-hold return | members ok |" in md
-    ens = evaluations[(1, -1)].metrics
-    row = f"| 1 | {ens['policy'].total_return:.2%} | {ens['policy'].sharpe:.2f} | {ens['policy'].max_drawdown:.2%}"
-    assert f"{row} | {ens['buy_and_hold'].total_return:.2%} | 2/2 |" in md
+    metrics = read_metrics(layout.result(1, None))  # the per-fold row matches the fold's ensemble task file
+    policy, hold = metrics["policy"], metrics["buy_and_hold"]
+    row = f"| 1 | {policy['total_return']:.2%} | {policy['sharpe']:.2f} | {policy['max_drawdown']:.2%}"
+    assert f"{row} | {hold['total_return']:.2%} | 2/2 |" in md
     for name in PNGS:
         assert f"]({name})" in md, name
     assert "stitched from the test windows only of 3 of 3 fold(s)" in md and "no look-ahead" in md
     assert "## Missing or failed tasks\n\nnone\n" in md
 
 
-def test_a_run_with_a_missing_fold_still_reports(tmp_path: Path, evaluations):
+def test_rerunning_overwrites_cleanly(reported):
+    layout, _ = reported
+    report = layout.root / "report"
+    before = {p.name: p.read_bytes() for p in report.iterdir()}
+    (report / "summary.md").write_text("stale")
+    (report / "oos_equity.png").write_bytes(b"stale")
+    paths = write_report(layout.root)
+    assert [p.name for p in paths] == [*PNGS, "summary.md"]
+    assert {p.name: p.read_bytes() for p in report.iterdir()}.keys() == before.keys()
+    assert (report / "summary.md").read_bytes() == before["summary.md"]
+    assert_png(report / "oos_equity.png", (1000, 500))
+
+
+def test_a_run_with_a_missing_fold_and_damaged_task_files_still_reports(tmp_path: Path, evaluations):
     layout = make_run(tmp_path / "run", evaluations, missing={1})
+    layout.result(0, 1).unlink()  # absent: aggregation happened before it vanished; the panel says so
+    layout.result(2, None).write_bytes(b"not hdf5")  # unreadable: skipped like an absent file
     paths = write_report(layout.root)
     assert [p.name for p in paths] == [*PNGS, "summary.md"]
     for path in paths[:4]:
@@ -169,26 +199,6 @@ def test_a_run_with_a_missing_fold_still_reports(tmp_path: Path, evaluations):
     assert "- fold1_member0: missing (no task file)" in md and "- fold1_ensemble: missing (no task file)" in md
     assert "| 1 | n/a | n/a | n/a | n/a | 0/2 |" in md
     assert "2 of 3 fold(s)" in md and "Missing fold(s) 1" in md and "complete: no" in md
-
-
-def test_absent_and_damaged_task_files_do_not_stop_the_report(tmp_path: Path, evaluations):
-    layout = make_run(tmp_path / "run", evaluations)
-    layout.result(0, 1).unlink()
-    layout.result(2, None).write_bytes(b"not hdf5")
-    paths = write_report(layout.root)
-    for path in paths[:4]:
-        assert_png(path)
-
-
-def test_rerunning_overwrites_cleanly(tmp_path: Path, evaluations):
-    layout = make_run(tmp_path / "run", evaluations)
-    first = write_report(layout.root)
-    summary_md = first[-1]
-    summary_md.write_text("stale")
-    second = write_report(layout.root)
-    assert first == second
-    assert summary_md.read_text().startswith("# Ploutos report")
-    assert sorted(p.name for p in (layout.root / "report").iterdir()) == sorted([*PNGS, "summary.md"])
 
 
 def test_no_summary_is_a_one_line_error(tmp_path: Path):

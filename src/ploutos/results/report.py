@@ -119,13 +119,9 @@ def _read_task(path: Path) -> dict[str, np.ndarray] | None:
     try:
         with h5py.File(path, "r", locking=False) as h5:
             out = {"time": h5["test/timestamps"][()].astype("datetime64[us]"), "equity": h5["test/equity"][()]}
-            for key, where in (("buy_and_hold", "benchmarks/buy_and_hold/equity"), ("timesteps", "training/timesteps")):
-                if where in h5:
-                    out[key] = h5[where][()]
-            for key in ("ep_rew_mean", "value_loss"):
-                if f"training/{key}" in h5:
-                    out[key] = h5[f"training/{key}"][()]
-            return out
+            optional = {"buy_and_hold": "benchmarks/buy_and_hold/equity"}
+            optional.update({key: f"training/{key}" for key in ("timesteps", "ep_rew_mean", "value_loss")})
+            return out | {key: h5[where][()] for key, where in optional.items() if where in h5}
     except (OSError, KeyError):
         return None
 
@@ -161,75 +157,82 @@ def plot_oos(s: Summary, path: Path) -> Path:
         before, after = [f for f in present if f < gap], [f for f in present if f > gap]
         if before and after:
             ax.axvspan(ends[before[-1]], starts[after[0]], color="red", alpha=0.12, lw=0)
-            ax.text(ends[before[-1]], 0.5, f" fold {gap} missing", transform=ax.get_xaxis_transform(), color="red")
-    if not present:
-        ax.text(0.5, 0.5, "no out-of-sample data", transform=ax.transAxes, ha="center")
+            y = 0.5 - 0.06 * (gap - before[-1] - 1)  # consecutive missing folds share a span: stack their labels
+            ax.text(ends[before[-1]], y, f" fold {gap} missing", transform=ax.get_xaxis_transform(), color="red")
+    if present:
+        ax.legend(loc="best")
+        _dates(ax)
+    else:
+        ax.text(0.5, 0.5, "no out-of-sample data", transform=ax.transAxes, ha="center", color="red")
     missing = f"; missing folds {', '.join(map(str, s.gaps))}" if s.gaps else ""
     ax.set_title(f"{s.run}: stitched out-of-sample equity, {len(present)}/{s.folds} folds{missing}")
     ax.set_ylabel("equity (start = 1)")
-    ax.legend(loc="upper left", bbox_to_anchor=(0, 0.93))
-    _dates(ax)
+    fig.subplots_adjust(left=0.08, right=0.97, top=0.92, bottom=0.1)
     return _save(fig, path)
+
+
+def _unit(curve: np.ndarray) -> np.ndarray:
+    return curve / curve[0]  # every curve starts at 1, so members, ensemble and benchmark compare directly
 
 
 def plot_folds(s: Summary, tasks: dict[tuple[int, int], dict[str, np.ndarray] | None], path: Path) -> Path:
     cols = min(max(s.folds, 1), 3)
     rows = -(-max(s.folds, 1) // cols)
     fig = Figure(figsize=(10, max(5.0, 2.6 * rows)))
+    legend = False
     for fold in range(s.folds):
         ax = fig.add_subplot(rows, cols, fold + 1)
-        ens = tasks[(fold, -1)]
-        absent = ([] if ens is not None else ["ensemble"]) + [
-            f"m{m}" for m in range(s.members) if tasks[(fold, m)] is None
-        ]
-        for m in range(s.members):
-            if (t := tasks[(fold, m)]) is not None:
-                ax.plot(
-                    t["time"], t["equity"] / t["equity"][0], color="0.6", lw=0.7, label="members" if m == 0 else None
-                )
-        hold = next(
-            (t for t in [ens, *(tasks[(fold, m)] for m in range(s.members))] if t and "buy_and_hold" in t), None
-        )
-        if hold is not None:
-            ax.plot(hold["time"], hold["buy_and_hold"] / hold["buy_and_hold"][0], color="C1", lw=1.0, ls="--",
-                    label="buy and hold")  # fmt: skip
-        if ens is not None:
-            ax.plot(ens["time"], ens["equity"] / ens["equity"][0], color="C0", lw=1.5, label="ensemble")
+        ens, members = tasks[(fold, -1)], [tasks[(fold, m)] for m in range(s.members)]
+        absent = ["ensemble"] * (ens is None) + [f"m{m}" for m, t in enumerate(members) if t is None]
         ax.set_title(f"fold {fold}" + (f" (absent: {', '.join(absent)})" if absent else ""), fontsize=9)
+        present = [t for t in members if t is not None]
+        for i, t in enumerate(present):
+            ax.plot(t["time"], _unit(t["equity"]), color="0.6", lw=0.7, label="members" if i == 0 else None)
+        if (hold := next((t for t in [ens, *present] if t and "buy_and_hold" in t), None)) is not None:
+            ax.plot(hold["time"], _unit(hold["buy_and_hold"]), color="C1", lw=1.0, ls="--", label="buy and hold")
+        if ens is not None:
+            ax.plot(ens["time"], _unit(ens["equity"]), color="C0", lw=1.5, label="ensemble")
+        if ens is None and not present:  # say so rather than draw an empty axis dated 1970
+            ax.text(0.5, 0.5, "no task files", transform=ax.transAxes, ha="center", color="red")
+            ax.set(xticks=[], yticks=[])
+            continue
         ax.tick_params(labelsize=7)
         _dates(ax)
-        if fold == 0:
+        if not legend:
             ax.legend(fontsize=7)
+            legend = True
+    fig.subplots_adjust(left=0.06, right=0.98, top=0.94, bottom=0.08, hspace=0.4, wspace=0.2)
     return _save(fig, path)
 
 
 def plot_distributions(s: Summary, path: Path) -> Path:
     fig = Figure(figsize=(10, 6))
     rng = np.random.default_rng(0)  # fixed jitter: a rerun draws the same picture
-    hold = s.benchmarks.get("buy_and_hold", {})
+    nan, folds = np.full(s.folds, np.nan), np.arange(s.folds)
     for i, (key, label) in enumerate(DISTRIBUTIONS):
         ax = fig.add_subplot(2, 2, i + 1)
         values = s.metrics.get(key, np.full((s.folds, s.members), np.nan))
-        data = [(f, row[np.isfinite(row)]) for f, row in enumerate(values)]
-        data = [(f, row) for f, row in data if row.size]
-        if data:
-            ax.boxplot([row for _, row in data], positions=[f for f, _ in data], widths=0.5, showfliers=False)
-        for f, row in data:
+        data = [(f, row[np.isfinite(row)]) for f, row in enumerate(values) if np.isfinite(row).any()]
+        if data:  # manage_ticks off: the fold ticks below must stay where the folds are, with or without a box
+            ax.boxplot([row for _, row in data], positions=[f for f, _ in data], widths=0.5, showfliers=False,
+                       manage_ticks=False, medianprops={"color": "0.2"})  # fmt: skip
+        for j, (f, row) in enumerate(data):
             ax.scatter(f + rng.uniform(-0.12, 0.12, row.size), row, s=12, color="0.4", zorder=3,
-                       label="members" if f == data[0][0] else None)  # fmt: skip
-        folds = np.arange(s.folds)
-        ax.scatter(folds, s.ensemble.get(key, np.full(s.folds, np.nan)), marker="D", color="C3", zorder=4,
-                   label="ensemble")  # fmt: skip
-        if key in hold:
-            ax.scatter(folds, hold[key], marker="_", s=200, color="C1", zorder=4, label="buy and hold")
+                       label="members" if j == 0 else None)  # fmt: skip
+        for f in sorted(set(folds) - {f for f, _ in data}):
+            ax.text(f, 0.5, "no data", transform=ax.get_xaxis_transform(), ha="center", color="red", fontsize=8)
+        ax.scatter(folds, s.ensemble.get(key, nan), marker="D", color="C3", zorder=4, label="ensemble")
+        ax.scatter(folds, s.benchmarks.get("buy_and_hold", {}).get(key, nan), marker="_", s=200, color="C1",
+                   zorder=4, label="buy and hold")  # fmt: skip
         ax.set_xticks(folds)
         ax.set_xlim(-0.6, s.folds - 0.4)
-        ax.set_xlabel("fold", fontsize=8)
         ax.set_title(label, fontsize=10)
         if key in ("total_return", "max_drawdown"):
             ax.yaxis.set_major_formatter(PercentFormatter(1.0))
         if i == 0:
             ax.legend(fontsize=7)
+    fig.supxlabel("fold", fontsize=9)
+    fig.subplots_adjust(left=0.07, right=0.98, top=0.94, bottom=0.1, hspace=0.3, wspace=0.2)
     return _save(fig, path)
 
 
@@ -258,6 +261,7 @@ def plot_training(s: Summary, tasks: dict[tuple[int, int], dict[str, np.ndarray]
         axes[0].text(0.5, 0.5, "no member task files with a training curve", transform=axes[0].transAxes, ha="center")
     axes[0].set_title(f"{s.run}: training curves of every member task file present")
     axes[1].set_xlabel("timesteps")
+    fig.subplots_adjust(left=0.08, right=0.97, top=0.93, bottom=0.09, hspace=0.12)
     return _save(fig, path)
 
 

@@ -172,3 +172,11 @@ def test_cli_config_show_prints_the_resolved_config(ploutos):
     assert result.returncode == 0, result.stderr
     assert "seed: 11" in result.stdout
     assert "# config hash:" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("limit", "minutes"),
+    [("02:00:00", 120), ("1-00:30:00", 1470), ("00:00:30", 1), ("1-12", 2160), ("2-01:30", 2970), ("10:30", 11)],
+)
+def test_slurm_time_limit_in_minutes_follows_slurms_formats(limit: str, minutes: int):
+    assert load("quickstart", [f"slurm.time_limit='{limit}'"]).slurm.time_limit_minutes == minutes

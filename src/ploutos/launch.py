@@ -288,11 +288,9 @@ def make_executor(config: Config, kind: str, folder: Path) -> Any:
 
     hw, slurm = config.hardware, config.slurm
     executor = submitit.AutoExecutor(folder=folder, cluster=kind)
-    parts = [int(p) for p in slurm.time_limit.replace("-", ":").split(":")]
-    while len(parts) < 4:
-        parts.insert(0, 0)
-    minutes = parts[0] * 1440 + parts[1] * 60 + parts[2] + (1 if parts[3] else 0)
-    executor.update_parameters(timeout_min=minutes, nodes=1, tasks_per_node=hw.mpi_ranks, name=f"ploutos-{config.name}")
+    executor.update_parameters(
+        timeout_min=slurm.time_limit_minutes, nodes=1, tasks_per_node=hw.mpi_ranks, name=f"ploutos-{config.name}"
+    )
     if kind == "slurm":
         additional: dict[str, Any] = {"requeue": True}
         if slurm.exclusive:

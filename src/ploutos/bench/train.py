@@ -233,10 +233,10 @@ def obs_description(arrays: Any, config: Any) -> str:
 
 
 def network_description(config: Any) -> str:
+    from ploutos.train.trainer import policy_name
+
     ppo = config.ppo
-    policy = "MlpLstmPolicy" if ppo.algo == "recurrent_ppo" else "MlpPolicy"
-    if config.env.obs_layout != "flat":
-        policy = policy.replace("Mlp", "MultiInput")
+    policy = policy_name(config)
     arch = list(ppo.net_arch)
     return (
         f"{ppo.algo} {policy} pi {arch} vf {arch}, n_steps {ppo.n_steps}, n_epochs {ppo.n_epochs}, "

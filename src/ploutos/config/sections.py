@@ -342,6 +342,16 @@ class SlurmConfig:
         _require(self.array_parallelism >= 1, "array_parallelism", "must be >= 1")
         _require(self.signal_before_s >= 0, "signal_before_s", "must be >= 0")
 
+    @property
+    def time_limit_minutes(self) -> int:
+        """``time_limit`` in whole minutes, rounded up (submitit's ``timeout_min``)."""
+        days, _, clock = self.time_limit.rpartition("-")
+        parts = [int(p) for p in clock.split(":")]
+        if days:  # Slurm: D-HH, D-HH:MM, D-HH:MM:SS
+            parts += [0] * (3 - len(parts))
+        hours, minutes, seconds = [0] * (3 - len(parts)) + parts  # else MM:SS or HH:MM:SS
+        return int(days or 0) * 1440 + hours * 60 + minutes + (1 if seconds else 0)
+
 
 @dataclass(frozen=True)
 class PaperConfig:

@@ -45,7 +45,7 @@ def _result(
         config_hash=config_hash(config),
         config_yaml=dump(config),
         provenance=record,
-        fold_bounds=fold_bounds(fold, config),
+        fold_bounds=fold_bounds(fold),
         tickers=tuple(arrays.tickers),
         feature_names=tuple(arrays.names),
         norm_center=stats.center if stats is not None else [],

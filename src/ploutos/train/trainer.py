@@ -100,22 +100,22 @@ def algorithm(config: Config) -> Any:
     return PPO
 
 
+def policy_name(config: Config) -> str:
+    """The SB3 policy class name for ``ppo.algo`` and ``env.obs_layout``."""
+    base = "MultiInput" if config.env.obs_layout != "flat" else "Mlp"
+    return f"{base}LstmPolicy" if config.ppo.algo == "recurrent_ppo" else f"{base}Policy"
+
+
 def build_model(config: Config, venv: Any, layout: HardwarePlan, seed: int) -> Any:
     """A fresh PPO / RecurrentPPO with the config's hyperparameters on ``venv``."""
     ppo = config.ppo
     recurrent = ppo.algo == "recurrent_ppo"
-    dict_obs = config.env.obs_layout != "flat"
-    policy = (
-        ("MultiInputLstmPolicy" if dict_obs else "MlpLstmPolicy")
-        if recurrent
-        else ("MultiInputPolicy" if dict_obs else "MlpPolicy")
-    )
     arch = list(ppo.net_arch)
     policy_kwargs: dict[str, Any] = {"net_arch": {"pi": arch, "vf": arch}}
     if recurrent:
         policy_kwargs["lstm_hidden_size"] = ppo.lstm_hidden
     return algorithm(config)(
-        policy,
+        policy_name(config),
         venv,
         n_steps=ppo.n_steps,
         batch_size=layout.batch_size,
@@ -357,7 +357,7 @@ def select_fold(timestamps: np.ndarray, config: Config, fold_index: int) -> Fold
     return folds[fold_index]
 
 
-def fold_bounds(fold: Fold, config: Config) -> dict[str, Any]:
+def fold_bounds(fold: Fold) -> dict[str, Any]:
     def iso(moment: np.datetime64) -> str:
         return f"{np.datetime_as_string(moment, unit='s')}Z"
 

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,8 +20,42 @@ def test_every_field_of_every_section_has_a_one_line_doc():
     for cls in (Config, *SECTIONS.values()):
         docs = field_docs(cls)
         for item in dataclasses.fields(cls):
-            assert item.name in docs, f"{cls.__name__}.{item.name} has no doc"
-            assert "\n" not in docs[item.name]
+            doc = item.metadata.get("doc")
+            assert isinstance(doc, str) and doc.strip(), f"{cls.__name__}.{item.name} has no doc in its metadata"
+            assert "\n" not in doc, f"{cls.__name__}.{item.name}: the doc must be one line"
+            assert docs[item.name] == doc.strip()
+
+
+def test_field_docs_work_without_sources(tmp_path: Path):
+    """A .pyc-only install (no .py files, so no inspect.getsource) still dumps every doc."""
+    copy = tmp_path / "site"
+    package = copy / "ploutos"
+    shutil.copytree(REPO / "src/ploutos", package, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "configs", package / "_configs")
+    subprocess.run([sys.executable, "-m", "compileall", "-b", "-q", str(package)], check=True)
+    for source in package.rglob("*.py"):
+        source.unlink()
+    assert not list(package.rglob("*.py")) and (package / "config/loader.pyc").is_file()
+    script = (
+        "import inspect, ploutos.config.sections as sections\n"
+        "from ploutos.config import load, dump\n"
+        "print(sections.__file__)\n"
+        "try:\n"
+        "    inspect.getsource(sections.DataConfig)\n"
+        "except (OSError, TypeError):\n"
+        "    print('no source')\n"
+        "print(dump(load('quickstart'), with_docs=True))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(copy)}
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    where, proof, *dumped = result.stdout.splitlines()
+    assert Path(where).is_relative_to(copy) and where.endswith(".pyc"), where
+    assert proof == "no source"
+    assert 'name: "quickstart"  # Run name; results go to <results_dir>/<name>.' in dumped
+    assert '  tickers: ["EURUSD"]  # Symbols to load, in the order assets appear in arrays.' in dumped
 
 
 def test_sections_are_frozen():

@@ -7,11 +7,9 @@ layer it came from, so an error names the file (or ``--set``) and the dotted key
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import difflib
 import hashlib
-import inspect
 import json
 import types
 import typing
@@ -229,20 +227,8 @@ def _hints(cls: type) -> dict[str, Any]:
 
 @cache
 def field_docs(cls: type) -> dict[str, str]:
-    """The one-line doc under each field of a config dataclass (its attribute docstring)."""
-    tree = ast.parse(inspect.getsource(cls))
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    docs: dict[str, str] = {}
-    for node, following in zip(body, body[1:], strict=False):
-        if (
-            isinstance(node, ast.AnnAssign)
-            and isinstance(node.target, ast.Name)
-            and isinstance(following, ast.Expr)
-            and isinstance(following.value, ast.Constant)
-            and isinstance(following.value.value, str)
-        ):
-            docs[node.target.id] = following.value.value.strip()
-    return docs
+    """The one-line doc of each field of a config dataclass, from its metadata (no source needed)."""
+    return {item.name: item.metadata["doc"].strip() for item in dataclasses.fields(cls) if "doc" in item.metadata}
 
 
 def to_dict(config: Config) -> dict[str, Any]:

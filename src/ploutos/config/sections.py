@@ -1,18 +1,19 @@
 """Typed run configuration: one frozen dataclass per concern.
 
 A config is YAML with one mapping per section (``data:``, ``ppo:``, ...) plus a few top-level
-keys. Every field has a type and a one-line doc (the string under it); derived values are
-properties. :func:`load` reads a file (or an embedded config by name), applies the files named
-by ``extends:`` underneath it and ``--set section.key=value`` overrides on top, and refuses an
-unknown key, a wrong type or an impossible value with one line naming the file, the key, what
-was wrong and, for a misspelt key, the closest valid name.
+keys. Every field has a type and a one-line doc, kept in its field metadata (see :func:`setting`)
+so that it survives installs without sources; derived values are properties. :func:`load` reads
+a file (or an embedded config by name), applies the files named by ``extends:`` underneath it and
+``--set section.key=value`` overrides on top, and refuses an unknown key, a wrong type or an
+impossible value with one line naming the file, the key, what was wrong and, for a misspelt key,
+the closest valid name.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Literal
+from typing import Literal, TypeVar
 
 from ploutos.errors import ConfigError
 
@@ -31,62 +32,79 @@ def _require(condition: bool, key: str, message: str, related: tuple[str, ...] =
         raise InvalidValue(key, message, related)
 
 
+_T = TypeVar("_T")
+
+
+def setting(default: _T, doc: str) -> _T:
+    """A config field with its default and one-line doc; :func:`~ploutos.config.field_docs` reads the doc back."""
+    return field(default=default, metadata={"doc": doc})
+
+
 SESSION_BARS_PER_YEAR = {"regular": 7 * 252, "extended": 16 * 252, "24h": 24 * 5 * 52, "24x7": 24 * 365}
 """Hourly bars in a year for each session policy; Sharpe ratios are annualized with these."""
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: Literal["sample", "synthetic", "csv", "alpaca", "yahoo"] = "sample"
-    """Where bars come from: the shipped EURUSD sample, generated bars, CSV files, Alpaca or Yahoo."""
-    tickers: tuple[str, ...] = ("EURUSD",)
-    """Symbols to load, in the order assets appear in arrays."""
-    start: str | None = None
-    """First bar, ISO date or datetime (UTC unless an offset is given); empty: as far back as the source goes."""
-    end: str | None = None
-    """End of the range, exclusive, same format; empty: up to now or the end of the file."""
-    session: Literal["regular", "extended", "24h", "24x7"] = "regular"
-    """Trading hours kept: NYSE regular, NYSE extended (04:00-20:00 ET), 24h on weekdays (FX), or 24x7."""
-    calendar: str = "XNYS"
-    """exchange_calendars code of the exchange whose holidays and early closes define regular/extended sessions."""
-    on_invalid: Literal["refuse", "repair"] = "refuse"
-    """What validation does with bad bars: stop with an error, or repair and list each repair in the manifest."""
-    max_gap_bars: int = 0
-    """In-session bars that may be missing in a row before the gap rule fires."""
-    store: str = "data/quickstart"
-    """Dataset directory: Parquet partitioned by ticker plus manifest.json."""
-    csv_path: str | None = None
-    """For source csv: one file (with a ticker column or one ticker) or a directory of <TICKER>.csv files."""
-    csv_timezone: str = "UTC"
-    """Timezone of naive timestamps in CSV files (aware ones keep their offset)."""
-    csv_time_format: str | None = None
-    """strftime format of the CSV time column; empty: detect ISO 8601 and dd.mm.yyyy HH:MM:SS."""
-    alpaca_feed: Literal["iex", "sip"] = "iex"
-    """Alpaca market data feed."""
-    alpaca_adjustment: Literal["raw", "split", "dividend", "all"] = "all"
-    """Corporate-action adjustment Alpaca applies to prices."""
-    alpaca_url: str | None = None
-    """Base URL of the Alpaca data API; empty: Alpaca's own (set for a proxy or a local fake server)."""
-    yahoo_url: str | None = None
-    """Base URL of Yahoo's chart API; empty: Yahoo's own (set for a local fake server)."""
-    max_retries: int = 5
-    """Attempts per request on HTTP 429/5xx, dropped connections and timeouts."""
-    request_timeout_s: float = 60.0
-    """Seconds a request may wait for the server before it counts as failed (and is retried)."""
-    retry_backoff_s: float = 1.0
-    """First retry delay in seconds; it doubles on every further attempt."""
-    macro: tuple[str, ...] = ()
-    """Macro series aligned to the bars as of their publication time: any of VIX, TNX, DXY."""
-    macro_source: Literal["yahoo", "csv"] = "yahoo"
-    """Where macro series come from; csv reads <macro_csv_dir>/<NAME>.csv with date and close columns."""
-    macro_csv_dir: str | None = None
-    """Directory of macro CSV files for macro_source csv."""
-    macro_lag_minutes: int = 15
-    """Minutes after a series' official close before its daily value counts as published."""
-    synthetic_bars: int = 50_000
-    """Bars per ticker generated by source synthetic."""
-    synthetic_seed: int = 0
-    """Seed of source synthetic; a ticker's bars depend only on this seed, its name and the session."""
+    source: Literal["sample", "synthetic", "csv", "alpaca", "yahoo"] = setting(
+        "sample", "Where bars come from: the shipped EURUSD sample, generated bars, CSV files, Alpaca or Yahoo."
+    )
+    tickers: tuple[str, ...] = setting(("EURUSD",), "Symbols to load, in the order assets appear in arrays.")
+    start: str | None = setting(
+        None, "First bar, ISO date or datetime (UTC unless an offset is given); empty: as far back as the source goes."
+    )
+    end: str | None = setting(
+        None, "End of the range, exclusive, same format; empty: up to now or the end of the file."
+    )
+    session: Literal["regular", "extended", "24h", "24x7"] = setting(
+        "regular", "Trading hours kept: NYSE regular, NYSE extended (04:00-20:00 ET), 24h on weekdays (FX), or 24x7."
+    )
+    calendar: str = setting(
+        "XNYS",
+        "exchange_calendars code of the exchange whose holidays and early closes define regular/extended sessions.",
+    )
+    on_invalid: Literal["refuse", "repair"] = setting(
+        "refuse",
+        "What validation does with bad bars: stop with an error, or repair and list each repair in the manifest.",
+    )
+    max_gap_bars: int = setting(0, "In-session bars that may be missing in a row before the gap rule fires.")
+    store: str = setting("data/quickstart", "Dataset directory: Parquet partitioned by ticker plus manifest.json.")
+    csv_path: str | None = setting(
+        None, "For source csv: one file (with a ticker column or one ticker) or a directory of <TICKER>.csv files."
+    )
+    csv_timezone: str = setting("UTC", "Timezone of naive timestamps in CSV files (aware ones keep their offset).")
+    csv_time_format: str | None = setting(
+        None, "strftime format of the CSV time column; empty: detect ISO 8601 and dd.mm.yyyy HH:MM:SS."
+    )
+    alpaca_feed: Literal["iex", "sip"] = setting("iex", "Alpaca market data feed.")
+    alpaca_adjustment: Literal["raw", "split", "dividend", "all"] = setting(
+        "all", "Corporate-action adjustment Alpaca applies to prices."
+    )
+    alpaca_url: str | None = setting(
+        None, "Base URL of the Alpaca data API; empty: Alpaca's own (set for a proxy or a local fake server)."
+    )
+    yahoo_url: str | None = setting(
+        None, "Base URL of Yahoo's chart API; empty: Yahoo's own (set for a local fake server)."
+    )
+    max_retries: int = setting(5, "Attempts per request on HTTP 429/5xx, dropped connections and timeouts.")
+    request_timeout_s: float = setting(
+        60.0, "Seconds a request may wait for the server before it counts as failed (and is retried)."
+    )
+    retry_backoff_s: float = setting(1.0, "First retry delay in seconds; it doubles on every further attempt.")
+    macro: tuple[str, ...] = setting(
+        (), "Macro series aligned to the bars as of their publication time: any of VIX, TNX, DXY."
+    )
+    macro_source: Literal["yahoo", "csv"] = setting(
+        "yahoo", "Where macro series come from; csv reads <macro_csv_dir>/<NAME>.csv with date and close columns."
+    )
+    macro_csv_dir: str | None = setting(None, "Directory of macro CSV files for macro_source csv.")
+    macro_lag_minutes: int = setting(
+        15, "Minutes after a series' official close before its daily value counts as published."
+    )
+    synthetic_bars: int = setting(50_000, "Bars per ticker generated by source synthetic.")
+    synthetic_seed: int = setting(
+        0, "Seed of source synthetic; a ticker's bars depend only on this seed, its name and the session."
+    )
 
     def __post_init__(self) -> None:
         _require(len(self.tickers) > 0, "tickers", "at least one ticker is needed")
@@ -135,18 +153,18 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class FeaturesConfig:
-    windows: tuple[int, ...] = (5, 10, 20, 50, 100, 200)
-    """Lookback windows (bars) of the trend and volatility features."""
-    normalize: Literal["zscore", "robust", "none"] = "zscore"
-    """How observation features are scaled, with statistics from the fold's training window only."""
-    clip: float = 5.0
-    """Normalized features are clipped to [-clip, clip]."""
-    max_saturation: float = 0.02
-    """Largest share of a feature's values at the clip bounds before the build fails."""
-    max_ffill_bars: int = 2
-    """Missing bars forward-filled at most this many in a row; longer gaps are masked."""
-    cross_asset: bool = True
-    """Add cross-asset features (return against the universe, rank)."""
+    windows: tuple[int, ...] = setting(
+        (5, 10, 20, 50, 100, 200), "Lookback windows (bars) of the trend and volatility features."
+    )
+    normalize: Literal["zscore", "robust", "none"] = setting(
+        "zscore", "How observation features are scaled, with statistics from the fold's training window only."
+    )
+    clip: float = setting(5.0, "Normalized features are clipped to [-clip, clip].")
+    max_saturation: float = setting(
+        0.02, "Largest share of a feature's values at the clip bounds before the build fails."
+    )
+    max_ffill_bars: int = setting(2, "Missing bars forward-filled at most this many in a row; longer gaps are masked.")
+    cross_asset: bool = setting(True, "Add cross-asset features (return against the universe, rank).")
 
     def __post_init__(self) -> None:
         _require(len(self.windows) > 0 and min(self.windows) >= 2, "windows", "windows must be >= 2 bars")
@@ -157,38 +175,34 @@ class FeaturesConfig:
 
 @dataclass(frozen=True)
 class EnvConfig:
-    lookback: int = 32
-    """Bars of features in one observation."""
-    action_mode: Literal["continuous", "discrete"] = "continuous"
-    """Continuous target weights per asset, or buy/hold/sell per asset."""
-    long_only: bool = False
-    """Restrict target weights to [0, 1] instead of [-1, 1]."""
-    initial_cash: float = 100_000.0
-    """Cash at the start of an episode."""
-    commission_bps: float = 0.5
-    """Commission in basis points of traded notional."""
-    half_spread_bps: float = 1.0
-    """Half the bid-ask spread in basis points, paid on every fill."""
-    slippage_vol_mult: float = 0.05
-    """Slippage as this multiple of the bar's realized volatility."""
-    impact_coef: float = 0.1
-    """Square-root market impact coefficient (times sqrt of traded share of bar volume)."""
-    sec_fee_per_million: float = 0.0
-    """Regulatory fee on sells in currency per million of sell notional (US SEC Section 31: 27.80 in 2024)."""
-    reward: Literal["log_return", "dsr"] = "log_return"
-    """Reward: log return of equity, or the Moody-Saffell differential Sharpe ratio."""
-    dsr_eta: float = 0.01
-    """Adaptation rate of the differential Sharpe ratio's moving moments."""
-    drawdown_penalty: float = 0.0
-    """Weight of the drawdown penalty subtracted from the reward."""
-    turnover_penalty: float = 0.0
-    """Weight of the turnover penalty subtracted from the reward."""
-    episode_bars: int = 1024
-    """Training episodes are truncated after this many bars."""
-    bankruptcy_equity: float = 0.5
-    """An episode terminates when equity falls below this share of the initial cash."""
-    obs_layout: Literal["flat", "asset_lookback_feature"] = "flat"
-    """Observation layout: one flat vector (MLP, LSTM) or (asset, lookback, feature) for attention."""
+    lookback: int = setting(32, "Bars of features in one observation.")
+    action_mode: Literal["continuous", "discrete"] = setting(
+        "continuous", "Continuous target weights per asset, or buy/hold/sell per asset."
+    )
+    long_only: bool = setting(False, "Restrict target weights to [0, 1] instead of [-1, 1].")
+    initial_cash: float = setting(100_000.0, "Cash at the start of an episode.")
+    commission_bps: float = setting(0.5, "Commission in basis points of traded notional.")
+    half_spread_bps: float = setting(1.0, "Half the bid-ask spread in basis points, paid on every fill.")
+    slippage_vol_mult: float = setting(0.05, "Slippage as this multiple of the bar's realized volatility.")
+    impact_coef: float = setting(
+        0.1, "Square-root market impact coefficient (times sqrt of traded share of bar volume)."
+    )
+    sec_fee_per_million: float = setting(
+        0.0, "Regulatory fee on sells in currency per million of sell notional (US SEC Section 31: 27.80 in 2024)."
+    )
+    reward: Literal["log_return", "dsr"] = setting(
+        "log_return", "Reward: log return of equity, or the Moody-Saffell differential Sharpe ratio."
+    )
+    dsr_eta: float = setting(0.01, "Adaptation rate of the differential Sharpe ratio's moving moments.")
+    drawdown_penalty: float = setting(0.0, "Weight of the drawdown penalty subtracted from the reward.")
+    turnover_penalty: float = setting(0.0, "Weight of the turnover penalty subtracted from the reward.")
+    episode_bars: int = setting(1024, "Training episodes are truncated after this many bars.")
+    bankruptcy_equity: float = setting(
+        0.5, "An episode terminates when equity falls below this share of the initial cash."
+    )
+    obs_layout: Literal["flat", "asset_lookback_feature"] = setting(
+        "flat", "Observation layout: one flat vector (MLP, LSTM) or (asset, lookback, feature) for attention."
+    )
 
     def __post_init__(self) -> None:
         _require(self.lookback >= 1, "lookback", "must be >= 1")
@@ -205,38 +219,26 @@ class EnvConfig:
 
 @dataclass(frozen=True)
 class PPOConfig:
-    algo: Literal["ppo", "recurrent_ppo"] = "ppo"
-    """PPO with an MLP policy, or sb3-contrib RecurrentPPO with an LSTM."""
-    total_timesteps: int = 100_000
-    """Environment steps to train one member for."""
-    n_steps: int = 256
-    """Rollout length per environment between updates."""
-    batch_size: int = 256
-    """Minibatch size of the PPO update."""
-    n_epochs: int = 5
-    """Passes over each rollout."""
-    learning_rate: float = 3e-4
-    """Adam learning rate."""
-    gamma: float = 0.99
-    """Discount factor."""
-    gae_lambda: float = 0.95
-    """GAE smoothing factor."""
-    clip_range: float = 0.2
-    """PPO clipping range."""
-    ent_coef: float = 0.0
-    """Entropy bonus coefficient."""
-    vf_coef: float = 0.5
-    """Value loss coefficient."""
-    max_grad_norm: float = 0.5
-    """Gradient clipping norm."""
-    net_arch: tuple[int, ...] = (64, 64)
-    """Hidden layer sizes of the policy and value networks."""
-    lstm_hidden: int = 64
-    """LSTM hidden size for recurrent_ppo."""
-    checkpoint_every: int = 50_000
-    """Environment steps between checkpoints (also written on SIGTERM/SIGUSR2)."""
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    """Where the learner runs; auto takes a GPU when there is one."""
+    algo: Literal["ppo", "recurrent_ppo"] = setting(
+        "ppo", "PPO with an MLP policy, or sb3-contrib RecurrentPPO with an LSTM."
+    )
+    total_timesteps: int = setting(100_000, "Environment steps to train one member for.")
+    n_steps: int = setting(256, "Rollout length per environment between updates.")
+    batch_size: int = setting(256, "Minibatch size of the PPO update.")
+    n_epochs: int = setting(5, "Passes over each rollout.")
+    learning_rate: float = setting(3e-4, "Adam learning rate.")
+    gamma: float = setting(0.99, "Discount factor.")
+    gae_lambda: float = setting(0.95, "GAE smoothing factor.")
+    clip_range: float = setting(0.2, "PPO clipping range.")
+    ent_coef: float = setting(0.0, "Entropy bonus coefficient.")
+    vf_coef: float = setting(0.5, "Value loss coefficient.")
+    max_grad_norm: float = setting(0.5, "Gradient clipping norm.")
+    net_arch: tuple[int, ...] = setting((64, 64), "Hidden layer sizes of the policy and value networks.")
+    lstm_hidden: int = setting(64, "LSTM hidden size for recurrent_ppo.")
+    checkpoint_every: int = setting(50_000, "Environment steps between checkpoints (also written on SIGTERM/SIGUSR2).")
+    device: Literal["auto", "cpu", "cuda"] = setting(
+        "auto", "Where the learner runs; auto takes a GPU when there is one."
+    )
 
     def __post_init__(self) -> None:
         for key in ("total_timesteps", "n_steps", "batch_size", "n_epochs", "lstm_hidden", "checkpoint_every"):
@@ -250,18 +252,16 @@ class PPOConfig:
 
 @dataclass(frozen=True)
 class WalkForwardConfig:
-    mode: Literal["rolling", "expanding"] = "rolling"
-    """Rolling train windows of fixed length, or expanding ones from the first bar."""
-    train_months: int = 6
-    """Length of each training window in months."""
-    test_months: int = 2
-    """Length of each out-of-sample test window in months."""
-    step_months: int | None = None
-    """Months between fold starts; empty: test_months (test windows tile without overlap)."""
-    embargo_bars: int = 24
-    """Bars dropped between train and test so that no label or feature straddles them."""
-    max_folds: int | None = None
-    """Keep only the latest this-many folds; empty: every fold that fits."""
+    mode: Literal["rolling", "expanding"] = setting(
+        "rolling", "Rolling train windows of fixed length, or expanding ones from the first bar."
+    )
+    train_months: int = setting(6, "Length of each training window in months.")
+    test_months: int = setting(2, "Length of each out-of-sample test window in months.")
+    step_months: int | None = setting(
+        None, "Months between fold starts; empty: test_months (test windows tile without overlap)."
+    )
+    embargo_bars: int = setting(24, "Bars dropped between train and test so that no label or feature straddles them.")
+    max_folds: int | None = setting(None, "Keep only the latest this-many folds; empty: every fold that fits.")
 
     def __post_init__(self) -> None:
         _require(self.train_months >= 1, "train_months", "must be >= 1")
@@ -278,10 +278,10 @@ class WalkForwardConfig:
 
 @dataclass(frozen=True)
 class EnsembleConfig:
-    members: int = 2
-    """Independently seeded agents trained per fold."""
-    combine: Literal["mean", "vote"] = "mean"
-    """How members' actions combine: mean target weight, or majority vote (discrete actions)."""
+    members: int = setting(2, "Independently seeded agents trained per fold.")
+    combine: Literal["mean", "vote"] = setting(
+        "mean", "How members' actions combine: mean target weight, or majority vote (discrete actions)."
+    )
 
     def __post_init__(self) -> None:
         _require(self.members >= 1, "members", "an ensemble needs at least 1 member")
@@ -289,18 +289,14 @@ class EnsembleConfig:
 
 @dataclass(frozen=True)
 class HardwareConfig:
-    cpus: int | None = None
-    """Cores to use; empty: the CPU affinity mask and Slurm's allocation."""
-    gpus: int | None = None
-    """GPUs to use; empty: detect."""
-    mpi_ranks: int = 1
-    """Data-parallel learner ranks per node."""
-    n_envs: int | None = None
-    """Environments per rank; empty: derived from the cores."""
-    envs_per_worker: int | None = None
-    """Environments stepped by one worker process; empty: derived."""
-    learner_threads: int | None = None
-    """Torch threads of the learner; empty: derived (env workers always get 1)."""
+    cpus: int | None = setting(None, "Cores to use; empty: the CPU affinity mask and Slurm's allocation.")
+    gpus: int | None = setting(None, "GPUs to use; empty: detect.")
+    mpi_ranks: int = setting(1, "Data-parallel learner ranks per node.")
+    n_envs: int | None = setting(None, "Environments per rank; empty: derived from the cores.")
+    envs_per_worker: int | None = setting(None, "Environments stepped by one worker process; empty: derived.")
+    learner_threads: int | None = setting(
+        None, "Torch threads of the learner; empty: derived (env workers always get 1)."
+    )
 
     def __post_init__(self) -> None:
         for key in ("cpus", "n_envs", "envs_per_worker", "learner_threads"):
@@ -312,24 +308,15 @@ class HardwareConfig:
 
 @dataclass(frozen=True)
 class SlurmConfig:
-    partition: str | None = None
-    """Partition to submit to; empty: the cluster's default."""
-    account: str | None = None
-    """Account to charge; empty: the user's default."""
-    qos: str | None = None
-    """Quality of service; empty: the default."""
-    time_limit: str = "02:00:00"
-    """Wall time per array task, HH:MM:SS or D-HH:MM:SS."""
-    mem_gb: int | None = None
-    """Memory per node in GB; empty: the whole node (with --exclusive)."""
-    exclusive: bool = True
-    """One array task per whole node."""
-    array_parallelism: int = 64
-    """Array tasks running at once."""
-    signal_before_s: int = 300
-    """Seconds before the time limit at which tasks are signalled to checkpoint."""
-    extra_directives: tuple[str, ...] = ()
-    """Extra #SBATCH lines for site specifics, e.g. '--constraint=amd'."""
+    partition: str | None = setting(None, "Partition to submit to; empty: the cluster's default.")
+    account: str | None = setting(None, "Account to charge; empty: the user's default.")
+    qos: str | None = setting(None, "Quality of service; empty: the default.")
+    time_limit: str = setting("02:00:00", "Wall time per array task, HH:MM:SS or D-HH:MM:SS.")
+    mem_gb: int | None = setting(None, "Memory per node in GB; empty: the whole node (with --exclusive).")
+    exclusive: bool = setting(True, "One array task per whole node.")
+    array_parallelism: int = setting(64, "Array tasks running at once.")
+    signal_before_s: int = setting(300, "Seconds before the time limit at which tasks are signalled to checkpoint.")
+    extra_directives: tuple[str, ...] = setting((), "Extra #SBATCH lines for site specifics, e.g. '--constraint=amd'.")
 
     def __post_init__(self) -> None:
         parts = self.time_limit.replace("-", ":").split(":")
@@ -355,18 +342,12 @@ class SlurmConfig:
 
 @dataclass(frozen=True)
 class PaperConfig:
-    max_weight: float = 0.25
-    """Largest absolute target weight per asset."""
-    max_daily_turnover: float = 1.0
-    """Largest traded notional per day as a share of equity."""
-    drawdown_halt: float = 0.10
-    """Stop trading when equity falls this share below its peak."""
-    poll_seconds: int = 60
-    """Seconds between checks for a new bar in --loop mode."""
-    market_hours_only: bool = True
-    """Send orders only while the market is open."""
-    trading_url: str | None = None
-    """Base URL of the Alpaca trading API; empty: Alpaca's paper endpoint."""
+    max_weight: float = setting(0.25, "Largest absolute target weight per asset.")
+    max_daily_turnover: float = setting(1.0, "Largest traded notional per day as a share of equity.")
+    drawdown_halt: float = setting(0.10, "Stop trading when equity falls this share below its peak.")
+    poll_seconds: int = setting(60, "Seconds between checks for a new bar in --loop mode.")
+    market_hours_only: bool = setting(True, "Send orders only while the market is open.")
+    trading_url: str | None = setting(None, "Base URL of the Alpaca trading API; empty: Alpaca's paper endpoint.")
 
     def __post_init__(self) -> None:
         _require(0 < self.max_weight <= 1, "max_weight", "must be in (0, 1]")
@@ -377,30 +358,29 @@ class PaperConfig:
 
 @dataclass(frozen=True)
 class Config:
-    name: str = "quickstart"
-    """Run name; results go to <results_dir>/<name>."""
-    seed: int = 0
-    """Base seed; fold and member seeds derive from it."""
-    results_dir: str = "results"
-    """Directory that holds one folder per run."""
-    data: DataConfig = field(default_factory=DataConfig)
-    """Bars: source, tickers, range, session policy, validation, store."""
-    features: FeaturesConfig = field(default_factory=FeaturesConfig)
-    """Feature engine: windows, normalization, missing bars."""
-    env: EnvConfig = field(default_factory=EnvConfig)
-    """Trading environment: observation, actions, costs, reward, episodes."""
-    ppo: PPOConfig = field(default_factory=PPOConfig)
-    """Learner: algorithm and hyperparameters."""
-    walkforward: WalkForwardConfig = field(default_factory=WalkForwardConfig)
-    """Walk-forward folds."""
-    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
-    """Members per fold and how they combine."""
-    hardware: HardwareConfig = field(default_factory=HardwareConfig)
-    """Cores, GPUs, ranks and env workers."""
-    slurm: SlurmConfig = field(default_factory=SlurmConfig)
-    """Slurm submission."""
-    paper: PaperConfig = field(default_factory=PaperConfig)
-    """Paper trading risk limits."""
+    name: str = setting("quickstart", "Run name; results go to <results_dir>/<name>.")
+    seed: int = setting(0, "Base seed; fold and member seeds derive from it.")
+    results_dir: str = setting("results", "Directory that holds one folder per run.")
+    data: DataConfig = field(
+        default_factory=DataConfig, metadata={"doc": "Bars: source, tickers, range, session policy, validation, store."}
+    )
+    features: FeaturesConfig = field(
+        default_factory=FeaturesConfig, metadata={"doc": "Feature engine: windows, normalization, missing bars."}
+    )
+    env: EnvConfig = field(
+        default_factory=EnvConfig,
+        metadata={"doc": "Trading environment: observation, actions, costs, reward, episodes."},
+    )
+    ppo: PPOConfig = field(default_factory=PPOConfig, metadata={"doc": "Learner: algorithm and hyperparameters."})
+    walkforward: WalkForwardConfig = field(default_factory=WalkForwardConfig, metadata={"doc": "Walk-forward folds."})
+    ensemble: EnsembleConfig = field(
+        default_factory=EnsembleConfig, metadata={"doc": "Members per fold and how they combine."}
+    )
+    hardware: HardwareConfig = field(
+        default_factory=HardwareConfig, metadata={"doc": "Cores, GPUs, ranks and env workers."}
+    )
+    slurm: SlurmConfig = field(default_factory=SlurmConfig, metadata={"doc": "Slurm submission."})
+    paper: PaperConfig = field(default_factory=PaperConfig, metadata={"doc": "Paper trading risk limits."})
 
     def __post_init__(self) -> None:
         _require(bool(self.name) and "/" not in self.name, "name", "must be a non-empty name without '/'")

@@ -7,7 +7,7 @@
 #
 # Source it before starting Python: libraries read these variables once, when they load, so
 # 256 processes on a node start 256 threads instead of 256 x 256. The variables are the same as
-# ploutos.parallel.THREAD_VARIABLES (pin_threads / worker_environment do this from Python; torch
+# ploutos.node.context.THREAD_VARIABLES (pin_threads / worker_environment do this from Python; torch
 # follows OMP_NUM_THREADS). The learner of a run may raise its own torch threads afterwards;
 # `ploutos hardware` prints the plan. Sets PLOUTOS_THREADS to N for scripts that want to log it.
 _ploutos_threads="${1:-${PLOUTOS_THREADS:-1}}"

@@ -5,10 +5,10 @@
 #
 # This small job (1 core) builds the dataset, plans the folds, renders the training array (one
 # task per fold x member, each on its own node with --exclusive, R MPI ranks via srun, thread
-# pinning from env/threads.sh, --signal before the time limit, checkpoint and requeue, one log per
-# task in RUN_DIR/logs/slurm/) to RUN_DIR/slurm/train_array.sbatch, submits it, and submits
-# slurm/aggregate.sh with an afterany dependency, so the aggregation and the report run even when
-# tasks failed. It then follows the run until the aggregation has ended (its log shows progress),
+# caps, --signal before the time limit, checkpoint and requeue, one log per task in
+# RUN_DIR/logs/slurm/) to RUN_DIR/slurm/train_array.sbatch and the aggregation to
+# RUN_DIR/slurm/aggregate.sbatch, submits the array, then the aggregation with an afterany
+# dependency, so the aggregation and the report run even when tasks failed. It then follows the run until the aggregation has ended (its log shows progress),
 # so `sbatch --wait slurm/train_array.sh CONFIG` returns when summary.h5 exists; pass --no-wait
 # to end at once and free the core. Partition, account, qos, time limit: the config's `slurm:`
 # section (or --set slurm.partition=...), never this file. Run it from the directory the config's

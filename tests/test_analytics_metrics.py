@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from ploutos.train.metrics import Bootstrap, Metrics, block_bootstrap, compute_metrics, returns_of
+from ploutos.analytics.metrics import Bootstrap, Metrics, block_bootstrap, compute_metrics, returns_of
 
 # Returns +10 %, -10 %, +10 %, 0 on 4 bars; 8 bars a year so that annualizing is not a no-op.
 EQUITY = np.array([100.0, 110.0, 99.0, 108.9, 108.9])

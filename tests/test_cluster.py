@@ -174,3 +174,75 @@ def test_submitit_slurm_path_from_python(slurm, dataset, tmp_path):
     summary = _summary(tmp_path / "results" / "quickstart")
     assert summary["complete"] and sorted(summary["status"]) == [(0, -1), (0, 0), (1, -1), (1, 0)]
     assert (tmp_path / "results" / "quickstart" / "report" / "summary.md").exists()
+
+
+@pytest.fixture(scope="module")
+def wheel_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh venv holding the built wheel of this repository, and nothing from the checkout.
+
+    The wheel is the real build; only its dependencies come from the test venv's site-packages (by
+    path, so that its editable hook for the checkout is not loaded): installing torch and friends
+    again would cost minutes and gigabytes for nothing this test looks at.
+    """
+    root = tmp_path_factory.mktemp("wheel")
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(root), str(REPO)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stdout + built.stderr
+    wheel = next(root.glob("ploutos-*.whl"))
+    venv = root / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    python = venv / "bin" / "python"
+    installed = subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    dependencies = next(p for p in map(Path, sys.path) if p.name == "site-packages" and (p / "torch").is_dir())
+    (Path(site) / "ploutos_test_dependencies.pth").write_text(f"{dependencies}\n")
+    where = subprocess.run(
+        [str(python), "-c", "import ploutos; print(ploutos.__file__)"], capture_output=True, text=True, cwd=root
+    )
+    assert where.stdout.startswith(site), where.stdout + where.stderr  # the wheel's package, not the checkout
+    return python
+
+
+def test_a_wheel_install_renders_submits_and_runs_without_the_checkout(slurm, dataset, wheel_python, tmp_path):
+    """`ploutos launch --executor sbatch` from the installed wheel, in a folder outside the checkout:
+    the scripts it renders name only the venv and the run folder, pass `bash -n`, and run on Slurm."""
+    results = tmp_path / "results"
+    settings = _settings(dataset, results, **{"ensemble.members": 1, "walkforward.max_folds": 1})
+    env = {**slurm, "PLOUTOS_PYTHON": str(wheel_python), "PATH": f"{wheel_python.parent}:{slurm['PATH']}"}
+    launch = [
+        str(wheel_python.parent / "ploutos"),
+        "launch",
+        "--executor",
+        "sbatch",
+        "--no-wait",
+        "--config",
+        "quickstart",
+    ]
+    proc = subprocess.run([*launch, *settings], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    array_job = re.search(r"submitted array job (\d+)", proc.stdout).group(1)
+    aggregate_job = re.search(r"aggregation job (\d+)", proc.stdout).group(1)
+    run = results / "quickstart"
+    try:
+        for script in ("train_array.sbatch", "aggregate.sbatch"):
+            text = (run / "slurm" / script).read_text()
+            assert str(REPO) not in text, f"{script} reaches into the source checkout"
+            assert f"{wheel_python} -m ploutos " in text
+            assert subprocess.run(["bash", "-n", str(run / "slurm" / script)]).returncode == 0
+        _wait_gone(aggregate_job, slurm, timeout=600)
+    finally:
+        subprocess.run(["scancel", array_job, aggregate_job], env=slurm)
+    summary = _summary(run)
+    assert summary["complete"] and summary["status"] == {(0, 0): "ok", (0, -1): "ok"}
+    assert (run / "report" / "summary.md").exists()
+    with h5py.File(run / "tasks" / "fold0_member0.h5", "r", locking=False) as h5:
+        assert h5["provenance"].attrs["git_revision"] == "unknown"  # ran from the wheel, not from git

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -15,7 +16,12 @@ import pytest
 from gymnasium import spaces
 from stable_baselines3.common.vec_env import DummyVecEnv
 
+from ploutos.bench.env import synthetic_arrays
+from ploutos.config import EnvConfig
+from ploutos.env.factory import StoreEnvFactory
 from ploutos.env.vec import ShmVecEnv, VecEnvWorkerError
+from ploutos.node import store
+from ploutos.node.context import worker_environment
 
 # the test envs below travel to forkserver workers by value: the workers need not import this module
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -263,3 +269,23 @@ def test_trading_env_same_as_dummy_and_learns(layout: str) -> None:
     finally:
         shm.close()
         dummy.close()
+
+
+def test_a_store_env_worker_loads_neither_torch_nor_polars_nor_mpi4py():
+    """What a ShmVecEnv worker of the trainer imports: its module, the unpickled factory and the env
+    it builds over the node store. torch and Polars cost seconds and memory per worker; mpi4py in a
+    worker under mpirun hangs the job."""
+    arrays = synthetic_arrays(300, 2, 4)
+    with store.create(arrays, tag="importprobe", config_hash="probe") as segment:
+        factory = StoreEnvFactory(segment.name, "probe", EnvConfig(lookback=8), (0, 300), 24 * 365)
+        code = (
+            "import pickle, sys; import ploutos.env._vecworker\n"
+            "env = pickle.loads(sys.stdin.buffer.read())(); env.reset(seed=0); env.step(env.action_space.sample())\n"
+            "print(sorted(m for m in ('torch', 'polars', 'mpi4py', 'stable_baselines3') if m in sys.modules))"
+        )
+        proc = subprocess.run(
+            [sys.executable, "-c", code], input=cloudpickle.dumps(factory), capture_output=True, timeout=120,
+            env=worker_environment(1),
+        )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert proc.stdout.decode().strip() == "[]"

@@ -16,8 +16,9 @@ from ploutos.config import DataConfig, FeaturesConfig
 from ploutos.data.sources.sample import SampleSource
 from ploutos.data.sources.synthetic import SyntheticSource
 from ploutos.errors import FeatureError
-from ploutos.features import FeatureEngineer, align, compute, feature_specs, normalize
-from ploutos.features.normalize import fit
+from ploutos.features import FeatureEngineer, compute, feature_specs
+from ploutos.features.grid import align
+from ploutos.features.normalize import fit, normalize
 
 TALIB_NAMES = [
     "sma_20",

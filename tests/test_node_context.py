@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from ploutos import shm
-from ploutos.parallel import (
+from ploutos.node import store as shm
+from ploutos.node.context import (
     SINGLE,
     NodeContext,
     launched_under_mpi,
@@ -218,7 +218,7 @@ def test_worker_environment_caps_blas_and_keeps_mpi_away():
     env = worker_environment(1, base={**os.environ, "OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_RANK": "1"})
     assert env["OMP_NUM_THREADS"] == env["OPENBLAS_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "1"
     code = (
-        "import sys; from ploutos.parallel import blas_threads, node_context; "
+        "import sys; from ploutos.node.context import blas_threads, node_context; "
         "ctx = node_context(); print(blas_threads(), ctx.world_size, 'mpi4py' in sys.modules)"
     )
     assert _python(code, env) == "1 1 False"
@@ -227,7 +227,7 @@ def test_worker_environment_caps_blas_and_keeps_mpi_away():
 def test_pin_threads_after_numpy_is_loaded():
     env = {key: value for key, value in os.environ.items() if not key.endswith("_NUM_THREADS")}
     code = (
-        "import numpy, sys; from ploutos.parallel import pin_threads, blas_threads; import os; "
+        "import numpy, sys; from ploutos.node.context import pin_threads, blas_threads; import os; "
         "pin_threads(1); import torch; torch.set_num_threads(3); pin_threads(1); "
         "print(blas_threads(), torch.get_num_threads(), os.environ['OMP_NUM_THREADS'], 'mpi4py' in sys.modules)"
     )
@@ -235,7 +235,7 @@ def test_pin_threads_after_numpy_is_loaded():
 
 
 def test_threads_sh_exports_the_same_variables():
-    from ploutos.parallel import THREAD_VARIABLES
+    from ploutos.node.context import THREAD_VARIABLES
 
     script = REPO / "env" / "threads.sh"
     code = "import os, json; print(json.dumps({k: v for k, v in os.environ.items() if k.endswith('THREADS')}))"

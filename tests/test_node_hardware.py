@@ -6,8 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ploutos.cli import main
 from ploutos.config import load
-from ploutos.hardware import Machine, detect, format_plan, plan
+from ploutos.node.hardware import Machine, detect, format_plan, plan
 
 NO_GPU = Machine(affinity_cpus=1, memory_gb=64.0, gpus=0, gpu_source="test")
 
@@ -145,8 +146,6 @@ def test_every_plan_is_consistent(cpus, ranks, n_steps, batch, memory):
 
 @pytest.mark.parametrize("name", ["quickstart", "full"])
 def test_cli_handler_prints_the_plan(name, capsys):
-    from ploutos.hardware import cli_hardware
-
-    assert cli_hardware(load(name, [])) == 0
+    assert main(["hardware", "--config", name]) == 0
     out = capsys.readouterr().out
     assert out.startswith("node ") and "why:" in out and "batch_size" in out

@@ -18,8 +18,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from ploutos import shm
 from ploutos.errors import PloutosError
+from ploutos.node import store as shm
 
 pytestmark = pytest.mark.skipif(not shm.SHM_DIR.is_dir(), reason="no /dev/shm")
 
@@ -162,7 +162,7 @@ import os, signal, sys, time
 sys.path[:0] = {paths!r}
 from types import SimpleNamespace
 import numpy as np
-from ploutos import shm
+from ploutos.node import store as shm
 a = SimpleNamespace(timestamps=np.zeros(4, "datetime64[us]"), tickers=("A",), names=("f",),
     values=np.ones((4, 1, 1), np.float32), valid=np.ones((4, 1), bool), present=np.ones((4, 1), bool),
     prices=np.ones((4, 1, 5)))
@@ -249,7 +249,7 @@ def test_names():
     with pytest.raises(shm.StoreError):
         shm.segment_name("bad_tag", "1")
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
-    run = [sys.executable, "-c", "from ploutos import shm; print(shm.job_id())"]
+    run = [sys.executable, "-c", "from ploutos.node import store; print(store.job_id())"]
     assert subprocess.run(run, env={**env, "SLURM_JOB_ID": "77"}, capture_output=True, text=True).stdout == "77\n"
     both = {**env, "SLURM_JOB_ID": "77", "SLURM_ARRAY_TASK_ID": "3"}
     assert subprocess.run(run, env=both, capture_output=True, text=True).stdout == "77_3\n"

@@ -11,14 +11,18 @@ import h5py
 import numpy as np
 import pytest
 
+from ploutos.analytics.evaluation import FoldEvaluation
+from ploutos.analytics.metrics import compute_metrics
 from ploutos.bench.env import synthetic_arrays
+from ploutos.cli import main
 from ploutos.config import Config, EnvConfig, config_hash, dump, load
+from ploutos.data.build import build_dataset
 from ploutos.errors import ConfigError, PloutosError
-from ploutos.results.aggregate import METRICS, SUMMARY_SCHEMA, aggregate, cli_aggregate
+from ploutos.pipeline.run import aggregate_run
+from ploutos.results.aggregate import METRICS, SUMMARY_SCHEMA, aggregate
 from ploutos.results.hdf5 import TIME_UNIT, TaskResult, read_metrics, write_task_result
 from ploutos.results.layout import RunLayout
-from ploutos.train.evaluate import Ensemble, FoldEvaluation, evaluate
-from ploutos.train.metrics import compute_metrics
+from ploutos.train.evaluate import Ensemble, evaluate
 
 ARRAYS = synthetic_arrays(300, 3, 4, seed=5)
 CFG = replace(EnvConfig(), lookback=8)
@@ -264,11 +268,11 @@ def test_no_ok_ensemble_leaves_empty_curves_and_no_ok_task_fails_the_cli(run: Ru
         assert h5["oos"].attrs["gaps"].tolist() == [0, 1, 2]
         assert h5["oos/ensemble"].shape == (0,) and h5["oos/timestamps"].dtype == np.int64
         assert math.isnan(h5["oos/metrics"].attrs["sharpe"])
-    assert cli_aggregate(run.root) == 0  # members are still there
+    assert main(["aggregate", str(run.root)]) == 0  # members are still there
     for path in run.tasks.iterdir():
         path.unlink()
     capsys.readouterr()
-    assert cli_aggregate(run.root) == 1
+    assert main(["aggregate", str(run.root)]) == 1
     out, err = capsys.readouterr()
     assert "0 of 6 member task(s) and 0 of 3 ensemble(s) ok" in out
     assert err.count("\n") == 1 and "no task file is ok" in err
@@ -277,7 +281,7 @@ def test_no_ok_ensemble_leaves_empty_curves_and_no_ok_task_fails_the_cli(run: Ru
 def test_the_cli_prints_the_counts_and_a_fold_table(run: RunLayout, capsys):
     run.result(1, 0).unlink()
     run.result(1, None).unlink()
-    assert cli_aggregate(run.root) == 0
+    assert main(["aggregate", str(run.root)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == (
         f"{run.summary}: 5 of 6 member task(s) and 2 of 3 ensemble(s) ok; "
@@ -360,7 +364,7 @@ def test_without_plan_json_or_dataset_the_error_is_one_line(run: RunLayout, tmp_
     run.plan_file.unlink()
     monkeypatch.chdir(tmp_path)  # the config's data.store (data/quickstart) is relative and not built here
     with pytest.raises(PloutosError) as info:
-        aggregate(run.root)
+        aggregate_run(run.root)
     message = str(info.value)
     assert message.startswith(f"{run.plan_file}: missing, and planning the folds from config.yaml failed: ")
     assert "\n" not in message
@@ -368,16 +372,20 @@ def test_without_plan_json_or_dataset_the_error_is_one_line(run: RunLayout, tmp_
 
 
 def test_without_plan_json_the_folds_are_planned_from_the_dataset(tmp_path: Path):
-    from ploutos.data.build import build_dataset
-
     config = load("quickstart", [f"data.store={tmp_path}/data", f"results_dir={tmp_path}/results"])
     build_dataset(config.data, progress=False)
     layout = RunLayout.of(config)
     layout.prepare(config)
-    summary = aggregate(layout.root)
+    summary = aggregate_run(layout.root)
     assert (summary.folds, summary.members, summary.members_ok, summary.ensembles_ok) == (3, 2, 0, 0)
     assert len(summary.missing) == 9 and not summary.any_ok
     assert statuses(layout.summary)[(2, -1)] == ("missing", "no task file")
+
+
+def test_without_plan_json_results_alone_refuse_in_one_line(run: RunLayout):
+    run.plan_file.unlink()
+    with pytest.raises(PloutosError, match="plan.json: missing; the task grid of the run is unknown"):
+        aggregate(run.root)
 
 
 def test_the_results_readme_documents_the_summary_schema():

@@ -10,6 +10,8 @@ import h5py
 import numpy as np
 import pytest
 
+from ploutos.analytics.evaluation import FoldEvaluation
+from ploutos.analytics.metrics import Metrics
 from ploutos.bench.env import synthetic_arrays
 from ploutos.config import EnvConfig
 from ploutos.results import hdf5
@@ -25,8 +27,7 @@ from ploutos.results.hdf5 import (
     read_metrics,
     write_task_result,
 )
-from ploutos.train.evaluate import FoldEvaluation, evaluate
-from ploutos.train.metrics import Metrics
+from ploutos.train.evaluate import evaluate
 
 BARS_PER_YEAR = 252 * 7
 ARRAYS = synthetic_arrays(240, 3, 4, seed=11)

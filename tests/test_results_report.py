@@ -11,14 +11,16 @@ import h5py
 import numpy as np
 import pytest
 
+from ploutos.analytics.evaluation import FoldEvaluation
+from ploutos.analytics.metrics import compute_metrics
 from ploutos.bench.env import synthetic_arrays
+from ploutos.cli import main
 from ploutos.config import EnvConfig
 from ploutos.errors import PloutosError
 from ploutos.results.hdf5 import TaskResult, read_metrics, write_task_result
 from ploutos.results.layout import RunLayout
-from ploutos.results.report import cli_report, write_report
-from ploutos.train.evaluate import FoldEvaluation, evaluate
-from ploutos.train.metrics import compute_metrics
+from ploutos.results.report import write_report
+from ploutos.train.evaluate import evaluate
 
 BARS_PER_YEAR = 252 * 7
 ARRAYS = synthetic_arrays(240, 3, 4, seed=11)
@@ -143,7 +145,7 @@ def reported(tmp_path_factory: pytest.TempPathFactory, evaluations) -> tuple[Run
     layout = make_run(tmp_path_factory.mktemp("complete") / "run", evaluations)
     out = io.StringIO()
     with redirect_stdout(out):
-        assert cli_report(layout.root) == 0
+        assert main(["report", str(layout.root)]) == 0
     return layout, out.getvalue()
 
 

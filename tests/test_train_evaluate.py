@@ -7,13 +7,13 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from ploutos.analytics.evaluation import BENCHMARKS, Evaluation
+from ploutos.analytics.metrics import compute_metrics
 from ploutos.config import EnvConfig
 from ploutos.features.arrays import FeatureArrays
 from ploutos.train.evaluate import (
-    BENCHMARKS,
     HOLD,
     Ensemble,
-    Evaluation,
     buy_and_hold,
     equal_weight,
     evaluate,
@@ -21,7 +21,6 @@ from ploutos.train.evaluate import (
     run_policy,
 )
 from ploutos.train.folds import Fold
-from ploutos.train.metrics import compute_metrics
 
 BARS_PER_YEAR = 252 * 7
 FREE = replace(EnvConfig(), lookback=8, commission_bps=0.0, half_spread_bps=0.0, slippage_vol_mult=0.0, impact_coef=0.0)

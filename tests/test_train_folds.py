@@ -7,11 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ploutos.cli import main
 from ploutos.config import WalkForwardConfig
 from ploutos.config import load as load_config
 from ploutos.errors import ConfigError, DataError
 from ploutos.features.pipeline import load_bars
-from ploutos.train.folds import Fold, cli_folds, format_plan, plan_folds
+from ploutos.train.folds import Fold, format_plan, plan_folds
 
 
 def hourly(start: str, end: str, *, weekdays_only: bool = False) -> np.ndarray:
@@ -218,6 +219,6 @@ def test_quickstart_dataset_gives_three_two_month_test_windows(tmp_path: Path, c
     ]
     assert folds[-1].test.stop == len(times) == 6225
     assert all(f.embargo == 24 and f.train_bars > 3000 and f.test_bars > 1000 for f in folds)
-    assert cli_folds(config) == 0
+    assert main(["folds", "--config", "quickstart", "--set", f"data.store={tmp_path}/q"]) == 0
     out = capsys.readouterr().out
     assert "2017-11-01 -> 2018-01-01" in out and out.strip().endswith("3 folds x 2 members = 6 tasks")

@@ -18,7 +18,7 @@ import pytest
 
 from conftest import assert_one_line_error
 from ploutos.results.hdf5 import SCHEMA, missing_fields
-from ploutos.train.trainer import member_seed
+from ploutos.train.model import member_seed
 
 MPI_ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1", "PYTHONUNBUFFERED": "1"}
 ROLLOUT = 512  # n_steps 256 x 2 envs on the 2-core CI machine, or n_envs set below

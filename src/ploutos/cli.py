@@ -3,6 +3,10 @@
 Every subcommand takes ``--config`` (a YAML file or an embedded config name; default the
 embedded quickstart) and any number of ``--set section.key=value`` overrides. A user error
 prints one line ``ploutos: error: ...`` and exits 2; an interrupt exits 130.
+
+The command only parses arguments, calls the package and prints. Each command imports its
+modules when it runs (the lines marked ``# lazy``): ``ploutos --help`` and ``config show`` start
+in a fraction of a second instead of paying for torch.
 """
 
 from __future__ import annotations
@@ -10,10 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ploutos import __version__
+from ploutos.config import Config, config_hash, dump, load
 from ploutos.errors import PloutosError
 
 EXIT_USER_ERROR = 2
@@ -38,15 +44,15 @@ def _config_options() -> argparse.ArgumentParser:
     return common
 
 
-def _load(args: argparse.Namespace):
-    from ploutos.config import load
-
+def _load(args: argparse.Namespace) -> Config:
     return load(args.config, args.overrides)
 
 
-def cmd_config_show(args: argparse.Namespace) -> int:
-    from ploutos.config import config_hash, dump
+def _say(line: str) -> None:
+    print(line, flush=True)
 
+
+def cmd_config_show(args: argparse.Namespace) -> int:
     config = _load(args)
     print(dump(config, with_docs=args.docs), end="")
     print(f"# config hash: {config_hash(config)}")
@@ -54,7 +60,7 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
 
 def cmd_data_build(args: argparse.Namespace) -> int:
-    from ploutos.data.build import build_dataset
+    from ploutos.data.build import build_dataset  # lazy: fast startup
 
     config = _load(args)
     report = build_dataset(config.data, progress=not args.no_progress)
@@ -63,7 +69,7 @@ def cmd_data_build(args: argparse.Namespace) -> int:
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:
-    from ploutos.data.inspect import check_path
+    from ploutos.data.inspect import check_path  # lazy: fast startup
 
     config = _load(args)
     problems = check_path(Path(args.path), config.data)
@@ -77,7 +83,7 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
 
 def cmd_data_info(args: argparse.Namespace) -> int:
-    from ploutos.data.inspect import describe_path
+    from ploutos.data.inspect import describe_path  # lazy: fast startup
 
     info = describe_path(Path(args.path), _load(args).data)
     print(json.dumps(info, indent=2, default=str) if args.json else _format_info(info))
@@ -92,7 +98,7 @@ def _format_info(info: dict) -> str:
 
 
 def cmd_features_list(args: argparse.Namespace) -> int:
-    from ploutos.features import all_specs
+    from ploutos.features import all_specs  # lazy: fast startup
 
     config = _load(args)
     macro = [f"macro_{name}" for name in config.data.macro]
@@ -113,11 +119,11 @@ def cmd_features_list(args: argparse.Namespace) -> int:
 
 
 def cmd_features_compute(args: argparse.Namespace) -> int:
-    from ploutos.data.inspect import read_bars_path
-    from ploutos.data.store import read_dataset
-    from ploutos.data.validate import check
-    from ploutos.features import compute
-    from ploutos.results.files import atomic_path
+    from ploutos.data.inspect import read_bars_path  # lazy: fast startup
+    from ploutos.data.store import read_dataset  # lazy: fast startup
+    from ploutos.data.validate import check  # lazy: fast startup
+    from ploutos.features import compute  # lazy: fast startup
+    from ploutos.files import atomic_path  # lazy: fast startup
 
     config = _load(args)
     source, out = Path(args.input), Path(args.out)
@@ -142,55 +148,73 @@ def cmd_features_compute(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Benchmarks print their figures and ratios against a baseline measured in the same run."""
-    from ploutos.bench import env as bench_env
-    from ploutos.bench import features as bench_features
-    from ploutos.bench import memory as bench_memory
-    from ploutos.bench import train as bench_train
-    from ploutos.bench import vecenv as bench_vecenv
-
-    benches = {
-        "features": bench_features.main,
-        "memory": bench_memory.main,
-        "env": bench_env.main,
-        "vecenv": bench_vecenv.main,
-        "train": bench_train.main,
-    }
-    return benches[args.bench](args.rest)
+    if args.bench == "features":
+        from ploutos.bench.features import main as bench  # lazy: fast startup
+    elif args.bench == "memory":
+        from ploutos.bench.memory import main as bench  # lazy: fast startup
+    elif args.bench == "env":
+        from ploutos.bench.env import main as bench  # lazy: fast startup
+    elif args.bench == "vecenv":
+        from ploutos.bench.vecenv import main as bench  # lazy: fast startup
+    else:
+        from ploutos.bench.train import main as bench  # lazy: fast startup
+    return bench(args.rest)
 
 
 def cmd_hardware(args: argparse.Namespace) -> int:
-    from ploutos.hardware import cli_hardware
+    from ploutos.node.hardware import format_plan, plan  # lazy: fast startup
 
-    return cli_hardware(_load(args))
+    print(format_plan(plan(_load(args))))
+    return 0
 
 
 def cmd_shm_list(args: argparse.Namespace) -> int:
-    from ploutos.shm import cli_list
+    from ploutos.node.store import SHM_DIR, list_segments  # lazy: fast startup
 
-    return cli_list(args)
+    segments = list_segments()
+    for s in segments:
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.created)) if s.created else "?"
+        state = "alive" if s.alive else "ORPHAN"
+        extra = f" ({s.problem})" if s.problem else ""
+        print(f"{s.name}  {s.size / 2**20:.1f} MB  job {s.job}  pid {s.pid}  host {s.host}  {created}  {state}{extra}")
+    if not segments:
+        print(f"no ploutos segments in {SHM_DIR}")
+    return 0
 
 
 def cmd_shm_clean(args: argparse.Namespace) -> int:
-    from ploutos.shm import cli_clean
+    from ploutos.node.store import SHM_DIR, clean  # lazy: fast startup
 
-    return cli_clean(args)
+    removed = clean(args.job)
+    for name in removed:
+        print(f"removed {name}")
+    print(f"{len(removed)} orphaned segment(s) removed from {SHM_DIR}")
+    return 0
 
 
 def cmd_folds(args: argparse.Namespace) -> int:
-    from ploutos.train.folds import cli_folds
+    from ploutos.train.folds import format_plan, plan_for  # lazy: fast startup
 
-    return cli_folds(_load(args))
+    config = _load(args)
+    print(format_plan(plan_for(config), config.ensemble.members))
+    return 0
+
+
+def _preempted(stop: Exception) -> int:
+    print(f"ploutos: {stop}", file=sys.stderr)
+    return EXIT_PREEMPTED
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ploutos.train.trainer import Preempted, train_task
+    from ploutos.pipeline.task import run_task  # lazy: fast startup
+    from ploutos.results.hdf5 import format_metrics  # lazy: fast startup
+    from ploutos.train.trainer import Preempted  # lazy: fast startup
 
     config = _load(args)
     try:
-        outcome = train_task(config, args.fold, args.member, progress=not args.no_progress, force=args.force)
+        outcome = run_task(config, args.fold, args.member, progress=not args.no_progress, force=args.force)
     except Preempted as stop:
-        print(f"ploutos: {stop}", file=sys.stderr)
-        return EXIT_PREEMPTED
+        return _preempted(stop)
     if outcome.result is None:  # a rank other than 0: rank 0 reports
         return 0
     if outcome.skipped:
@@ -198,8 +222,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     resumed = f", resumed {outcome.resumed} time(s)" if outcome.resumed else ""
     print(f"{outcome.result}: {outcome.timesteps} steps in {outcome.wall_seconds:.1f} s{resumed}")
-    from ploutos.results.hdf5 import format_metrics
-
     print(format_metrics(outcome.result))
     if outcome.ensemble is not None:
         print(f"{outcome.ensemble}: the fold's {config.ensemble.members} members as one ensemble")
@@ -208,27 +230,37 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
-    from ploutos.launch import launch
+    from ploutos.launch import launch  # lazy: fast startup
 
-    return launch(_load(args), args.executor, wait=not args.no_wait)
+    return launch(_load(args), args.executor, wait=not args.no_wait, echo=_say)
 
 
 def cmd_aggregate(args: argparse.Namespace) -> int:
-    from ploutos.results.aggregate import cli_aggregate
+    """0 when written (missing tasks are data), 1 when no task at all is ok."""
+    from ploutos.pipeline.run import aggregate_run  # lazy: fast startup
+    from ploutos.results.aggregate import format_folds  # lazy: fast startup
 
-    return cli_aggregate(Path(args.run_dir))
+    summary = aggregate_run(Path(args.run_dir))
+    print(summary.line())
+    print(format_folds(summary.path))
+    if not summary.any_ok:
+        print(f"ploutos: error: {args.run_dir}: no task file is ok; nothing to aggregate", file=sys.stderr)
+        return EXIT_PROBLEMS_FOUND
+    return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from ploutos.results.report import cli_report
+    from ploutos.results.report import write_report  # lazy: fast startup
 
-    return cli_report(Path(args.run_dir))
+    for path in write_report(Path(args.run_dir)):
+        print(path)
+    return 0
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from ploutos.train.validate import validate
+    from ploutos.pipeline.validate import validate  # lazy: fast startup
 
-    validate(_load(args))
+    validate(_load(args), echo=_say)
     return 0
 
 
@@ -238,43 +270,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     Tasks already done are skipped and interrupted ones resume from their checkpoints, so running
     it again continues where it stopped.
     """
-    from ploutos.data.build import build_dataset
-    from ploutos.results.layout import RunLayout
-    from ploutos.train.folds import format_plan, plan_for
-    from ploutos.train.trainer import Preempted, train_task
+    from ploutos.pipeline.run import InProcess, run  # lazy: fast startup
+    from ploutos.train.trainer import Preempted  # lazy: fast startup
 
-    config = _load(args)
-    print(f"[1/4] data: building {config.data.store} from {config.data.source}", flush=True)
-    print(build_dataset(config.data, progress=not args.no_progress).summary(), flush=True)
-    print("[2/4] walk-forward plan", flush=True)
-    folds = plan_for(config)
-    print(format_plan(folds, config.ensemble.members), flush=True)
-    RunLayout.of(config).prepare(config)
-    RunLayout.of(config).write_plan(len(folds), config.ensemble.members)
-    tasks = [(fold.index, member) for fold in folds for member in range(config.ensemble.members)]
-    print(f"[3/4] train: {len(tasks)} task(s) into {config.run_dir}", flush=True)
-    for number, (fold, member) in enumerate(tasks, 1):
-        try:
-            outcome = train_task(config, fold, member, progress=not args.no_progress)
-        except Preempted as stop:
-            print(f"ploutos: {stop}", file=sys.stderr)
-            return EXIT_PREEMPTED
-        state = "already done" if outcome.skipped else f"{outcome.timesteps} steps in {outcome.wall_seconds:.0f} s"
-        print(f"  task {number}/{len(tasks)} fold {fold} member {member}: {state}", flush=True)
-    print("[4/4] aggregate and report", flush=True)
-    from ploutos.results.aggregate import aggregate, format_folds
-    from ploutos.results.report import write_report
-
-    summary = aggregate(RunLayout.of(config).root)
-    print(summary.line())
-    print(format_folds(summary.path))
-    report = write_report(summary.path.parent)
-    print(f"report: {report[-1]} (and {len(report) - 1} plots)")
-    return 0
+    progress = not args.no_progress
+    try:
+        return run(_load(args), InProcess(progress=progress), echo=_say, progress=progress)
+    except Preempted as stop:
+        return _preempted(stop)
 
 
 def cmd_paper(args: argparse.Namespace) -> int:
-    from ploutos.paper.command import cli_paper
+    from ploutos.paper.command import cli_paper  # lazy: fast startup
 
     return cli_paper(Path(args.run), args.overrides, loop=args.loop, dry=args.dry_run, live=args.live)
 

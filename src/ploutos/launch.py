@@ -1,24 +1,31 @@
-"""Launchers: the fold x member grid on Slurm (sbatch scripts or submitit), on this machine, or inline.
+"""Launchers: executors of the pipeline's task grid on Slurm (sbatch scripts or submitit), on this
+machine, or inline.
 
-``ploutos launch --executor E`` (and the thin scripts in ``jobs/``) all come here:
+``ploutos launch --executor E`` (and the thin scripts in ``jobs/``) all come here, and hand the
+chosen executor to :func:`ploutos.pipeline.run.run`, which owns the stages:
 
-- ``sbatch``: render the array script (:func:`render_array_script`, a pure function with a golden
-  file test), submit it with ``sbatch``, then ``slurm/aggregate.sh`` with ``afterany`` so the
-  aggregation runs even when tasks failed; optionally follow the run until the aggregation ends.
-  This is what ``sbatch slurm/train_array.sh CONFIG`` runs.
+- ``sbatch``: render the array script and the aggregation script (:func:`render_array_script`,
+  :func:`render_aggregate_script`: pure functions with golden file tests; everything a job runs
+  is in them or in the installed package, never in a source checkout), submit the array with
+  ``sbatch``, then the aggregation with ``afterany`` so that it runs even when tasks failed;
+  optionally follow the run until the aggregation ends. This is what
+  ``sbatch slurm/train_array.sh CONFIG`` runs.
 - ``slurm``: submitit's ``AutoExecutor``, ``map_array`` over the grid; each task is a
   :class:`TrainTask` (a submitit ``Checkpointable``), so a time-limit signal checkpoints and
   requeues. Job state comes from ``squeue`` (:class:`SqueueWatcher`), which works on clusters
-  without accounting, where ``sacct`` fails.
+  without accounting, where ``sacct`` fails. submitit has no public hook for this: the watcher
+  overrides its private ``_make_command``, so submitit's version is bounded in pyproject.toml and
+  a test fails if that method stops being called.
 - ``local``: RunPod / single-node mode: the same tasks as subprocesses (submitit's local
   executor), one at a time, each with every core and the GPU of the machine.
 - ``debug``: in this process, one after another (submitit's debug executor), for a debugger.
 
-Every path ends with ``ploutos aggregate`` and ``ploutos report`` of the run folder.
+Every path ends with the aggregation and the report of the run folder.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import shlex
 import signal
@@ -29,13 +36,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import submitit
+from submitit.slurm.slurm import SlurmInfoWatcher
+
 from ploutos.config import Config, config_hash
 from ploutos.errors import ConfigError, PloutosError
-from ploutos.results.files import atomic_path
+from ploutos.files import atomic_path
+from ploutos.node.context import thread_environment
+from ploutos.pipeline.run import Echo, RunPlan, run, say
+from ploutos.pipeline.task import run_task
+from ploutos.progress import progress_bar
 from ploutos.results.layout import RunLayout
+from ploutos.train.trainer import Preempted
 
-REPO = Path(__file__).resolve().parents[2]
-"""The checkout (for env/threads.sh and slurm/aggregate.sh)."""
 EXECUTORS = ("sbatch", "slurm", "local", "debug")
 
 
@@ -58,12 +71,12 @@ class ArraySpec:
     """Absolute directory the tasks run in (relative paths of the config resolve from it)."""
     python: str
     """Interpreter with ploutos installed."""
-    repo: str
-    """The checkout, for env/threads.sh."""
 
 
-def _seconds_to_minutes(seconds: int) -> int:
-    return max(1, seconds // 60)
+def thread_caps(threads: int = 1) -> str:
+    """One shell line capping every BLAS/OpenMP/Polars pool (what ``env/threads.sh`` does, rendered)."""
+    caps = {**thread_environment(threads), "PLOUTOS_THREADS": str(threads)}
+    return "export " + " ".join(f"{key}={value}" for key, value in caps.items())
 
 
 def render_array_script(config: Config, spec: ArraySpec) -> str:
@@ -113,7 +126,7 @@ def render_array_script(config: Config, spec: ArraySpec) -> str:
         f"member=$(( SLURM_ARRAY_TASK_ID % {members} ))",
         'echo "ploutos: task ${SLURM_ARRAY_TASK_ID}: fold ${fold} member ${member} on $(hostname)'
         ' (job ${SLURM_JOB_ID}, restart ${SLURM_RESTART_COUNT:-0})"',
-        f"source {shlex.quote(spec.repo)}/env/threads.sh 1  # env workers: 1 thread; the learner sets its own",
+        thread_caps(1) + "  # env workers: 1 thread; the learner sets its own",
         "# Slurm 22.05's srun does not inherit --cpus-per-task from the allocation",
         "export SRUN_CPUS_PER_TASK=${SLURM_CPUS_PER_TASK:-$(( ${SLURM_CPUS_ON_NODE:-1} / " + f"{ranks} ))" + "}",
         " ".join(shlex.quote(part) for part in srun + command) + ' --fold "$fold" --member "$member"',
@@ -127,6 +140,32 @@ def render_array_script(config: Config, spec: ArraySpec) -> str:
         "exit $code",
         "",
     ]
+    return "\n".join(lines)
+
+
+def render_aggregate_script(config: Config, spec: ArraySpec) -> str:
+    """The sbatch text of the aggregation: ``summary.h5`` and the report, after every task has ended.
+
+    Submitted with ``--dependency=afterany`` on the array; by hand, ``sbatch RUN_DIR/slurm/aggregate.sbatch``.
+    """
+    run_dir = os.path.join(spec.workdir, config.run_dir) if not os.path.isabs(config.run_dir) else config.run_dir
+    lines = [
+        "#!/bin/bash",
+        f"# Rendered by ploutos.launch.render_aggregate_script: run {config.name}, config {config_hash(config)}.",
+        f"#SBATCH --job-name=ploutos-{config.name}-aggregate",
+        "#SBATCH --ntasks=1",
+        "#SBATCH --cpus-per-task=1",
+        "#SBATCH --time=00:30:00",
+        f"#SBATCH --chdir={spec.workdir}",
+        f"#SBATCH --output={run_dir}/logs/slurm/aggregate.log",
+    ]
+    for key in ("partition", "account", "qos"):
+        value = getattr(config.slurm, key)
+        if value:
+            lines.append(f"#SBATCH --{key}={value}")
+    python, folder = shlex.quote(spec.python), shlex.quote(run_dir)
+    lines += ["", "set -euo pipefail", thread_caps(1), f"{python} -m ploutos aggregate {folder}"]
+    lines += [f"{python} -m ploutos report {folder}", ""]
     return "\n".join(lines)
 
 
@@ -157,29 +196,14 @@ def submit_sbatch(config: Config, tasks: int, *, workdir: Path) -> Submission:
     (run.root / "slurm").mkdir(parents=True, exist_ok=True)
     (run.logs / "slurm").mkdir(parents=True, exist_ok=True)
     spec = ArraySpec(
-        config_file=str(run.config_file.resolve()),
-        tasks=tasks,
-        workdir=str(workdir.resolve()),
-        python=sys.executable,
-        repo=str(REPO),
+        config_file=str(run.config_file.resolve()), tasks=tasks, workdir=str(workdir.resolve()), python=sys.executable
     )
-    script = run.root / "slurm" / "train_array.sbatch"
-    with atomic_path(script) as tmp:
-        tmp.write_text(render_array_script(config, spec))
+    script, aggregation = run.root / "slurm" / "train_array.sbatch", run.root / "slurm" / "aggregate.sbatch"
+    for path, render in ((script, render_array_script), (aggregation, render_aggregate_script)):
+        with atomic_path(path) as tmp:
+            tmp.write_text(render(config, spec))
     array_job = _sbatch([str(script)])
-    aggregate = [
-        f"--dependency=afterany:{array_job}",
-        "--kill-on-invalid-dep=no",
-        f"--job-name=ploutos-{config.name}-aggregate",
-        f"--chdir={spec.workdir}",
-        f"--output={run.logs.resolve()}/slurm/aggregate.log",
-        f"--export=ALL,PLOUTOS_PYTHON={sys.executable}",
-    ]
-    for key in ("partition", "account", "qos"):
-        value = getattr(config.slurm, key)
-        if value:
-            aggregate.append(f"--{key}={value}")
-    aggregate_job = _sbatch([*aggregate, str(REPO / "slurm" / "aggregate.sh"), str(run.root.resolve())])
+    aggregate_job = _sbatch([f"--dependency=afterany:{array_job}", "--kill-on-invalid-dep=no", str(aggregation)])
     return Submission(array_job, aggregate_job, script)
 
 
@@ -224,10 +248,8 @@ class TrainTask:
     """One (fold, member) as a submitit ``Checkpointable``: a time-limit signal checkpoints and requeues."""
 
     def __call__(self, config: Config, fold: int, member: int) -> str:
-        from ploutos.train.trainer import Preempted, train_task
-
         try:
-            outcome = train_task(config, fold, member, progress=False)
+            outcome = run_task(config, fold, member, progress=False)
         except Preempted as stop:
             handler = signal.getsignal(stop.signum)
             if stop.signum == signal.SIGUSR2 and callable(handler):
@@ -237,41 +259,40 @@ class TrainTask:
 
     def checkpoint(self, config: Config, fold: int, member: int) -> Any:
         """The trainer has written its checkpoint already; the resubmitted call resumes from it."""
-        import submitit
-
         return submitit.helpers.DelayedSubmission(self, config, fold, member)
 
 
-_watcher: Any = None
-
-
-def squeue_watcher() -> Any:
+class SqueueWatcher(SlurmInfoWatcher):
     """A submitit job-state watcher that asks ``squeue``: a job no longer queued has ended (its
-    result pickle, or its absence, tells how), so clusters without accounting work."""
-    global _watcher
-    if _watcher is not None:
-        return _watcher
-    from submitit.slurm import slurm
+    result pickle, or its absence, tells how), so clusters without accounting work.
 
-    class SqueueWatcher(slurm.SlurmInfoWatcher):
-        def _make_command(self) -> list[str] | None:
-            if not self._registered - self._finished:
-                return None
-            return ["squeue", "-h", "-r", "-o", "%i|%T|%N", "-u", str(os.getuid())]
+    submitit offers no public hook for the command its watcher runs, so this overrides the private
+    ``_make_command`` that ``InfoWatcher.update`` calls; pyproject.toml bounds submitit to the
+    versions checked, and ``tests/test_launch.py`` runs ``update()`` against a fake ``squeue`` and
+    fails if submitit stops calling this method.
+    """
 
-        def read_info(self, string: bytes | str) -> dict[str, dict[str, str]]:
-            text = string.decode() if isinstance(string, bytes) else string
-            states: dict[str, dict[str, str]] = {}
-            for line in text.splitlines():
-                if line.count("|") == 2:
-                    job, state, nodes = line.split("|")
-                    states[job] = {"JobID": job, "State": state, "NodeList": nodes}
-            for job in self._registered - self._finished:
-                states.setdefault(job, {"JobID": job, "State": "COMPLETED", "NodeList": ""})
-            return states
+    def _make_command(self) -> list[str] | None:
+        if not self._registered - self._finished:
+            return None
+        return ["squeue", "-h", "-r", "-o", "%i|%T|%N", "-u", str(os.getuid())]
 
-    _watcher = SqueueWatcher(delay_s=5)
-    return _watcher
+    def read_info(self, string: bytes | str) -> dict[str, dict[str, str]]:
+        text = string.decode() if isinstance(string, bytes) else string
+        states: dict[str, dict[str, str]] = {}
+        for line in text.splitlines():
+            if line.count("|") == 2:
+                job, state, nodes = line.split("|")
+                states[job] = {"JobID": job, "State": state, "NodeList": nodes}
+        for job in self._registered - self._finished:
+            states.setdefault(job, {"JobID": job, "State": "COMPLETED", "NodeList": ""})
+        return states
+
+
+@functools.cache
+def squeue_watcher() -> SqueueWatcher:
+    """The one :class:`SqueueWatcher` of this process (submitit shares one watcher between jobs)."""
+    return SqueueWatcher(delay_s=5)
 
 
 def watch_with_squeue(jobs: list[Any]) -> None:
@@ -284,8 +305,6 @@ def watch_with_squeue(jobs: list[Any]) -> None:
 
 def make_executor(config: Config, kind: str, folder: Path) -> Any:
     """A submitit ``AutoExecutor`` for ``kind`` (slurm, local, debug) with the config's resources."""
-    import submitit
-
     hw, slurm = config.hardware, config.slurm
     executor = submitit.AutoExecutor(folder=folder, cluster=kind)
     executor.update_parameters(
@@ -303,7 +322,7 @@ def make_executor(config: Config, kind: str, folder: Path) -> Any:
             slurm_signal_delay_s=slurm.signal_before_s,
             slurm_additional_parameters=additional,
             slurm_setup=[
-                f"source {shlex.quote(str(REPO))}/env/threads.sh 1",
+                thread_caps(1),
                 "export SRUN_CPUS_PER_TASK=${SLURM_CPUS_PER_TASK:-${SLURM_CPUS_ON_NODE:-1}}",
             ],
         )
@@ -316,61 +335,77 @@ def make_executor(config: Config, kind: str, folder: Path) -> Any:
     return executor
 
 
-def launch(config: Config, executor_kind: str, *, wait: bool = True, workdir: Path | None = None) -> int:
-    """Run the whole walk-forward of ``config`` with ``executor_kind``; aggregate and report."""
-    from ploutos.data.build import build_dataset
-    from ploutos.train.folds import format_plan, plan_for
+@dataclass(frozen=True)
+class SbatchArray:
+    """The grid as one Slurm array plus a dependent aggregation job; optionally followed to the end."""
 
-    if executor_kind not in EXECUTORS:
-        raise ConfigError(f"executor {executor_kind!r} is not one of {', '.join(EXECUTORS)}")
-    print(build_dataset(config.data, progress=False).summary(), flush=True)
-    folds = plan_for(config)
-    print(format_plan(folds, config.ensemble.members), flush=True)
-    run = RunLayout.of(config)
-    run.prepare(config)
-    run.write_plan(len(folds), config.ensemble.members)
-    grid = [(fold.index, member) for fold in folds for member in range(config.ensemble.members)]
-    if executor_kind == "sbatch":
-        submission = submit_sbatch(config, len(grid), workdir=workdir or Path.cwd())
-        print(
-            f"submitted array job {submission.array_job} ({len(grid)} tasks, script {submission.script}) and "
-            f"aggregation job {submission.aggregate_job} (afterany)",
-            flush=True,
+    workdir: Path
+    wait: bool = True
+    name: str = "sbatch array"
+    aggregates_itself: bool = True
+
+    def run_tasks(self, plan: RunPlan, echo: Echo) -> list[str]:
+        submission = submit_sbatch(plan.config, len(plan.grid), workdir=self.workdir)
+        echo(
+            f"submitted array job {submission.array_job} ({len(plan.grid)} tasks, script {submission.script}) and "
+            f"aggregation job {submission.aggregate_job} (afterany)"
         )
-        if wait:
-            follow(config, submission, len(grid))
-            print(f"{run.summary}: written; report in {run.root / 'report'}")
-        return 0
-    return _run_submitit(config, executor_kind, grid, run)
+        if self.wait:
+            follow(plan.config, submission, len(plan.grid))
+            echo(f"{plan.layout.summary}: written; report in {plan.layout.root / 'report'}")
+        return []
 
 
-def _run_submitit(config: Config, kind: str, grid: list[tuple[int, int]], run: RunLayout) -> int:
-    from ploutos.progress import progress_bar
-    from ploutos.results.aggregate import aggregate
-    from ploutos.results.report import write_report
+@dataclass(frozen=True)
+class Submitit:
+    """The grid through submitit: a Slurm job array (``slurm``), or one process per task on this
+    machine, one after another, each with the whole machine (``local``, RunPod), or in this process
+    (``debug``)."""
 
-    executor = make_executor(config, kind, run.logs / "submitit")
-    task = TrainTask()
-    failures: list[str] = []
-    # local: one task at a time, each with the whole machine (RunPod); slurm: the whole array at once
-    waves = [grid] if kind == "slurm" else [[item] for item in grid]
-    bar = progress_bar(total=len(grid), desc=f"{config.name} ({kind})", unit="task")
-    for wave in waves:
-        folds, members = [f for f, _ in wave], [m for _, m in wave]
-        jobs = executor.map_array(task, [config] * len(wave), folds, members)
-        if kind == "slurm":
-            watch_with_squeue(jobs)
-        for (fold, member), job in zip(wave, jobs, strict=True):
-            try:
-                job.result()
-            except Exception as err:  # the aggregation lists it as missing; the others go on
-                failures.append(f"fold{fold}_member{member} (job {job.job_id}): {str(err).strip().splitlines()[-1]}")
-            bar.update(1)
-    bar.close()
-    for line in failures:
-        print(f"failed: {line}", file=sys.stderr)
-    summary = aggregate(run.root)
-    print(summary.line(), flush=True)
-    for path in write_report(run.root):
-        print(f"report: {path}")
-    return 0 if not failures else 1
+    kind: str
+    aggregates_itself: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"submitit {self.kind}"
+
+    def run_tasks(self, plan: RunPlan, echo: Echo) -> list[str]:
+        config, grid = plan.config, plan.grid
+        executor = make_executor(config, self.kind, plan.layout.logs / "submitit")
+        task = TrainTask()
+        failures: list[str] = []
+        # local: one task at a time, each with the whole machine (RunPod); slurm: the whole array at once
+        waves = [grid] if self.kind == "slurm" else [[item] for item in grid]
+        bar = progress_bar(total=len(grid), desc=f"{config.name} ({self.kind})", unit="task")
+        for wave in waves:
+            folds, members = [f for f, _ in wave], [m for _, m in wave]
+            jobs = executor.map_array(task, [config] * len(wave), folds, members)
+            if self.kind == "slurm":
+                watch_with_squeue(jobs)
+            for (fold, member), job in zip(wave, jobs, strict=True):
+                try:
+                    job.result()
+                except Exception as err:  # the aggregation lists it as missing; the others go on
+                    failures.append(
+                        f"fold{fold}_member{member} (job {job.job_id}): {str(err).strip().splitlines()[-1]}"
+                    )
+                bar.update(1)
+        bar.close()
+        return failures
+
+
+def executor_for(kind: str, *, wait: bool = True, workdir: Path | None = None) -> SbatchArray | Submitit:
+    """The executor called ``kind`` (one of :data:`EXECUTORS`)."""
+    if kind not in EXECUTORS:
+        raise ConfigError(f"executor {kind!r} is not one of {', '.join(EXECUTORS)}")
+    if kind == "sbatch":
+        return SbatchArray(workdir or Path.cwd(), wait=wait)
+    return Submitit(kind)
+
+
+def launch(
+    config: Config, executor_kind: str, *, wait: bool = True, workdir: Path | None = None, echo: Echo = say
+) -> int:
+    """Run the whole walk-forward of ``config`` with ``executor_kind``; aggregate and report."""
+    executor = executor_for(executor_kind, wait=wait, workdir=workdir)
+    return run(config, executor, echo=echo, progress=False)

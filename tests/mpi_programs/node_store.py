@@ -1,6 +1,6 @@
-"""Run under ``mpirun -n N`` (or plain python) by tests/test_parallel.py: one feature store per node.
+"""Run under ``mpirun -n N`` (or plain python) by tests/test_node_context.py: one feature store per node.
 
-Every rank calls :func:`ploutos.parallel.node_feature_store` on small synthetic arrays, starts
+Every rank calls :func:`ploutos.node.context.node_feature_store` on small synthetic arrays, starts
 ``--workers`` env worker processes (spawn) that map the store with ``worker_attach``, and prints one
 line ``RESULT {json}``: its ranks, the segment name, the sha256 of the values it sees, this job's
 segments in /dev/shm, and each worker's checksum, BLAS threads and whether it imported mpi4py.
@@ -21,7 +21,7 @@ import os
 import sys
 import time
 
-from ploutos.parallel import worker_env
+from ploutos.node.context import worker_env
 
 
 def synthetic(n_time: int = 20_000, n_asset: int = 4, n_feature: int = 16, seed: int = 7):
@@ -54,13 +54,13 @@ def digest(store) -> str:
 
 
 def job_segments(job: str) -> list[str]:
-    from ploutos import shm
+    from ploutos.node import store as shm
 
     return [info.name for info in shm.list_segments() if info.job == job]
 
 
 def worker(name: str, queue) -> None:
-    from ploutos.parallel import blas_threads, worker_attach
+    from ploutos.node.context import blas_threads, worker_attach
 
     store = worker_attach(name, expect_config_hash="test-config")
     result = {
@@ -82,7 +82,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from ploutos.errors import PloutosError
-    from ploutos.parallel import node_context, node_feature_store
+    from ploutos.node.context import node_context, node_feature_store
 
     ctx = node_context()
     common = {"rank": ctx.world_rank, "size": ctx.world_size, "node_rank": ctx.node_rank, "node_size": ctx.node_size}

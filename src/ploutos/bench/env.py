@@ -23,6 +23,7 @@ import numpy as np
 
 from ploutos.bench.timing import Timing, time_call
 from ploutos.config import EnvConfig
+from ploutos.env import TradingEnv
 from ploutos.features.arrays import FeatureArrays
 
 TARGET_STEPS_PER_S = 100_000.0
@@ -117,7 +118,6 @@ def _loop_into(env, actions: Sequence, *, seed: int = 0):
 
 
 def ploutos_env(layout: str, mode: str, *, n_time: int, n_asset: int, n_feat: int, lookback: int):
-    from ploutos.env import TradingEnv
 
     cfg = replace(EnvConfig(), obs_layout=layout, action_mode=mode, lookback=lookback)
     arrays = synthetic_arrays(n_time, n_asset, n_feat)
@@ -127,8 +127,8 @@ def ploutos_env(layout: str, mode: str, *, n_time: int, n_asset: int, n_feat: in
 def anytrading_env(window: int = 32):
     """gym-anytrading's StocksEnv over its shipped GOOGL daily bars, or None if it is not installed."""
     try:
-        from gym_anytrading.datasets import STOCKS_GOOGL
-        from gym_anytrading.envs import StocksEnv
+        from gym_anytrading.datasets import STOCKS_GOOGL  # a baseline: the benchmark runs without it
+        from gym_anytrading.envs import StocksEnv  # a baseline: the benchmark runs without it
     except ImportError:
         return None
     return StocksEnv(df=STOCKS_GOOGL.copy(), window_size=window, frame_bound=(window, len(STOCKS_GOOGL)))

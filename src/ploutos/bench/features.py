@@ -26,6 +26,9 @@ import numpy as np
 import polars as pl
 
 from ploutos.bench.timing import Timing, format_ms, time_call
+from ploutos.config import DataConfig
+from ploutos.data.sources.synthetic import SyntheticSource
+from ploutos.features import compute
 
 WINDOWS = (5, 10, 20, 50, 100, 200)
 """Windows of the SMA/EMA/std/z-score outputs (the default ``FeaturesConfig.windows``)."""
@@ -86,8 +89,6 @@ class BenchResult:
 
 def synthetic_bars(n_tickers: int, n_bars: int) -> pl.DataFrame:
     """``n_tickers`` synthetic tickers (``T00``, ``T01``...) of ``n_bars`` hourly 24x7 bars each, stacked."""
-    from ploutos.config import DataConfig
-    from ploutos.data.sources.synthetic import SyntheticSource
 
     tickers = tuple(f"T{i:02d}" for i in range(n_tickers))
     cfg = replace(DataConfig(), source="synthetic", session="24x7", tickers=tickers, synthetic_bars=n_bars)
@@ -122,7 +123,7 @@ def talib_equivalent(bars_one_ticker: pl.DataFrame) -> dict[str, np.ndarray]:
     Ours computes more (Parkinson and Garman-Klass volatility, candle shape, clock features, and
     the rescaled oscillators); those are left out here, which favours TA-Lib.
     """
-    import talib
+    import talib  # the baseline, from the dev extra: only this benchmark needs it
 
     o, h, lo, c, v = _ohlcv(bars_one_ticker)
     out: dict[str, np.ndarray] = {}
@@ -182,7 +183,7 @@ def talib_equivalent(bars_one_ticker: pl.DataFrame) -> dict[str, np.ndarray]:
 
 def pandas_ta_all(bars_one_ticker: pl.DataFrame):  # -> pandas.DataFrame
     """``ta.add_all_ta_features`` (the pandas ``ta`` library) on one ticker's bars."""
-    import ta
+    import ta  # the pandas baseline, from the dev extra: only this benchmark needs it
 
     frame = bars_one_ticker.select("open", "high", "low", "close", "volume").to_pandas()
     with warnings.catch_warnings(), np.errstate(all="ignore"):
@@ -221,7 +222,6 @@ def run(
     scales its time linearly to ``bars``. Each ploutos and TA-Lib measurement starts with ``warmup``
     untimed runs. ``log`` receives progress messages.
     """
-    from ploutos.features import compute
 
     say = log or (lambda _msg: None)
     one = synthetic_bars(1, bars)
@@ -300,7 +300,7 @@ def environment_line(repeats: int) -> str:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         usable = os.cpu_count() or 0
-    import talib
+    import talib  # the baseline, from the dev extra: only this benchmark needs it
 
     return (
         f"cores: {usable} usable of {os.cpu_count()} | polars {pl.__version__} threads {pl.thread_pool_size()} | "

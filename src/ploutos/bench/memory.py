@@ -16,7 +16,7 @@ Three measurements in one run, on a synthetic store of ``--size-mb``:
   as if each loaded its own copy. Only as many run as fit in half the available memory; with fewer
   than N, the total is the parent plus N times their mean PSS (linear extrapolation, said so).
 
-Workers start from the ``forkserver`` context with numpy and ploutos.shm preloaded: a fork of a
+Workers start from the ``forkserver`` context with numpy and ploutos.node.store preloaded: a fork of a
 small, clean server is fast (which the launch target needs), whereas ``fork`` from this process
 would copy-on-write share its multi-GB heap (and its store-owner pipe and lock, delaying cleanup
 after a crash) and ``spawn`` would import numpy afresh in every worker. Benchmarks report; they
@@ -37,7 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from ploutos import shm
+from ploutos.features.arrays import FeatureArrays
+from ploutos.node import store as shm
 
 N_ASSETS, N_FEATURES = 64, 128
 EXTRA_TARGET = 0.05
@@ -50,7 +51,6 @@ COPY_MEMORY_SHARE = 0.5
 
 def synthetic_arrays(size_mb: float, *, n_asset: int = N_ASSETS, n_feat: int = N_FEATURES, seed: int = 0):
     """A random :class:`~ploutos.features.arrays.FeatureArrays` of about ``size_mb`` MB (hourly bars)."""
-    from ploutos.features.arrays import FeatureArrays
 
     per_bar = n_asset * n_feat * 4 + n_asset * 5 * 8 + 2 * n_asset + 8
     n_time = max(64, int(size_mb * 2**20) // per_bar)
@@ -183,10 +183,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--workers, --workers-launch, --steps, --window and --size-mb must be positive")
 
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["numpy", "ploutos.shm", "ploutos.bench.memory"])
+    ctx.set_forkserver_preload(["numpy", "ploutos.node.store", "ploutos.bench.memory"])
     print(
         f"cores: {len(os.sched_getaffinity(0))} | memory available {_available_mb() / 1024:.1f} GB | "
-        f"workers from the forkserver context (numpy and ploutos.shm preloaded)",
+        f"workers from the forkserver context (numpy and ploutos.node.store preloaded)",
         flush=True,
     )
     start = time.perf_counter()

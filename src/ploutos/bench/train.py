@@ -1,6 +1,6 @@
 """``ploutos bench train``: end-to-end env steps per second of PPO training, ploutos against plain SB3.
 
-Both setups train the same PPO (:func:`ploutos.train.trainer.build_model`: same network, same
+Both setups train the same PPO (:func:`ploutos.train.model.build_model`: same network, same
 hyperparameters, same seed) on the same env: a :class:`~ploutos.env.trading.TradingEnv` over
 fold 0's training rows of the config's normalized features (default: the embedded quickstart;
 its dataset is built first when it is missing). In the same run, with repeats interleaved:
@@ -34,7 +34,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
+import torch
+from stable_baselines3.common.vec_env import SubprocVecEnv, VecMonitor
+from threadpoolctl import threadpool_info, threadpool_limits
+
 from ploutos.bench.timing import time_call
+from ploutos.config import config_hash, load
+from ploutos.data.build import build_dataset
+from ploutos.env.factory import StoreEnvFactory
+from ploutos.env.trading import TradingEnv
+from ploutos.env.vec import ShmVecEnv
+from ploutos.node.context import THREAD_VARIABLES, node_feature_store, pin_threads
+from ploutos.node.hardware import plan
+from ploutos.train.folds import fold_features
+from ploutos.train.model import build_model, member_seed, policy_name
 
 TARGET_RATIO = 3.0
 """ploutos steps/s over plain SB3 steps/s must be at or above this."""
@@ -83,10 +96,6 @@ class _Threads:
     """Switches this process between the plan's pinned learner threads and the defaults it started with."""
 
     def __init__(self) -> None:
-        import torch
-        from threadpoolctl import threadpool_info
-
-        from ploutos.parallel import THREAD_VARIABLES
 
         self.torch = torch
         self.default = torch.get_num_threads()
@@ -98,7 +107,6 @@ class _Threads:
 
     def pinned(self, threads: int) -> None:
         """The trainer's learner: ``pin_threads`` and ``torch.set_num_threads`` at the plan's count."""
-        from ploutos.parallel import pin_threads
 
         pin_threads(threads)
         self.torch.set_num_threads(threads)
@@ -112,7 +120,6 @@ class _Threads:
 
     def defaults(self) -> None:
         """What a plain SB3 script has: the thread counts and variables this process started with."""
-        from threadpoolctl import threadpool_limits
 
         for key, value in self.environ.items():
             if value is None:
@@ -125,7 +132,6 @@ class _Threads:
 
 
 def _plan_for(config: Any, n_envs: int | None) -> Any:
-    from ploutos.hardware import plan
 
     if n_envs is not None:
         config = replace(config, hardware=replace(config.hardware, n_envs=n_envs))
@@ -136,7 +142,6 @@ def plain_env_fn(arrays: Any, config: Any, rows: slice) -> Callable[[], Any]:
     """An env function as a user would write it: the arrays travel (pickled) into each worker."""
 
     def make() -> Any:
-        from ploutos.env.trading import TradingEnv
 
         return TradingEnv(arrays, config.env, rows=rows, bars_per_year=config.data.bars_per_year)
 
@@ -148,11 +153,6 @@ def _setups(
     config: Any, arrays: Any, fold: Any, store_name: str, store_hash: str, layout: Any, seed: int
 ) -> Iterator[tuple[Any, Any]]:
     """The ploutos and the plain SB3 models at ``layout.n_envs`` envs; every vec env is closed on exit."""
-    from stable_baselines3.common.vec_env import SubprocVecEnv, VecMonitor
-
-    from ploutos.env.factory import StoreEnvFactory
-    from ploutos.env.vec import ShmVecEnv
-    from ploutos.train.trainer import build_model
 
     rows = (fold.train.start, fold.train.stop)
     venvs: list[Any] = []
@@ -233,7 +233,6 @@ def obs_description(arrays: Any, config: Any) -> str:
 
 
 def network_description(config: Any) -> str:
-    from ploutos.train.trainer import policy_name
 
     ppo = config.ppo
     policy = policy_name(config)
@@ -305,11 +304,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     timesteps, repeats = (1024, 1) if args.quick else (args.timesteps, args.repeats)
     if timesteps < 1 or repeats < 1:
         parser.error("--timesteps and --repeats must be >= 1")
-
-    from ploutos.config import config_hash, load
-    from ploutos.data.build import build_dataset
-    from ploutos.parallel import node_feature_store
-    from ploutos.train.trainer import fold_features, member_seed
 
     config = load(args.config or "quickstart", args.overrides)
     build_dataset(config.data, progress=False)  # a no-op when the dataset is built

@@ -22,8 +22,11 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
 from ploutos.bench.timing import format_ms, time_call
+from ploutos.env.vec import ShmVecEnv
+from ploutos.node.context import worker_env
 
 OBS_SIZE = 15 * 95 * 32 + 5
 """A TradingEnv observation: 15 assets x 95 features x lookback 32, plus the portfolio state."""
@@ -84,11 +87,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer steps and repeats")
     args = parser.parse_args(list(argv or []))
     steps, repeats = (50, 2) if args.quick else (args.steps, args.repeats)
-
-    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
-
-    from ploutos.env.vec import ShmVecEnv
-    from ploutos.parallel import worker_env
 
     print(
         f"vec env throughput: observation {args.obs_size:,} float32, {steps} steps x {repeats} repeats, "

@@ -17,6 +17,7 @@ next build, which holds an exclusive lock so two builds never clean up each othe
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -274,10 +275,6 @@ def _siblings(root: Path, kind: str) -> list[Path]:
 
 
 def _flock(handle: Any, root: Path) -> None:
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
-        return
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -16,7 +16,7 @@ __all__ = ["TradingEnv"]
 
 def __getattr__(name: str) -> Any:
     if name == "TradingEnv":
-        from ploutos.env.trading import TradingEnv
+        from ploutos.env.trading import TradingEnv  # on first use: env workers of other envs skip gymnasium
 
         return TradingEnv
     raise AttributeError(f"module 'ploutos.env' has no attribute {name!r}")

@@ -13,6 +13,7 @@ import os
 import pickle
 import signal
 import traceback
+from multiprocessing.reduction import recv_handle
 from typing import Any
 
 import cloudpickle
@@ -111,8 +112,6 @@ def run(worker: int, conn: Any, payload: bytes, first: int) -> None:  # noqa: C9
                     reset_infos.append(info)
                 conn.send(("ok", reset_infos))
             elif cmd == "attach":
-                from multiprocessing.reduction import recv_handle
-
                 layout, size, keys = data
                 fd = recv_handle(conn)
                 try:

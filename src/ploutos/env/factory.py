@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ploutos.config import EnvConfig
+from ploutos.env.trading import TradingEnv
+from ploutos.node.context import worker_attach
 
 
 @dataclass(frozen=True)
@@ -31,8 +33,6 @@ class StoreEnvFactory:
     """Fixed start at the window's first full lookback instead of random starts."""
 
     def __call__(self) -> Any:
-        from ploutos.env.trading import TradingEnv
-        from ploutos.parallel import worker_attach
 
         arrays = worker_attach(self.store, expect_config_hash=self.config_hash).to_arrays()
         return TradingEnv(

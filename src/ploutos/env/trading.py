@@ -379,7 +379,7 @@ class TradingEnv(gym.Env):
         stop = min(k + ROW_CHUNK, self._n_bars)
         prices = self.arrays.prices[self._t0 + k : self._t0 + stop]
         open_, high, low, close, volume = (prices[..., i] for i in range(5))
-        close_f = _ffill(np.vstack([self._carry_close[None, :], close]))
+        close_f = forward_fill(np.vstack([self._carry_close[None, :], close]))
         self._carry_close = close_f[-1].copy()
         open_f = np.where(np.isfinite(open_), open_, close_f[:-1])
         close_f = close_f[1:]
@@ -401,7 +401,7 @@ class TradingEnv(gym.Env):
         self._chunk_start, self._chunk_stop = k, stop
 
 
-def _ffill(x: np.ndarray) -> np.ndarray:
+def forward_fill(x: np.ndarray) -> np.ndarray:
     """Carry the last finite value of each column forward (leading non-finite entries stay NaN)."""
     ok = np.isfinite(x)
     if ok.all():

@@ -15,7 +15,7 @@ Semantics mirror ``SubprocVecEnv``/``DummyVecEnv`` exactly: auto-reset on done w
 ``infos[i]["terminal_observation"]`` and ``infos[i]["TimeLimit.truncated"]``, seeds and options
 from :meth:`seed`/:meth:`set_options` used once at the next :meth:`reset`, ``reset_infos``,
 ``env_method``, ``get_attr``, ``set_attr``, ``env_is_wrapped``. Rewards are float32 (as in
-``DummyVecEnv``). Workers start with one BLAS/OpenMP thread (:func:`ploutos.parallel.worker_env`)
+``DummyVecEnv``). Workers start with one BLAS/OpenMP thread (:func:`ploutos.node.context.worker_env`)
 and import neither stable-baselines3 nor mpi4py (see :mod:`ploutos.env._vecworker`).
 
 Failures never hang: every wait watches the workers' process sentinels, so a worker that is killed,
@@ -36,6 +36,7 @@ import tempfile
 import threading
 import warnings
 from collections.abc import Callable, Sequence
+from multiprocessing import forkserver
 from multiprocessing.connection import wait
 from multiprocessing.reduction import send_handle
 from typing import Any
@@ -48,7 +49,7 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices,
 
 from ploutos.env import _vecworker
 from ploutos.errors import PloutosError
-from ploutos.parallel import worker_env
+from ploutos.node.context import worker_env
 
 ALIGN = 64
 
@@ -69,7 +70,6 @@ def _start_forkserver_deaf() -> None:
     while the trainer is still checkpointing. An ignored signal stays ignored across exec, so
     the servers are started inside a short window where this process ignores them too.
     """
-    from multiprocessing import forkserver
 
     if threading.current_thread() is not threading.main_thread():
         forkserver.ensure_running()

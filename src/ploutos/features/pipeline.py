@@ -14,8 +14,9 @@ import polars as pl
 from ploutos.config import Config
 from ploutos.data.macro import align_macro
 from ploutos.data.store import read_dataset, read_macro
-from ploutos.features.arrays import FeatureArrays, align
+from ploutos.features.arrays import FeatureArrays
 from ploutos.features.engine import compute
+from ploutos.features.grid import align
 
 OBSERVATION_KINDS = ("observation", "macro", "cross")
 """Feature kinds the agent sees; raw price-level indicators never reach it."""

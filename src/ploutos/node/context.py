@@ -18,18 +18,20 @@ read-only; env workers map the same segment with :func:`worker_attach`.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import multiprocessing
 import os
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from ploutos.errors import PloutosError, first_line
-
-if TYPE_CHECKING:
-    from ploutos.features.arrays import FeatureArrays
-    from ploutos.shm import FeatureStore
+from ploutos.features.arrays import FeatureArrays
+from ploutos.node.store import FeatureStore, attach, create
 
 THREAD_VARIABLES = (
     "OMP_NUM_THREADS",
@@ -90,12 +92,7 @@ def pin_threads(n: int) -> None:
     threadpoolctl for BLAS/OpenMP already loaded, and torch if it is imported. Call it before
     numpy, torch and polars are imported to cap everything; Polars' pool is fixed at its import."""
     os.environ.update(thread_environment(n))
-    try:
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(limits=n)
-    except ImportError:  # pragma: no cover - a dependency; kept optional for bare workers
-        pass
+    threadpool_limits(limits=n)
     torch = sys.modules.get("torch")
     if torch is not None:
         torch.set_num_threads(n)
@@ -103,15 +100,12 @@ def pin_threads(n: int) -> None:
 
 def thread_report() -> list[dict[str, Any]]:
     """threadpoolctl's view of the loaded thread pools (BLAS, OpenMP) with their thread counts."""
-    from threadpoolctl import threadpool_info
 
     return threadpool_info()
 
 
 def blas_threads() -> int:
     """Threads of the loaded BLAS (the largest, if several are loaded); loads numpy's if none is."""
-    import numpy  # noqa: F401  (loads numpy's BLAS so that there is one to ask)
-
     counts = [pool["num_threads"] for pool in thread_report() if pool.get("user_api") == "blas"]
     return max(counts) if counts else 1
 
@@ -171,7 +165,7 @@ def node_context() -> NodeContext:
         _context = SINGLE
         return _context
     try:
-        from mpi4py import MPI
+        from mpi4py import MPI  # only as an MPI rank: an env worker that loads it under mpirun hangs the job
     except ImportError:
         warnings.warn(
             "launched as an MPI rank but mpi4py is not installed (pip install 'ploutos[mpi]'); "
@@ -201,17 +195,15 @@ def node_feature_store(
     """One feature store per node: node rank 0 runs ``build()`` and owns the segment (it is
     unlinked when rank 0 exits, is signalled or crashes); the other local ranks attach read-only.
     A failure on rank 0 reaches every rank as an error naming it, instead of a hang."""
-    from ploutos import shm
-
     ctx = ctx or node_context()
     if ctx.node is None or ctx.node_size == 1:
-        return shm.create(build(), tag=tag, job=job, config_hash=config_hash)
+        return create(build(), tag=tag, job=job, config_hash=config_hash)
 
     store: FeatureStore | None = None
     detail = ""
     if ctx.is_node_leader:
         try:
-            store = shm.create(build(), tag=tag, job=job, config_hash=config_hash)
+            store = create(build(), tag=tag, job=job, config_hash=config_hash)
         except BaseException as err:
             ctx.node.bcast(("error", f"{type(err).__name__}: {first_line(err)}"), root=0)
             raise
@@ -223,7 +215,7 @@ def node_feature_store(
     failure: Exception | None = None
     if store is None:
         try:
-            store = shm.attach(detail, expect_config_hash=config_hash)
+            store = attach(detail, expect_config_hash=config_hash)
         except Exception as err:
             failure = err
     # a barrier that carries news: every rank learns whether every rank holds the store
@@ -239,16 +231,13 @@ def node_feature_store(
 
 
 def worker_attach(name: str, *, expect_config_hash: str | None = None) -> FeatureStore:
-    """Map the node's store in an env worker: imports only :mod:`ploutos.shm` (numpy), never mpi4py,
+    """Map the node's store in an env worker: imports only :mod:`ploutos.node.store` (numpy), never mpi4py,
     and marks this process as a worker so that :func:`node_context` stays away from MPI here."""
     os.environ[WORKER_VARIABLE] = "1"
-    from ploutos import shm
-
-    return shm.attach(name, expect_config_hash=expect_config_hash)
+    return attach(name, expect_config_hash=expect_config_hash)
 
 
 def _worker_digest(name: str, config_hash: str, results: Any) -> None:
-    import hashlib
 
     store = worker_attach(name, expect_config_hash=config_hash)
     try:
@@ -259,7 +248,6 @@ def _worker_digest(name: str, config_hash: str, results: Any) -> None:
 
 def digest_from_worker(name: str, config_hash: str, *, timeout_s: float = 120.0) -> str:
     """The sha256 of the store's values as an env worker (a spawned process, one thread) sees them."""
-    import multiprocessing
 
     context = multiprocessing.get_context("spawn")
     results = context.Queue()

@@ -339,9 +339,3 @@ def format_plan(hardware_plan: HardwarePlan) -> str:
     if p.warnings:
         lines += ["warnings:", *(f"  ! {warning}" for warning in p.warnings)]
     return "\n".join(lines)
-
-
-def cli_hardware(config: Config) -> int:
-    """``ploutos hardware``: print the plan for ``config`` on this machine."""
-    print(format_plan(plan(config)))
-    return 0

@@ -39,16 +39,12 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from ploutos.errors import PloutosError
-
-if TYPE_CHECKING:
-    import argparse
-
-    from ploutos.features.arrays import FeatureArrays
+from ploutos.features.arrays import FeatureArrays
 
 MAGIC = b"PLOUTOS\x00"
 VERSION = 1
@@ -236,8 +232,6 @@ class FeatureStore:
 
     def to_arrays(self) -> FeatureArrays:
         """The store as :class:`FeatureArrays` of read-only views (no copy)."""
-        from ploutos.features.arrays import FeatureArrays
-
         return FeatureArrays(self.timestamps, self.tickers, self.names, self.values, self.valid, self.present,
                              self.prices)  # fmt: skip
 
@@ -506,25 +500,3 @@ def clean(job: str | None = None) -> list[str]:
         except FileNotFoundError:
             pass
     return removed
-
-
-def cli_list(args: argparse.Namespace) -> int:
-    """``ploutos shm list``: one line per segment."""
-    segments = list_segments()
-    for s in segments:
-        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.created)) if s.created else "?"
-        state = "alive" if s.alive else "ORPHAN"
-        extra = f" ({s.problem})" if s.problem else ""
-        print(f"{s.name}  {s.size / 2**20:.1f} MB  job {s.job}  pid {s.pid}  host {s.host}  {created}  {state}{extra}")
-    if not segments:
-        print(f"no ploutos segments in {SHM_DIR}")
-    return 0
-
-
-def cli_clean(args: argparse.Namespace) -> int:
-    """``ploutos shm clean [--job ID]``: remove orphans, print what was removed."""
-    removed = clean(getattr(args, "job", None))
-    for name in removed:
-        print(f"removed {name}")
-    print(f"{len(removed)} orphaned segment(s) removed from {SHM_DIR}")
-    return 0

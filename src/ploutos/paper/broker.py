@@ -12,8 +12,9 @@ never submits an order twice without first asking the server whether it already 
   retried.
 
 As in :mod:`ploutos.data.sources.alpaca`, alpaca-py's own fixed-wait retry is switched off (our
-backoff owns every wait), every request has a timeout, and the keys live only in the client: they
-are masked out of every message.
+backoff owns every wait: full jitter from :func:`ploutos.data.sources.retry.jittered_delays`, so
+many processes do not retry in lockstep), every request has a timeout, and the keys live only in
+the client: they are masked out of every message.
 """
 
 from __future__ import annotations
@@ -31,14 +32,13 @@ from alpaca.trading.client import TradingClient
 from alpaca.trading.enums import OrderSide, TimeInForce
 from alpaca.trading.requests import MarketOrderRequest
 
-from ploutos.data.sources.retry import backoff_delays, one_line, scrub
+from ploutos.data.sources.retry import jittered_delays, one_line, scrub
 from ploutos.errors import PloutosError
+from ploutos.paper.state import FINAL
 
 log = logging.getLogger(__name__)
 
 DUPLICATE = "client_order_id must be unique"
-FINAL = frozenset({"filled", "canceled", "expired", "rejected", "done_for_day", "replaced", "stopped"})
-"""Order statuses after which nothing more fills."""
 
 
 class BrokerError(PloutosError):
@@ -153,7 +153,7 @@ class AlpacaBroker:
             time_in_force=TimeInForce.DAY,
             client_order_id=coid,
         )
-        delays = backoff_delays(self.attempts, self.backoff_s)
+        delays = jittered_delays(self.attempts, self.backoff_s)
         reason = ""
         for attempt in range(1, self.attempts + 1):
             if attempt > 1:  # the last attempt may have reached the server: ask before sending again
@@ -185,7 +185,7 @@ class AlpacaBroker:
     # -- internals ------------------------------------------------------------------------------
 
     def _read(self, call: Callable[[], Any], what: str, missing_ok: bool = False) -> Any:
-        delays = backoff_delays(self.attempts, self.backoff_s)
+        delays = jittered_delays(self.attempts, self.backoff_s)
         for attempt in range(1, self.attempts + 1):
             try:
                 return call()

@@ -23,13 +23,15 @@ import numpy as np
 import polars as pl
 
 from ploutos.env import costs
-from ploutos.env.trading import _ffill
+from ploutos.env.trading import forward_fill
 from ploutos.errors import PloutosError
 from ploutos.features.arrays import FeatureArrays
+from ploutos.features.pipeline import load_bars
+from ploutos.files import atomic_path
 from ploutos.paper import risk
 from ploutos.paper.broker import client_order_id
 from ploutos.paper.runner import Decider, Policy, normalized_features, plan_orders
-from ploutos.results.files import atomic_path
+from ploutos.train.evaluate import evaluate
 
 
 @dataclass(frozen=True)
@@ -64,14 +66,12 @@ def eval_rows(policy: Policy, arrays: FeatureArrays) -> slice:
 
 def dry_run(policy: Policy, bars: pl.DataFrame | None = None) -> Replay:
     """Replay ``bars`` (default: the run's dataset) bar by bar through the live decision path."""
-    from ploutos.features.pipeline import load_bars
-
     config = policy.config
     env, tickers = config.env, list(policy.tickers)
     arrays = normalized_features(load_bars(config) if bars is None else bars, policy)
     rows = eval_rows(policy, arrays)
     prices = arrays.prices
-    close = _ffill(prices[:, :, 3])
+    close = forward_fill(prices[:, :, 3])
     decider = Decider(policy)
     initial = cash = equity = peak = float(env.initial_cash)
     units, dd, used, day, halted = np.zeros(len(tickers)), 0.0, 0.0, "", ""
@@ -179,8 +179,6 @@ def agreement(policy: Policy, replay: Replay) -> Agreement:
     trade size, while the costs are first order in it, so a path that stays within its costs
     traded the same way. A policy that never trades has zero costs and must then agree exactly.
     """
-    from ploutos.train.evaluate import evaluate
-
     config = policy.config
     result = evaluate(policy.actor, replay.arrays, config.env, replay.rows, config.data.bars_per_year)
     return Agreement(replay.final_equity, float(result.policy.equity[-1]), float(result.policy.costs.sum()))

@@ -13,23 +13,31 @@ from __future__ import annotations
 import logging
 import math
 import re
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 import polars as pl
 
 from ploutos.config import Config, load
+from ploutos.data.calendar import apply_session
+from ploutos.data.sources.alpaca import AlpacaSource
 from ploutos.errors import ConfigError, PloutosError
 from ploutos.features.arrays import FeatureArrays
 from ploutos.features.normalize import NormStats, transform
+from ploutos.features.pipeline import observation_arrays
+from ploutos.features.registry import all_specs
 from ploutos.paper import risk
 from ploutos.paper.broker import AlpacaBroker, client_order_id
-from ploutos.paper.state import PaperState, log_event
+from ploutos.paper.state import FINAL, PaperState, log_event
 from ploutos.results.layout import RunLayout
+from ploutos.train.evaluate import Ensemble
+from ploutos.train.model import algorithm
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +77,6 @@ class Policy:
 
 def load_policy(run_dir: Path, overrides: Sequence[str] = ()) -> Policy:
     """All members of the highest fold in ``RUN_DIR/models``, combined as ``config.ensemble.combine``."""
-    import h5py
-
-    from ploutos.train.evaluate import Ensemble
-    from ploutos.train.trainer import algorithm
-
     layout = RunLayout(Path(run_dir))
     if not layout.config_file.exists():
         raise PloutosError(f"{run_dir}: no config.yaml; is this a run folder (results/<name>)?")
@@ -116,8 +119,6 @@ def _traded(trained: tuple[str, ...], run: Sequence[str], now: Sequence[str]) ->
 
 def normalized_features(bars: pl.DataFrame, policy: Policy) -> FeatureArrays:
     """The training code path: observation features of ``bars``, scaled with the fold's statistics."""
-    from ploutos.features.pipeline import observation_arrays
-
     config = policy.config
     arrays = observation_arrays(bars, config)
     if arrays.names != policy.names:
@@ -276,8 +277,6 @@ class PaperRunner:
 
     def _refresh_orders(self) -> None:
         """Ask the broker about every order that may still fill (partial fills, late fills)."""
-        from ploutos.paper.broker import FINAL
-
         for coid, order in self.state.orders.items():
             if order["status"] not in FINAL:
                 known = self.broker.lookup(coid, order["ticker"], order["qty"])
@@ -288,8 +287,6 @@ class PaperRunner:
         self, poll_seconds: float, *, sleep: Callable[[float], None] | None = None, steps: int | None = None
     ) -> None:
         """:meth:`step` every ``poll_seconds`` (forever, or ``steps`` times)."""
-        import time
-
         done = 0
         while steps is None or done < steps:
             self.step()
@@ -300,10 +297,6 @@ class PaperRunner:
 
 def fetch_bars(config: Config, now: datetime) -> pl.DataFrame:
     """Recent bars of the config's tickers from Alpaca, session-filtered like the dataset."""
-    from ploutos.data.calendar import apply_session
-    from ploutos.data.sources.alpaca import AlpacaSource
-    from ploutos.features import all_specs
-
     specs = all_specs(config.features, n_tickers=len(config.data.tickers), macro_columns=[])
     need = max((s.warmup for s in specs), default=0) + config.env.lookback + 10
     start = now - timedelta(days=max(14, math.ceil(need / 6 * 7 / 5) + 7))

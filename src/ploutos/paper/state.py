@@ -15,7 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from ploutos.errors import PloutosError
-from ploutos.results.files import atomic_path
+from ploutos.files import atomic_path
+
+FINAL = frozenset({"filled", "canceled", "expired", "rejected", "done_for_day", "replaced", "stopped"})
+"""Order statuses after which nothing more fills."""
 
 VERSION = 1
 
@@ -68,8 +71,6 @@ class PaperState:
 
     def open_qty(self, ticker: str) -> float:
         """Signed quantity of the ticker's orders that may still fill."""
-        from ploutos.paper.broker import FINAL
-
         return sum(
             o["qty"] - o.get("filled_qty", 0.0)
             for o in self.orders.values()

@@ -1,23 +1,23 @@
-"""After training: save the member's model, evaluate it and its fold's ensemble, write the task files."""
+"""After a member's training: save its model, evaluate it and its fold's ensemble, write the task files."""
 
 from __future__ import annotations
 
-from dataclasses import replace
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from ploutos.analytics.evaluation import FoldEvaluation
 from ploutos.config import Config, config_hash, dump
 from ploutos.features.arrays import FeatureArrays
 from ploutos.features.normalize import NormStats
-from ploutos.results.files import atomic_path
+from ploutos.files import atomic_path
 from ploutos.results.hdf5 import TaskResult, write_task_result
 from ploutos.results.layout import RunLayout
 from ploutos.results.provenance import provenance
-from ploutos.train.evaluate import Ensemble, FoldEvaluation, evaluate
+from ploutos.train.evaluate import Actor, Ensemble, evaluate
 from ploutos.train.folds import Fold
-
-if TYPE_CHECKING:
-    from ploutos.train.trainer import TaskOutcome, _MemberTraining
+from ploutos.train.model import algorithm
+from ploutos.train.trainer import TrainedMember
 
 
 def save_model(model: Any, path: Path) -> None:
@@ -27,7 +27,8 @@ def save_model(model: Any, path: Path) -> None:
         model.save(handle)
 
 
-def evaluate_fold(actor: Any, arrays: FeatureArrays, fold: Fold, config: Config, seed: int) -> FoldEvaluation:
+def evaluate_fold(actor: Actor, arrays: FeatureArrays, fold: Fold, config: Config, seed: int) -> FoldEvaluation:
+    """``actor`` over the fold's test window, beside the benchmarks."""
     rows = fold.eval_rows(config.env.lookback)
     return evaluate(actor, arrays, config.env, rows, config.data.bars_per_year, seed=seed)
 
@@ -36,8 +37,6 @@ def _result(
     config: Config, fold: Fold, member: int | None, arrays: FeatureArrays, stats: NormStats | None,
     evaluation: FoldEvaluation, record: dict[str, Any], training: dict[str, Any],
 ) -> TaskResult:  # fmt: skip
-    from ploutos.train.trainer import fold_bounds
-
     return TaskResult(
         fold=fold.index,
         member=member,
@@ -45,7 +44,7 @@ def _result(
         config_hash=config_hash(config),
         config_yaml=dump(config),
         provenance=record,
-        fold_bounds=fold_bounds(fold),
+        fold_bounds=fold.bounds(),
         tickers=tuple(arrays.tickers),
         feature_names=tuple(arrays.names),
         norm_center=stats.center if stats is not None else [],
@@ -56,34 +55,34 @@ def _result(
 
 
 def record_member(
-    config: Config, fold: Fold, member: int, training: _MemberTraining, arrays: FeatureArrays,
-    stats: NormStats | None, outcome: TaskOutcome,
-) -> TaskOutcome:  # fmt: skip
-    """Rank 0: model file, evaluation, task file; then the ensemble if this completed the fold."""
-    import time
+    config: Config, fold: Fold, member: int, trained: TrainedMember, arrays: FeatureArrays, stats: NormStats | None
+) -> tuple[Path, Path | None]:
+    """Rank 0: model file, evaluation, task file; then the ensemble's file if this completed the fold.
 
+    Returns the task file and the ensemble's file (None while members are missing).
+    """
     run = RunLayout.of(config)
-    save_model(training.model, run.model(fold.index, member))
-    evaluation = evaluate_fold(training.model, arrays, fold, config, seed=training.seed)
+    save_model(trained.model, run.model(fold.index, member))
+    evaluation = evaluate_fold(trained.model, arrays, fold, config, seed=trained.seed)
     record = provenance(config.data.store)
     record.update(
-        ranks=training.ranks.size,
-        started=training.started_iso,
+        ranks=trained.ranks,
+        started=trained.started,
         finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        wall_seconds=outcome.wall_seconds,
-        timesteps=outcome.timesteps,
-        resumed=outcome.resumed,
-        n_envs=training.layout.n_envs,
-        env_workers=training.layout.workers,
-        device=training.layout.device,
-        replica_parameters=[replica["parameters"] for replica in training.replicas],
-        replica_rollouts=[replica["rollout"] for replica in training.replicas],
+        wall_seconds=trained.wall_seconds,
+        timesteps=trained.timesteps,
+        resumed=trained.resumed,
+        n_envs=trained.layout.n_envs,
+        env_workers=trained.layout.workers,
+        device=trained.layout.device,
+        replica_parameters=[replica["parameters"] for replica in trained.replicas],
+        replica_rollouts=[replica["rollout"] for replica in trained.replicas],
     )
     result = run.result(fold.index, member)
-    write_task_result(result, _result(config, fold, member, arrays, stats, evaluation, record, training.curve))
-    training.checkpoint_path.unlink(missing_ok=True)  # the result is final; a rerun skips the task
+    write_task_result(result, _result(config, fold, member, arrays, stats, evaluation, record, trained.curve))
+    run.checkpoint(fold.index, member).unlink(missing_ok=True)  # the result is final; a rerun skips the task
     ensemble = evaluate_ensemble(config, fold, arrays, stats, record) if fold_complete(config, fold.index) else None
-    return replace(outcome, result=result, ensemble=ensemble)
+    return result, ensemble
 
 
 def fold_complete(config: Config, fold_index: int) -> bool:
@@ -96,8 +95,6 @@ def evaluate_ensemble(
     config: Config, fold: Fold, arrays: FeatureArrays, stats: NormStats | None, record: dict[str, Any]
 ) -> Path:
     """Load every member of the fold, evaluate them as one policy, write ``fold<F>_ensemble.h5``."""
-    from ploutos.train.trainer import algorithm
-
     run = RunLayout.of(config)
     members = [algorithm(config).load(run.model(fold.index, m), device="cpu") for m in range(config.ensemble.members)]
     ensemble = Ensemble(members, config.ensemble.combine)

@@ -17,7 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from ploutos.config import Config
+from ploutos.data.build import build_dataset
 from ploutos.errors import PloutosError, first_line
+from ploutos.node.hardware import plan
+from ploutos.pipeline.task import run_task
+from ploutos.results.hdf5 import missing_fields, read_metrics
+from ploutos.results.layout import RunLayout
+from ploutos.train.folds import fold_features, plan_for
 
 
 class ValidationFailed(PloutosError):
@@ -26,8 +32,6 @@ class ValidationFailed(PloutosError):
 
 def tiny(config: Config) -> Config:
     """The config on a budget of two rollouts per member (a checkpoint between them), in its own run folder."""
-    from ploutos.hardware import plan
-
     layout = plan(config)
     rollout = layout.rollout * layout.ranks
     ppo = replace(config.ppo, total_timesteps=2 * rollout, checkpoint_every=rollout)
@@ -36,12 +40,6 @@ def tiny(config: Config) -> Config:
 
 def validate(config: Config, *, echo: Callable[[str], Any] = print) -> Config:
     """Run every stage; print one line per stage; raise :class:`ValidationFailed` at the first failure."""
-    from ploutos.data.build import build_dataset
-    from ploutos.results.hdf5 import missing_fields, read_metrics
-    from ploutos.results.layout import RunLayout
-    from ploutos.train.folds import plan_for
-    from ploutos.train.trainer import fold_features, train_task
-
     small = tiny(config)
     run = RunLayout.of(small)
     facts: dict[str, Any] = {}
@@ -59,9 +57,10 @@ def validate(config: Config, *, echo: Callable[[str], Any] = print) -> Config:
         return build_dataset(config.data, progress=False).summary().splitlines()[-1]
 
     def folds() -> str:
-        plan = plan_for(config)
-        facts["folds"] = len(plan)
-        return f"{len(plan)} fold(s) x {config.ensemble.members} member(s); fold 0 trains on {plan[0].train_bars} bars"
+        planned = plan_for(config)
+        facts["folds"] = len(planned)
+        members = config.ensemble.members
+        return f"{len(planned)} fold(s) x {members} member(s); fold 0 trains on {planned[0].train_bars} bars"
 
     def features() -> str:
         arrays, fold, stats = fold_features(config, 0)
@@ -76,7 +75,7 @@ def validate(config: Config, *, echo: Callable[[str], Any] = print) -> Config:
             shutil.rmtree(run.root)
         steps = []
         for member in range(config.ensemble.members):
-            outcome = train_task(small, 0, member, progress=False)
+            outcome = run_task(small, 0, member, progress=False)
             steps.append(outcome.timesteps)
             facts["ensemble"] = outcome.ensemble
         return f"{len(steps)} member(s) of fold 0, {steps[0]} steps each (2 rollouts, a checkpoint between), evaluated"

@@ -1,7 +1,8 @@
 """``ploutos aggregate RUN_DIR``: merge a run's task files into ``RUN_DIR/summary.h5``.
 
-The expected tasks come from ``plan.json`` (written by the launchers) or, without it, from
-planning the folds of ``config.yaml`` over its dataset. Every expected (fold, member) task and
+The expected tasks come from ``plan.json`` (written by the pipeline) or from the caller
+(:func:`ploutos.pipeline.run.aggregate_run` plans the folds of ``config.yaml`` over its dataset
+when the file is missing). Every expected (fold, member) task and
 every fold's ensemble gets a status; a task that is not ``ok`` is data (NaN in the tables, a line
 in ``/missing``), not an error. Task files are only read. The summary is written atomically, so
 a failed aggregation leaves the previous ``summary.h5`` as it was. Layout: ``SUMMARY_SCHEMA``,
@@ -11,7 +12,6 @@ documented in ``results/README.md``.
 from __future__ import annotations
 
 import math
-import sys
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -20,12 +20,13 @@ from typing import Any
 import h5py
 import numpy as np
 
+from ploutos.analytics.evaluation import BENCHMARKS
+from ploutos.analytics.metrics import Metrics, compute_metrics
+from ploutos.config import load
 from ploutos.errors import PloutosError, first_line
-from ploutos.results.files import atomic_path
+from ploutos.files import atomic_path
 from ploutos.results.hdf5 import TIME_UNIT, ResultError, missing_fields
 from ploutos.results.layout import RunLayout
-from ploutos.train.evaluate import BENCHMARKS
-from ploutos.train.metrics import Metrics, compute_metrics
 
 SUMMARY_VERSION = 1
 METRICS = tuple(f.name for f in fields(Metrics))
@@ -108,24 +109,6 @@ def _short(line: str) -> str:
     name, _, rest = line.partition(": ")
     status, _, reason = rest.partition(" (")
     return f"{name} ({reason}" if status == "missing" else f"{name} ({status}: {reason}"
-
-
-def expected_plan(layout: RunLayout) -> tuple[int, int]:
-    """``(folds, members)`` from ``plan.json``, else planned from ``config.yaml`` over its dataset."""
-    plan = layout.read_plan()
-    if plan is not None:
-        return plan
-    try:
-        from ploutos.config import load
-        from ploutos.train.folds import plan_for
-
-        config = load(layout.config_file)
-        return len(plan_for(config)), config.ensemble.members
-    except Exception as err:  # any failure of the fallback is reported as one line
-        raise PloutosError(
-            f"{layout.plan_file}: missing, and planning the folds from {layout.config_file.name} failed: "
-            f"{first_line(err)}"
-        ) from err
 
 
 def _read_curve(h5: h5py.File, group: str) -> dict[str, np.ndarray]:
@@ -243,16 +226,21 @@ def _write(path: Path, head: dict[str, Any], config_text: str, tasks: list[_Task
                 target.attrs[key] = value
 
 
-def aggregate(run_dir: Path) -> Summary:
-    """Merge the task files of ``run_dir`` into ``run_dir/summary.h5`` (atomically) and say what was found."""
+def aggregate(run_dir: Path, plan: tuple[int, int] | None = None) -> Summary:
+    """Merge the task files of ``run_dir`` into ``run_dir/summary.h5`` (atomically) and say what was found.
+
+    ``plan`` is the task grid ``(folds, members)``; by default it is read from ``plan.json``
+    (:func:`ploutos.pipeline.run.aggregate_run` plans it from the dataset when that file is missing).
+    """
     layout = RunLayout(Path(run_dir))
     if not layout.config_file.is_file():
         raise PloutosError(f"{run_dir}: not a run folder (no config.yaml)")
-    from ploutos.config import load
-
     run_hash = layout.recorded_hash() or ""
     config = load(layout.config_file)
-    folds, members = expected_plan(layout)
+    plan = plan or layout.read_plan()
+    if plan is None:
+        raise PloutosError(f"{layout.plan_file}: missing; the task grid of the run is unknown")
+    folds, members = plan
     tasks = [
         _inspect(layout.result(f, None if m < 0 else m), f, m, run_hash)
         for f in range(folds)
@@ -295,14 +283,3 @@ def format_folds(path: Path) -> str:
     if gaps:
         lines.append(f"stitched without fold(s) {', '.join(map(str, gaps))} (ensemble not ok)")
     return "\n".join(lines)
-
-
-def cli_aggregate(run_dir: Path) -> int:
-    """``ploutos aggregate RUN_DIR``: 0 when written (missing tasks are data), 1 when no task at all is ok."""
-    summary = aggregate(Path(run_dir))
-    print(summary.line())
-    print(format_folds(summary.path))
-    if not summary.any_ok:
-        print(f"ploutos: error: {run_dir}: no task file is ok; nothing to aggregate", file=sys.stderr)
-        return 1
-    return 0

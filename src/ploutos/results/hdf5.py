@@ -19,9 +19,9 @@ from typing import Any
 import h5py
 import numpy as np
 
+from ploutos.analytics.evaluation import Evaluation, FoldEvaluation
 from ploutos.errors import PloutosError
-from ploutos.results.files import atomic_path
-from ploutos.train.evaluate import Evaluation, FoldEvaluation
+from ploutos.files import atomic_path
 
 SCHEMA_VERSION = 1
 TIME_UNIT = "us since 1970-01-01 UTC"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ploutos.config import Config, config_hash, dump
 from ploutos.errors import ConfigError
-from ploutos.results.files import atomic_path
+from ploutos.files import atomic_path
 
 HASH_LINE = "# config hash: "
 

@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
 from ploutos.errors import PloutosError
-from ploutos.results.files import atomic_path
+from ploutos.files import atomic_path
 from ploutos.results.layout import RunLayout
 
 DPI = 100
@@ -329,10 +329,3 @@ def write_report(run_dir: Path) -> list[Path]:
     with atomic_path(out / "summary.md") as tmp:
         tmp.write_text(summary_markdown(s))
     return [*paths, out / "summary.md"]
-
-
-def cli_report(run_dir: Path) -> int:
-    """``ploutos report RUN_DIR``: print the paths written."""
-    for path in write_report(run_dir):
-        print(path)
-    return 0

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ploutos.errors import PloutosError
-from ploutos.results.files import atomic_path
+from ploutos.files import atomic_path
 
 FORMAT_VERSION = 1
 PREEMPTION_SIGNALS = (signal.SIGUSR2, signal.SIGTERM)

@@ -11,13 +11,15 @@ Without MPI (one rank) every function here is a no-op and mpi4py is never import
 
 from __future__ import annotations
 
+import hashlib
+import weakref
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 import torch
 
-from ploutos.parallel import NodeContext
+from ploutos.node.context import NodeContext
 
 
 class RankGroup:
@@ -27,6 +29,7 @@ class RankGroup:
         self.comm = ctx.world if ctx.is_mpi and ctx.world_size > 1 else None
         self.rank = ctx.world_rank if self.comm is not None else 0
         self.size = ctx.world_size if self.comm is not None else 1
+        self._hooked: weakref.WeakSet[torch.optim.Optimizer] = weakref.WeakSet()
 
     @property
     def is_root(self) -> bool:
@@ -72,22 +75,19 @@ class RankGroup:
         _unflatten_into(flat, params, grads=True)
 
     def average_before_step(self, optimizer: torch.optim.Optimizer, parameters: list[torch.nn.Parameter]) -> None:
-        """Make ``optimizer.step()`` average the gradients over the ranks first (a no-op for one rank)."""
-        if self.comm is None or getattr(optimizer, "_ploutos_averaged", False):
+        """Average the gradients over the ranks before every ``optimizer.step()`` (nothing for one rank).
+
+        Through torch's step pre-hook, a documented extension point: SB3's update calls
+        ``backward``, clips, then ``step``, and the hook runs between the clip and the step. Called
+        again for the same optimizer (a resumed model builds a new one), it registers nothing twice.
+        """
+        if self.comm is None or optimizer in self._hooked:
             return
-        inner_step = optimizer.step
-
-        def step(closure: Any = None) -> Any:
-            self.average_gradients(parameters)
-            return inner_step(closure)
-
-        optimizer.step = step  # type: ignore[method-assign]
-        optimizer._ploutos_averaged = True  # type: ignore[attr-defined]
+        optimizer.register_step_pre_hook(lambda *_: self.average_gradients(parameters))
+        self._hooked.add(optimizer)
 
     def parameter_digest(self, module: torch.nn.Module) -> str:
         """sha256 of the module's parameters: replicas that stayed identical have the same digest."""
-        import hashlib
-
         digest = hashlib.sha256()
         for tensor in module.state_dict().values():
             digest.update(tensor.detach().cpu().numpy().tobytes())
@@ -95,7 +95,7 @@ class RankGroup:
 
 
 def _mpi() -> Any:
-    from mpi4py import MPI
+    from mpi4py import MPI  # only under MPI: importing it in a single process (or an env worker) can hang
 
     return MPI
 

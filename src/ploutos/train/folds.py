@@ -12,13 +12,16 @@ feature or reward computed near the boundary lets the agent see into the test wi
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import polars as pl
 
 from ploutos.config import Config, WalkForwardConfig
 from ploutos.errors import ConfigError, DataError
-from ploutos.features.pipeline import load_bars, months_after
+from ploutos.features.arrays import FeatureArrays
+from ploutos.features.normalize import NormStats, normalize
+from ploutos.features.pipeline import load_bars, months_after, observation_arrays
 
 END_GRACE = np.timedelta64(7, "D")
 """A test window counts as covered if the data reaches this close to its end (weekends, holidays)."""
@@ -68,6 +71,22 @@ class Fold:
                 f"fold {self.index}: lookback {lookback} reaches before row 0 (test starts at row {self.test.start})"
             )
         return slice(start, self.test.stop)
+
+    def bounds(self) -> dict[str, Any]:
+        """Calendar bounds (ISO UTC), rows and embargo, as a task file records them."""
+
+        def iso(moment: np.datetime64) -> str:
+            return f"{np.datetime_as_string(moment, unit='s')}Z"
+
+        return {
+            "train_start": iso(self.train_start),
+            "train_end": iso(self.train_end),
+            "test_start": iso(self.test_start),
+            "test_end": iso(self.test_end),
+            "train_rows": [self.train.start, self.train.stop],
+            "test_rows": [self.test.start, self.test.stop],
+            "embargo_bars": self.embargo,
+        }
 
 
 def plan_folds(
@@ -157,7 +176,7 @@ def format_plan(folds: list[Fold], members: int) -> str:
 
 def dataset_timestamps(config: Config) -> np.ndarray:
     """The time axis of the built dataset as the aligned arrays get it (see
-    :func:`ploutos.features.arrays.align`): the sorted union of bar timestamps, naive UTC, so that
+    :func:`ploutos.features.grid.align`): the sorted union of bar timestamps, naive UTC, so that
     fold rows index the feature store directly."""
     bars = load_bars(config)
     column = bars.select(pl.col("timestamp").unique().sort())["timestamp"]
@@ -169,10 +188,23 @@ def plan_for(config: Config) -> list[Fold]:
     return plan_folds(dataset_timestamps(config), config.walkforward, lookback=config.env.lookback)
 
 
-def cli_folds(config: Config) -> int:
-    """``ploutos folds``: plan the folds over the built dataset and print the table."""
-    print(format_plan(plan_for(config), config.ensemble.members))
-    return 0
+def select_fold(timestamps: np.ndarray, config: Config, fold_index: int) -> Fold:
+    """Fold ``fold_index`` of the plan over ``timestamps``; a fold the plan lacks is refused in one line."""
+    folds = plan_folds(timestamps, config.walkforward, lookback=config.env.lookback)
+    if not 0 <= fold_index < len(folds):
+        raise ConfigError(
+            f"fold {fold_index} does not exist: the walk-forward plan has {len(folds)} fold(s), 0..{len(folds) - 1} "
+            "(see `ploutos folds`)"
+        )
+    return folds[fold_index]
+
+
+def fold_features(config: Config, fold_index: int) -> tuple[FeatureArrays, Fold, NormStats]:
+    """The fold's observation arrays normalized on its training window, the fold, and the statistics."""
+    arrays = observation_arrays(load_bars(config), config)
+    fold = select_fold(arrays.timestamps, config, fold_index)
+    normalized, stats = normalize(arrays, fold.train, config.features)
+    return normalized, fold, stats
 
 
 def _checked(timestamps: np.ndarray) -> np.ndarray:

@@ -1,9 +1,10 @@
-"""Train one ensemble member on one walk-forward fold: the job of one Slurm array task.
+"""Train one ensemble member on one walk-forward fold, on every rank of the node.
 
-:func:`train_task` runs the whole task on every rank of the node:
+:class:`MemberTraining` is the learning part of a task (:func:`ploutos.pipeline.task.run_task`
+runs the whole task: the node's feature store, this, then the task files):
 
-1. node rank 0 computes the features, normalizes them on the fold's training window only, and
-   puts them in the node's /dev/shm store; every rank and env worker maps that one copy;
+1. the features are already in the node's /dev/shm store, normalized on the fold's training
+   window; every rank and env worker maps that one copy;
 2. each rank builds its :class:`~ploutos.env.vec.ShmVecEnv` over the fold's training rows and the
    same PPO or RecurrentPPO model (seeded from the member seed; rank 0's weights are broadcast),
    with its own env seeds; gradients are averaged over the ranks before every optimizer step
@@ -11,13 +12,14 @@
 3. between rollouts the ranks agree on whether a preemption signal arrived; a checkpoint is
    written every ``ppo.checkpoint_every`` steps and on a signal, after which the task stops
    (:class:`Preempted`); run again, it resumes from the checkpoint to the same total;
-4. rank 0 saves the model, evaluates it on the fold's test window against the benchmarks, and
-   writes the task's HDF5 file; once every member of the fold has a model, it also evaluates the
-   fold's ensemble.
+4. :meth:`MemberTraining.trained` hands the model, its curve and the facts of the run to whoever
+   records them; this module knows nothing of run folders or task files, only the two paths of
+   :class:`TrainingFiles`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 import time
@@ -32,15 +34,15 @@ from stable_baselines3.common.logger import KVWriter, Logger, TensorBoardOutputF
 from stable_baselines3.common.vec_env import VecMonitor
 
 from ploutos.config import Config, config_hash
+from ploutos.env.factory import StoreEnvFactory
+from ploutos.env.vec import ShmVecEnv
 from ploutos.errors import ConfigError, PloutosError
-from ploutos.features.arrays import FeatureArrays
-from ploutos.hardware import HardwarePlan, plan
-from ploutos.parallel import node_context, node_feature_store, pin_threads
+from ploutos.node.hardware import HardwarePlan
 from ploutos.progress import progress_bar
-from ploutos.results.layout import RunLayout
 from ploutos.train.checkpoint import Checkpoint, PreemptionFlag, capture_rng, restore_rng
 from ploutos.train.distributed import RankGroup
-from ploutos.train.folds import Fold, plan_folds
+from ploutos.train.folds import Fold
+from ploutos.train.model import algorithm, build_model, member_seed
 
 CURVE_KEYS = {
     "time/total_timesteps": "timesteps",
@@ -67,71 +69,39 @@ class Preempted(PloutosError):
 
 
 @dataclass(frozen=True)
-class TaskOutcome:
-    """What :func:`train_task` did."""
+class TrainingFiles:
+    """Where a member's training writes, chosen by the caller (the run folder's layout)."""
 
-    fold: int
-    member: int
+    checkpoint: Path
+    """The checkpoint file: read to resume, written every ``ppo.checkpoint_every`` steps and on a signal."""
+    tensorboard: Path
+    """TensorBoard event folder (rank 0 writes it)."""
+
+
+@dataclass(frozen=True)
+class TrainedMember:
+    """A finished member's training, as the task's records need it (rank 0)."""
+
+    model: Any
+    """The SB3 model."""
+    seed: int
+    """The member seed, also used for the evaluation's bootstrap."""
     timesteps: int
     """Environment steps over every rank."""
     resumed: int
-    result: Path | None
-    """The task file (rank 0), None on other ranks."""
-    ensemble: Path | None
-    """The fold's ensemble file when this task completed the fold."""
+    """Times the training resumed from a checkpoint."""
     wall_seconds: float
-    skipped: bool = False
-    """The task's result already existed."""
-
-
-def member_seed(base: int, fold: int, member: int) -> int:
-    """A member's seed: independent streams for every (fold, member) of a base seed."""
-    return int(np.random.SeedSequence([base, fold, member]).generate_state(1)[0] & 0x7FFFFFFF)
-
-
-def algorithm(config: Config) -> Any:
-    """The SB3 class of ``ppo.algo``."""
-    if config.ppo.algo == "recurrent_ppo":
-        from sb3_contrib import RecurrentPPO
-
-        return RecurrentPPO
-    from stable_baselines3 import PPO
-
-    return PPO
-
-
-def policy_name(config: Config) -> str:
-    """The SB3 policy class name for ``ppo.algo`` and ``env.obs_layout``."""
-    base = "MultiInput" if config.env.obs_layout != "flat" else "Mlp"
-    return f"{base}LstmPolicy" if config.ppo.algo == "recurrent_ppo" else f"{base}Policy"
-
-
-def build_model(config: Config, venv: Any, layout: HardwarePlan, seed: int) -> Any:
-    """A fresh PPO / RecurrentPPO with the config's hyperparameters on ``venv``."""
-    ppo = config.ppo
-    recurrent = ppo.algo == "recurrent_ppo"
-    arch = list(ppo.net_arch)
-    policy_kwargs: dict[str, Any] = {"net_arch": {"pi": arch, "vf": arch}}
-    if recurrent:
-        policy_kwargs["lstm_hidden_size"] = ppo.lstm_hidden
-    return algorithm(config)(
-        policy_name(config),
-        venv,
-        n_steps=ppo.n_steps,
-        batch_size=layout.batch_size,
-        n_epochs=ppo.n_epochs,
-        learning_rate=ppo.learning_rate,
-        gamma=ppo.gamma,
-        gae_lambda=ppo.gae_lambda,
-        clip_range=ppo.clip_range,
-        ent_coef=ppo.ent_coef,
-        vf_coef=ppo.vf_coef,
-        max_grad_norm=ppo.max_grad_norm,
-        policy_kwargs=policy_kwargs,
-        seed=seed,
-        device=layout.device,
-        verbose=0,
-    )
+    """Training time, over every resumption."""
+    started: str
+    """ISO UTC time the latest (resumed) training started."""
+    ranks: int
+    """Data-parallel learner ranks."""
+    layout: HardwarePlan
+    """Envs, env workers and device it ran with."""
+    curve: dict[str, list[float]]
+    """The training curve (:data:`CURVE_COLUMNS`)."""
+    replicas: list[dict[str, str]]
+    """Every rank's parameter and rollout digests."""
 
 
 class CurveWriter(KVWriter):
@@ -164,7 +134,7 @@ class CurveWriter(KVWriter):
 
 
 class _TaskCallback(BaseCallback):
-    def __init__(self, task: _MemberTraining) -> None:
+    def __init__(self, task: MemberTraining) -> None:
         super().__init__()
         self.task = task
 
@@ -182,19 +152,16 @@ class _TaskCallback(BaseCallback):
         self.task.rollout_done()
 
 
-class _MemberTraining:
-    """The state of one member's training on one rank."""
+class MemberTraining:
+    """The state of one member's training on one rank; :meth:`run` trains it to the config's total."""
 
     def __init__(
         self, config: Config, fold: Fold, member: int, ranks: RankGroup, store_name: str, store_hash: str,
-        layout: HardwarePlan, norm: tuple[np.ndarray, np.ndarray] | None, progress: bool,
+        layout: HardwarePlan, norm: tuple[np.ndarray, np.ndarray] | None, files: TrainingFiles, progress: bool,
     ) -> None:  # fmt: skip
-        from ploutos.env.factory import StoreEnvFactory
-        from ploutos.env.vec import ShmVecEnv
-
         self.config, self.fold, self.member, self.ranks, self.layout = config, fold, member, ranks, layout
-        self.run = RunLayout.of(config)
-        self.checkpoint_path = self.run.checkpoint(fold.index, member)
+        self.files = files
+        self.checkpoint_path = files.checkpoint
         self.seed = member_seed(config.seed, fold.index, member)
         self.local_total = math.ceil(config.ppo.total_timesteps / ranks.size)
         self.norm = norm
@@ -255,9 +222,8 @@ class _MemberTraining:
         self.ranks.average_before_step(self.model.policy.optimizer, list(self.model.policy.parameters()))
         formats: list[KVWriter] = [CurveWriter(self.curve, self.ranks.size, self.wall_offset)]
         if self.ranks.is_root:
-            tensorboard = self.run.tensorboard(self.fold.index, self.member)
-            tensorboard.mkdir(parents=True, exist_ok=True)
-            formats.append(TensorBoardOutputFormat(str(tensorboard)))
+            self.files.tensorboard.mkdir(parents=True, exist_ok=True)
+            formats.append(TensorBoardOutputFormat(str(self.files.tensorboard)))
         self.model.set_logger(Logger(folder=None, output_formats=formats))
         self.bar.update(self.timesteps)
         self.started = time.perf_counter()
@@ -271,10 +237,35 @@ class _MemberTraining:
         if not self.stopping:
             self.replicas = self.ranks.gather(self.replica_fingerprint()) or []
 
+    def run(self) -> None:
+        """Start (or resume) and train to the total; :class:`Preempted` after a signal's checkpoint."""
+        self.start()
+        self.learn()
+        if self.stopping:
+            raise Preempted(
+                f"fold {self.fold.index} member {self.member}: {self.flag.name} received; checkpointed at "
+                f"{self.last_checkpoint} of {self.config.ppo.total_timesteps} steps in {self.checkpoint_path}; "
+                "run the same command again to resume",
+                self.flag.signal or 0,
+            )
+
+    def trained(self) -> TrainedMember:
+        """The finished training, for the task's records."""
+        return TrainedMember(
+            model=self.model,
+            seed=self.seed,
+            timesteps=self.timesteps,
+            resumed=self.resumed,
+            wall_seconds=self.wall_seconds,
+            started=self.started_iso,
+            ranks=self.ranks.size,
+            layout=self.layout,
+            curve=self.curve,
+            replicas=self.replicas,
+        )
+
     def replica_fingerprint(self) -> dict[str, str]:
         """This rank's parameters (equal on every rank) and last rollout (different on every rank)."""
-        import hashlib
-
         observations = self.model.rollout_buffer.observations
         if isinstance(observations, dict):
             observations = np.concatenate([np.ravel(v) for v in observations.values()])
@@ -334,95 +325,3 @@ def _check_same_normalization(checkpoint: Checkpoint, norm: tuple[np.ndarray, np
             f"{path}: the fold's normalization statistics differ from the checkpoint's (the dataset changed); "
             "remove the checkpoint to restart the task"
         )
-
-
-def fold_features(config: Config, fold_index: int) -> tuple[FeatureArrays, Fold, Any]:
-    """The fold's observation arrays, normalized on its training window, its fold and the statistics."""
-    from ploutos.features import normalize
-    from ploutos.features.pipeline import load_bars, observation_arrays
-
-    arrays = observation_arrays(load_bars(config), config)
-    fold = select_fold(arrays.timestamps, config, fold_index)
-    normalized, stats = normalize(arrays, fold.train, config.features)
-    return normalized, fold, stats
-
-
-def select_fold(timestamps: np.ndarray, config: Config, fold_index: int) -> Fold:
-    folds = plan_folds(timestamps, config.walkforward, lookback=config.env.lookback)
-    if not 0 <= fold_index < len(folds):
-        raise ConfigError(
-            f"fold {fold_index} does not exist: the walk-forward plan has {len(folds)} fold(s), 0..{len(folds) - 1} "
-            "(see `ploutos folds`)"
-        )
-    return folds[fold_index]
-
-
-def fold_bounds(fold: Fold) -> dict[str, Any]:
-    def iso(moment: np.datetime64) -> str:
-        return f"{np.datetime_as_string(moment, unit='s')}Z"
-
-    return {
-        "train_start": iso(fold.train_start),
-        "train_end": iso(fold.train_end),
-        "test_start": iso(fold.test_start),
-        "test_end": iso(fold.test_end),
-        "train_rows": [fold.train.start, fold.train.stop],
-        "test_rows": [fold.test.start, fold.test.stop],
-        "embargo_bars": fold.embargo,
-    }
-
-
-def train_task(
-    config: Config, fold_index: int, member: int, *, progress: bool = True, force: bool = False
-) -> TaskOutcome:
-    """Train, evaluate and record one (fold, member) on every rank of this node (see the module doc)."""
-    members = config.ensemble.members
-    if not 0 <= member < members:
-        raise ConfigError(f"member {member} does not exist: ensemble.members is {members} (0..{members - 1})")
-    ctx = node_context()
-    ranks = RankGroup(ctx)
-    run = RunLayout.of(config)
-    result_path = run.result(fold_index, member)
-    done = ranks.broadcast(result_path.exists() and not force)
-    if done:
-        return TaskOutcome(fold_index, member, 0, 0, result_path if ranks.is_root else None, None, 0.0, skipped=True)
-    layout = plan(config)
-    pin_threads(layout.learner_threads)
-    torch.set_num_threads(layout.learner_threads)
-    fingerprint = config_hash(config)
-    store_hash = f"{fingerprint}-fold{fold_index}"
-    built: dict[str, Any] = {}
-
-    def build() -> FeatureArrays:
-        arrays, built["fold"], built["stats"] = fold_features(config, fold_index)
-        return arrays
-
-    with node_feature_store(build, config_hash=store_hash, ctx=ctx, tag=f"f{fold_index}m{member}") as store:
-        arrays = store.to_arrays()
-        fold = built.get("fold") or select_fold(arrays.timestamps, config, fold_index)
-        if ranks.is_root:  # once the data and the fold are known good
-            run.prepare(config)
-        ranks.barrier()
-        stats = built.get("stats")
-        norm = (stats.center, stats.scale) if stats is not None else None
-        training = _MemberTraining(config, fold, member, ranks, store.name, store_hash, layout, norm, progress)
-        try:
-            training.start()
-            training.learn()
-            if training.stopping:
-                raise Preempted(
-                    f"fold {fold_index} member {member}: {training.flag.name} received; checkpointed at "
-                    f"{training.last_checkpoint} of {config.ppo.total_timesteps} steps in {training.checkpoint_path}; "
-                    "run the same command again to resume",
-                    training.flag.signal or 0,
-                )
-            timesteps, wall = training.timesteps, training.wall_seconds
-            outcome = TaskOutcome(fold_index, member, timesteps, training.resumed, None, None, wall)
-            if ranks.is_root:
-                from ploutos.train.record import record_member
-
-                outcome = record_member(config, fold, member, training, arrays, stats, outcome)
-        finally:
-            training.close()
-        ranks.barrier()
-    return outcome

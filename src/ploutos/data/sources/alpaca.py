@@ -6,8 +6,8 @@ Why it is built this way:
   with a fixed 3 s wait, and the data client does not let us configure that. Around our own
   exponential backoff that would compound to minutes of waiting, so the client's loop is switched
   off (:func:`_disable_builtin_retry`) and :func:`ploutos.data.sources.retry.retry_call` owns every
-  wait: ``cfg.max_retries`` attempts, ``cfg.retry_backoff_s`` doubling, on 429, 5xx and dropped
-  connections.
+  wait: ``cfg.max_retries`` attempts, jittered waits under a ``cfg.retry_backoff_s`` doubling
+  ceiling, on 429, 5xx and dropped connections (see that module for the deadline).
 * **Chunks of about a year.** Each request covers at most :data:`CHUNK` so that a failure late in a
   five-year download repeats one chunk, not everything, and the progress bar moves. Inside a chunk
   alpaca-py follows ``next_page_token`` itself.
@@ -71,7 +71,7 @@ class AlpacaSource(BarSource):
 
     def fetch(self, ticker: str, start: datetime | None, end: datetime | None) -> pl.DataFrame:
         """Bars of ``ticker`` with ``start <= timestamp < end``; raises :class:`SourceError` on failure."""
-        key, secret = _keys()
+        key, secret = api_keys()
         client = _client(key, secret, self.cfg.alpaca_url, self.cfg.request_timeout_s)
         lo = utc_datetime(start) or EARLIEST
         hi = utc_datetime(end) or datetime.now(timezone.utc)
@@ -88,6 +88,7 @@ class AlpacaSource(BarSource):
                     attempts=self.cfg.max_retries,
                     backoff_s=self.cfg.retry_backoff_s,
                     what=what,
+                    timeout_s=self.cfg.request_timeout_s,
                     secrets=(key, secret),
                 )
                 frames.append(frame)
@@ -149,7 +150,7 @@ def chunks(start: datetime, end: datetime, size: timedelta) -> list[tuple[dateti
     return out
 
 
-def _keys() -> tuple[str, str]:
+def api_keys() -> tuple[str, str]:
     """The API key and secret from the environment; a :class:`SourceError` names what is missing."""
     key, secret = os.environ.get(KEY_VAR, "").strip(), os.environ.get(SECRET_VAR, "").strip()
     missing = [name for name, value in ((KEY_VAR, key), (SECRET_VAR, secret)) if not value]

@@ -18,6 +18,7 @@ import polars as pl
 
 from ploutos.config import DataConfig
 from ploutos.data.bars import BAR_SCHEMA, clip_to_range
+from ploutos.data.calendar import expected_timestamps
 from ploutos.data.sources.base import BarSource
 
 DEFAULT_END = datetime(2025, 1, 1, tzinfo=timezone.utc)
@@ -92,7 +93,6 @@ class SyntheticSource(BarSource):
 
 def session_timestamps(cfg: DataConfig, n_bars: int) -> pl.Series:
     """``n_bars`` consecutive session bar starts from ``cfg.start``, or ending before ``cfg.end``."""
-    from ploutos.data.calendar import expected_timestamps
 
     days_needed = timedelta(days=366 * (n_bars / cfg.bars_per_year + 0.1) + 10)
     if cfg.start_utc is not None:

@@ -14,7 +14,7 @@ Why it is built this way:
   :class:`SourceError`.
 * **One retry loop, ours.** yfinance re-sends a failed request once, at once, with a fresh crumb,
   and its network retries are off by default (``YfConfig.network.retries = 0``), so nothing
-  compounds with our exponential backoff. yfinance caches responses to past ranges in-process,
+  compounds with our jittered exponential backoff. yfinance caches responses to past ranges in-process,
   failed ones included; the cache is cleared before every attempt so that a retry really asks again.
 * **The 730-day limit is checked before any request.** Yahoo serves 1h bars only for the last 730
   days; an older start is refused with a clear error instead of being silently truncated.
@@ -130,6 +130,7 @@ def _history(cfg: DataConfig, symbol: str, what: str, **kwargs: Any) -> pd.DataF
         attempts=cfg.max_retries,
         backoff_s=cfg.retry_backoff_s,
         what=what,
+        timeout_s=cfg.request_timeout_s,
     )
 
 
@@ -246,7 +247,7 @@ class _RequestsSession(_Observing, requests.Session):
 
 
 if yf_http.HAS_CURL_CFFI:
-    from curl_cffi import requests as curl_requests
+    from curl_cffi import requests as curl_requests  # yfinance's own HTTP backend, when it has one
 
     class _CurlSession(_Observing, curl_requests.Session):
         def __init__(self, base_url: str | None) -> None:

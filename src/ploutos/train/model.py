@@ -1,0 +1,56 @@
+"""The learner of one member: which SB3 algorithm and policy a config asks for, built with its
+hyperparameters, and the member's seed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from sb3_contrib import RecurrentPPO
+from stable_baselines3 import PPO
+
+from ploutos.config import Config
+from ploutos.node.hardware import HardwarePlan
+
+
+def member_seed(base: int, fold: int, member: int) -> int:
+    """A member's seed: independent streams for every (fold, member) of a base seed."""
+    return int(np.random.SeedSequence([base, fold, member]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def algorithm(config: Config) -> type[PPO] | type[RecurrentPPO]:
+    """The SB3 class of ``ppo.algo``."""
+    return RecurrentPPO if config.ppo.algo == "recurrent_ppo" else PPO
+
+
+def policy_name(config: Config) -> str:
+    """The SB3 policy class name for ``ppo.algo`` and ``env.obs_layout``."""
+    base = "MultiInput" if config.env.obs_layout != "flat" else "Mlp"
+    return f"{base}LstmPolicy" if config.ppo.algo == "recurrent_ppo" else f"{base}Policy"
+
+
+def build_model(config: Config, venv: Any, layout: HardwarePlan, seed: int) -> Any:
+    """A fresh PPO / RecurrentPPO with the config's hyperparameters on ``venv``."""
+    ppo = config.ppo
+    arch = list(ppo.net_arch)
+    policy_kwargs: dict[str, Any] = {"net_arch": {"pi": arch, "vf": arch}}
+    if ppo.algo == "recurrent_ppo":
+        policy_kwargs["lstm_hidden_size"] = ppo.lstm_hidden
+    return algorithm(config)(
+        policy_name(config),
+        venv,
+        n_steps=ppo.n_steps,
+        batch_size=layout.batch_size,
+        n_epochs=ppo.n_epochs,
+        learning_rate=ppo.learning_rate,
+        gamma=ppo.gamma,
+        gae_lambda=ppo.gae_lambda,
+        clip_range=ppo.clip_range,
+        ent_coef=ppo.ent_coef,
+        vf_coef=ppo.vf_coef,
+        max_grad_norm=ppo.max_grad_norm,
+        policy_kwargs=policy_kwargs,
+        seed=seed,
+        device=layout.device,
+        verbose=0,
+    )

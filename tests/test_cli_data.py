@@ -195,3 +195,71 @@ def test_missing_credentials_for_alpaca_are_one_line(ploutos, tmp_path: Path):
 
 def test_data_info_on_nothing_is_one_line(ploutos, tmp_path: Path):
     assert_one_line_error(ploutos("data", "info", "no/such/dataset"), "no/such/dataset")
+
+
+# --- found by a hostile tester: epoch units, impossible years, long tickers, damaged manifests ------
+
+EPOCH = 1704207600  # 2024-01-02T15:00:00Z
+
+
+def test_data_check_and_build_read_epoch_nanoseconds(ploutos, tmp_path: Path):
+    path = _csv(tmp_path, [f"{(EPOCH + 3600 * i) * 10**9},100,101,99,100.5,1000" for i in range(3)])
+    check = ploutos("data", "check", str(path), "--set", "data.session=24x7")
+    assert check.returncode == 0 and "no problems" in check.stdout, check.stderr
+    build = ploutos(
+        "data", "build", "--no-progress", "--set", "data.source=csv", "--set", f"data.csv_path={path}",
+        "--set", "data.tickers=[SPY]", "--set", "data.session=24x7", "--set", "data.store=data/ns",
+    )  # fmt: skip
+    assert build.returncode == 0, build.stderr
+    entry = json.loads((tmp_path / "data/ns/manifest.json").read_text())["tickers"]["SPY"]
+    assert (entry["rows"], entry["first"]) == (3, "2024-01-02T15:00:00Z")
+
+
+@pytest.mark.parametrize(
+    ("rows", "fragments"),
+    [
+        ([GOOD_ROWS[0], "9999-12-31T23:00:00Z,100,101,99,100.5,1000"], ["SPY.csv", "row 1", "[timestamp]", "9999"]),
+        ([f"{EPOCH},100,101,99,100.5,1000", f"{EPOCH * 1000},100,101,99,100.5,1000"], ["SPY.csv", "row 1", "one unit"]),
+    ],
+)
+def test_data_check_refuses_impossible_times_in_one_line(ploutos, tmp_path: Path, rows, fragments):
+    assert_one_line_error(ploutos("data", "check", str(_csv(tmp_path, rows))), *fragments)
+
+
+def test_data_check_refuses_a_ticker_column_value_that_is_no_symbol(ploutos, tmp_path: Path):
+    path = tmp_path / "universe.csv"
+    path.write_text(f"timestamp,ticker,open,high,low,close,volume\n2024-01-02T15:00:00Z,{'X' * 300},1,2,0.5,1.5,10\n")
+    assert_one_line_error(ploutos("data", "check", str(path)), "universe.csv", "row 0", "300 characters")
+
+
+def test_a_ticker_too_long_for_a_file_name_is_refused_before_any_write(ploutos, tmp_path: Path):
+    long = "A" * 300
+    result = ploutos("data", "build", "--no-progress", "--set", f"data.tickers=[{long}]", "--set", "data.store=data/x")
+    assert_one_line_error(result, f"--set data.tickers=[{long}]", "data.tickers", "not a ticker symbol")
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize(
+    ("manifest", "fragments"),
+    [
+        ("[]", ["manifest.json", "a JSON list, not an object"]),
+        ("{broken", ["manifest.json", "not valid JSON"]),
+        ("DROP:tickers", ["manifest.json", "manifest field tickers: missing"]),
+        ("ROWS:many", ["manifest.json", "tickers.EURUSD.rows", "'many'"]),
+    ],
+)
+def test_data_info_and_features_on_a_damaged_manifest_are_one_line(ploutos, tmp_path: Path, manifest, fragments):
+    assert ploutos("data", "build", "--no-progress", "--set", "data.store=data").returncode == 0
+    file = tmp_path / "data" / "manifest.json"
+    good = json.loads(file.read_text())
+    if manifest == "DROP:tickers":
+        manifest = json.dumps({k: v for k, v in good.items() if k != "tickers"})
+    elif manifest == "ROWS:many":
+        good["tickers"]["EURUSD"]["rows"] = "many"
+        manifest = json.dumps(good)
+    file.write_text(manifest)
+    assert_one_line_error(ploutos("data", "info", "data"), *fragments)
+    assert_one_line_error(ploutos("data", "check", "data"), *fragments)
+    rebuilt = ploutos("data", "build", "--no-progress", "--set", "data.store=data")
+    assert rebuilt.returncode == 0 and "rebuilding everything" in rebuilt.stdout, rebuilt.stderr
+    assert ploutos("data", "info", "data").returncode == 0

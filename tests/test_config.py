@@ -161,6 +161,26 @@ def test_dump_round_trips(tmp_path: Path):
         ("- just\n- a list\n", ["bad.yaml", "top level must be a mapping"]),
         ("data:\n  source: [unclosed\n", ["bad.yaml", "not valid YAML"]),
         ("extends: nowhere.yaml\n", ["nowhere.yaml", "no such config"]),
+        ("data:\n  start: 2024-02-30\n", ["bad.yaml", "data.start", "day is out of range"]),
+        ("data:\n  end: 2024-13-01\n", ["bad.yaml", "data.end", "month must be in 1..12"]),
+        ("data:\n  start: 2024-01-01 00:00:00 +25:00\n", ["bad.yaml", "data.start", "less than 24 hours"]),
+        ("extends: 5\n", ["bad.yaml", "extends", "expected a config file name", "int 5"]),
+        ("extends: [[a]]\n", ["bad.yaml", "extends", "expected a config file name"]),
+        ("extends: {a: 1}\n", ["bad.yaml", "extends"]),
+        ("extends: ['']\n", ["bad.yaml", "extends"]),
+        (
+            "data:\n  tickers: [SPY]\n  tickers: [QQQ]\n",
+            ["bad.yaml", "line 3", "data.tickers", "duplicate key", "line 2"],
+        ),
+        ("seed: 1\ndata:\n  source: sample\nseed: 2\n", ["bad.yaml", "line 4", "seed: duplicate key", "line 1"]),
+        ("data: {tickers: [SPY], tickers: [QQQ]}\n", ["bad.yaml", "line 1", "data.tickers", "duplicate key"]),
+        ("data:\n  csv_timezone: Mars/Olympus\n", ["bad.yaml", "data.csv_timezone", "unknown time zone"]),
+        ("seed: -1\n", ["bad.yaml", "seed", ">= 0"]),
+        ("ppo:\n  learning_rate: .inf\n", ["bad.yaml", "ppo.learning_rate", "not a finite number"]),
+        ("data:\n  synthetic_bars: 100000000\n", ["bad.yaml", "data.synthetic_bars", "100 years"]),
+        ('name: "a\\x01b"\n', ["bad.yaml", "name", "control character"]),
+        ("seed: 1\x01\n", ["bad.yaml", "not valid YAML", "#x0001"]),
+        ("a: " + "[" * 5000 + "]" * 5000 + "\n", ["bad.yaml", "nested too deeply"]),
     ],
 )
 def test_bad_configs_are_refused_with_one_precise_line(tmp_path: Path, yaml_text: str, fragments: list[str]):
@@ -218,3 +238,103 @@ def test_cli_config_show_prints_the_resolved_config(ploutos):
 )
 def test_slurm_time_limit_in_minutes_follows_slurms_formats(limit: str, minutes: int):
     assert load("quickstart", [f"slurm.time_limit='{limit}'"]).slurm.time_limit_minutes == minutes
+
+
+# --- bad values found by a hostile tester: each refused at load, in one line naming origin and key ---
+
+
+@pytest.mark.parametrize(
+    ("override", "fragments"),
+    [
+        ("data.start=2024-02-30", ["data.start", "day is out of range"]),
+        ("data.end=2024-13-01", ["data.end", "month must be in 1..12"]),
+        ("data.start=2024-01-01T00:00:00+25:00", ["data.start", "less than 24 hours"]),
+        ("data.end=9999-12-31T23:00:00-05:00", ["data.end", "outside the years 1900..2199"]),
+        ("data.start=0001-01-01T00:00:00+05:00", ["data.start", "outside the years"]),
+        ("seed=-1", ["seed", "must be >= 0"]),
+        ("seed=4294967296", ["seed", "at most 4294967295"]),
+        ("seed=123456789012345678901234567890", ["seed", "too large"]),
+        ("data.synthetic_seed=-3", ["data.synthetic_seed", ">= 0"]),
+        ("ppo.learning_rate=.inf", ["ppo.learning_rate", "not a finite number"]),
+        ("ppo.learning_rate=.nan", ["ppo.learning_rate", "not a finite number"]),
+        ("ppo.learning_rate=1e999", ["ppo.learning_rate", "not a finite number"]),
+        ("env.initial_cash=-.inf", ["env.initial_cash", "not a finite number"]),
+        ("features.clip=.NaN", ["features.clip", "not a finite number"]),
+        ("data.synthetic_bars=100000000", ["data.synthetic_bars", "more than 100 years"]),
+        ("data.csv_timezone=Mars/Olympus", ["data.csv_timezone", "unknown time zone 'Mars/Olympus'"]),
+        ("data.csv_timezone=America/New_Yrok", ["data.csv_timezone", "did you mean 'America/New_York'"]),
+        ("data.csv_timezone=../../etc/passwd", ["data.csv_timezone", "unknown time zone"]),
+        (f"data.tickers=[{'A' * 300}]", ["data.tickers", "300 characters", "not a ticker symbol"]),
+        ("data.tickers=['SPY QQQ']", ["data.tickers", "not a ticker symbol"]),
+        ("data.tickers=['...']", ["data.tickers", "no letter or digit"]),
+        ("data.macro=[VIX, VIX]", ["data.macro", "listed twice"]),
+        ('results_dir=""', ["results_dir", "must not be empty"]),
+        ('data.store=""', ["data.store", "must not be empty"]),
+        ("name=..", ["name", "names a folder itself"]),
+        ('data.store="data\\0x"', ["data.store", "control character"]),
+        ("env.lookback=1000000000", ["env.lookback", "at most 10000"]),
+        ("ppo.n_steps=10000000000", ["ppo.n_steps", "at most"]),
+        ("ppo.net_arch=[64, 100000000]", ["ppo.net_arch", "1 to 65536"]),
+        ("walkforward.train_months=100000000", ["walkforward.train_months", "at most 1200"]),
+        ("paper.poll_seconds=100000000000", ["paper.poll_seconds", "at most 86400"]),
+        ("slurm.signal_before_s=70000", ["slurm.signal_before_s", "at most 65535"]),
+        ("data.request_timeout_s=1e30", ["data.request_timeout_s", "at most 86400"]),
+        ("data.macro_lag_minutes=99999999999", ["data.macro_lag_minutes", "at most"]),
+        ("seed=0b_", ["seed", "expected an integer", "'0b_'"]),
+        ("data=5", ["data", "is a section", "data.source"]),
+        ("data.source=csv", ["data.csv_path", "source csv needs csv_path"]),
+    ],
+)
+def test_impossible_overrides_are_refused_naming_the_set_and_the_key(override: str, fragments: list[str]):
+    with pytest.raises(ConfigError) as caught:
+        load(None, [override])
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith(f"--set {override}: "), message
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+
+
+def test_a_config_that_is_not_utf8_is_refused_naming_the_file(tmp_path: Path):
+    (tmp_path / "latin1.yaml").write_bytes("name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1\.yaml: not UTF-8 text \(byte 0xe9 at offset 9\)"):
+        load(tmp_path / "latin1.yaml")
+    (tmp_path / "base.yaml").write_bytes(bytes(range(256)))
+    (tmp_path / "run.yaml").write_text("extends: base.yaml\n")
+    with pytest.raises(ConfigError, match=r"base\.yaml: not UTF-8 text"):
+        load(tmp_path / "run.yaml")
+
+
+def test_a_utf8_bom_and_merge_keys_still_load(tmp_path: Path):
+    (tmp_path / "bom.yaml").write_bytes("\ufeffseed: 3\n".encode())
+    assert load(tmp_path / "bom.yaml").seed == 3
+    (tmp_path / "merge.yaml").write_text("ppo: &p {n_steps: 64, batch_size: 32}\nenv:\n  lookback: 8\n")
+    assert load(tmp_path / "merge.yaml").ppo.n_steps == 64
+
+
+def test_valid_edge_values_still_load():
+    config = load(
+        None,
+        [
+            "seed=4294967295",
+            "data.tickers=[BRK.B, BRK/B, ^VIX, EURUSD=X, DX-Y.NYB, spy_1]",
+            "data.csv_timezone=America/New_York",
+            "data.start=2024-01-01T09:30:00-05:00",
+            "data.end=2024-12-31",
+            "data.synthetic_bars=2",
+        ],
+    )
+    assert config.seed == 2**32 - 1
+    assert config.data.tickers[2] == "^VIX"
+
+
+def test_cli_refuses_each_bad_value_in_one_line(ploutos, tmp_path: Path):
+    for override, fragment in [
+        ("data.start=2024-02-30", "data.start"),
+        ("seed=-1", "seed"),
+        ("ppo.learning_rate=.inf", "ppo.learning_rate"),
+        ("data.csv_timezone=Mars/Olympus", "data.csv_timezone"),
+    ]:
+        assert_one_line_error(ploutos("config", "show", "--set", override), f"--set {override}", fragment)
+    (tmp_path / "bin.yaml").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
+    assert_one_line_error(ploutos("config", "show", "--config", "bin.yaml"), "bin.yaml", "not UTF-8")

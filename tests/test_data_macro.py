@@ -181,3 +181,11 @@ def test_load_macro_from_yahoo_uses_fetch_daily_closes(monkeypatch):
 def test_nan_closes_from_a_source_are_dropped():
     frame = daily().with_columns(close=pl.when(pl.int_range(pl.len()) == 2).then(np.nan).otherwise(pl.col("close")))
     assert macro_publication_times(frame, "VIX", 0).height == daily().height - 1
+
+
+@pytest.mark.parametrize("day", ["9999-12-31", "0001-01-01", "1850-06-01"])
+def test_macro_csv_dates_outside_the_supported_years_are_refused(tmp_path, day):
+    path = tmp_path / "VIX.csv"
+    path.write_text(f"date,close\n2024-03-01,13.5\n{day},14\n")
+    with pytest.raises(DataError, match=rf"row 1 \[macro\]: macro VIX date '{day}' is outside the years 1900\.\.2199"):
+        read_macro_csv(path, "VIX")

@@ -418,3 +418,171 @@ def test_open_ended_end_asks_for_new_bars_but_writes_only_when_there_are_some(tm
     assert "none yet" in report.summary() and snapshot(Path(cfg.store)) == before
     report = build_dataset(cfg, source=UpTo(now + timedelta(hours=2)), progress=False)
     assert not report.no_op and store.read_dataset(cfg.store)["timestamp"][-1] == now + timedelta(hours=1)
+
+
+# --- damaged manifests and unreadable files (found by a hostile tester) -----------------------------
+
+
+def _manifest(cfg: DataConfig) -> dict:
+    return json.loads((Path(cfg.store) / store.MANIFEST).read_text())
+
+
+def _write_manifest(cfg: DataConfig, manifest: object) -> None:
+    (Path(cfg.store) / store.MANIFEST).write_text(json.dumps(manifest))
+
+
+def _edited(manifest: dict, path: str, value: object) -> dict:
+    """``manifest`` with the field at dotted ``path`` set to ``value`` (``...`` deletes it)."""
+    edited = json.loads(json.dumps(manifest))
+    *parents, last = path.split(".")
+    node = edited
+    for key in parents:
+        node = node[key]
+    if value is ...:
+        del node[last]
+    else:
+        node[last] = value
+    return edited
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "fragment"),
+    [
+        ("tickers", ..., "manifest field tickers: missing"),
+        ("tickers", ["AAA"], "manifest field tickers: expected an object"),
+        ("tickers.AAA.rows", "many", "manifest field tickers.AAA.rows: expected a count, got 'many'"),
+        ("tickers.AAA.rows", -1, "tickers.AAA.rows"),
+        ("tickers.AAA.file", "../../elsewhere.parquet", "tickers.AAA.file: expected 'ticker=AAA/data.parquet'"),
+        ("tickers.AAA.covered_end", "yesterday", "tickers.AAA.covered_end: 'yesterday' is not an ISO time"),
+        ("tickers.AAA", 5, "tickers.AAA: expected an object"),
+        ("session", "lunar", "manifest field session: 'lunar' is not one of"),
+        ("calendar", ..., "manifest field calendar: missing"),
+        ("files", [], "manifest field files: expected an object"),
+        ("macro", "VIX", "manifest field macro: expected an object"),
+        ("repairs", {"a": 1}, "manifest field repairs"),
+        ("format_version", "1", "format version '1' is not 1"),
+    ],
+)
+def test_a_damaged_manifest_is_refused_naming_the_file_and_field(tmp_path, path, value, fragment):
+    cfg = config(tmp_path)
+    build_dataset(cfg, source=FakeSource(), progress=False)
+    _write_manifest(cfg, _edited(_manifest(cfg), path, value))
+    for read in (store.read_manifest, store.read_dataset):
+        with pytest.raises(DataError) as info:
+            read(cfg.store)
+        message = str(info.value)
+        assert str(Path(cfg.store) / store.MANIFEST) in message and fragment in message, message
+        assert "\n" not in message and info.value.rule == "manifest"
+
+
+@pytest.mark.parametrize("text", ["[]", '"a string"', "17", "null", '{"format_version": 1}', "[" * 100_000])
+def test_a_manifest_that_is_not_a_manifest_object_is_refused(tmp_path, text):
+    cfg = config(tmp_path)
+    build_dataset(cfg, source=FakeSource(), progress=False)
+    (Path(cfg.store) / store.MANIFEST).write_text(text)
+    with pytest.raises(DataError, match=r"manifest\.json \[manifest\]: ") as info:
+        store.read_manifest(cfg.store)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("text", ["[]", '{"format_version": 1, "rows": "many"}', "{not json"])
+def test_build_over_a_damaged_manifest_rebuilds_atomically(tmp_path, text):
+    cfg = config(tmp_path)
+    build_dataset(cfg, source=FakeSource(), progress=False)
+    expected = store.read_dataset(cfg.store)
+    (Path(cfg.store) / store.MANIFEST).write_text(text)
+    source = FakeSource()
+    report = build_dataset(cfg, source=source, progress=False)
+    assert sorted(c[0] for c in source.calls) == ["AAA", "BBB"]
+    assert any("manifest cannot be read" in note and "rebuilding everything" in note for note in report.notes)
+    assert store.read_dataset(cfg.store).equals(expected)
+    assert siblings(Path(cfg.store)) == []  # the new version was swapped in; nothing left over
+    assert build_dataset(cfg, source=FakeSource(), progress=False).no_op
+
+
+def _truncate_and_reseal(cfg: DataConfig, ticker: str, size: int = 200) -> Path:
+    """Cut a ticker's Parquet file and update its manifest sha256 to match: the checksum alone cannot tell."""
+    file = Path(cfg.store) / store.ticker_file(ticker)
+    file.write_bytes(file.read_bytes()[:size])
+    manifest = _manifest(cfg)
+    manifest["files"][store.ticker_file(ticker)] = {"sha256": store.sha256_file(file), "bytes": size}
+    _write_manifest(cfg, manifest)
+    return file
+
+
+def test_an_unreadable_parquet_file_with_a_matching_checksum_names_the_file(tmp_path):
+    cfg = config(tmp_path)
+    build_dataset(cfg, source=FakeSource(), progress=False)
+    file = _truncate_and_reseal(cfg, "BBB")
+    with pytest.raises(DataError) as info:
+        store.read_dataset(cfg.store)
+    message = str(info.value)
+    assert str(file) in message and "ticker BBB" in message and "cannot read Parquet" in message, message
+    assert "\n" not in message
+    store.read_dataset(cfg.store, ["AAA"])  # the intact ticker still reads
+
+
+def test_build_notices_an_unreadable_file_and_fetches_it_again(tmp_path):
+    cfg = config(tmp_path)
+    build_dataset(cfg, source=FakeSource(), progress=False)
+    expected = store.read_dataset(cfg.store)
+    _truncate_and_reseal(cfg, "AAA")
+    source = FakeSource()
+    report = build_dataset(cfg, source=source, progress=False)
+    assert not report.no_op and [c[0] for c in source.calls] == ["AAA"]
+    assert any("cannot be read" in note and "fetching AAA again" in note for note in report.notes)
+    assert store.read_dataset(cfg.store).equals(expected)
+
+
+def test_build_notices_an_unreadable_macro_file(tmp_path):
+    macro_dir = tmp_path / "macro"
+    macro_dir.mkdir()
+    days = pl.date_range(datetime(2023, 12, 20), datetime(2024, 1, 20), "1d", eager=True)
+    pl.DataFrame({"Date": days, "Close": np.linspace(12, 14, len(days))}).write_csv(macro_dir / "vix.csv")
+    cfg = config(tmp_path, macro=("VIX",), macro_source="csv", macro_csv_dir=str(macro_dir))
+    build_dataset(cfg, source=FakeSource(), progress=False)
+    file = Path(cfg.store) / store.macro_file("VIX")
+    file.write_bytes(b"PAR1 but not really")
+    manifest = _manifest(cfg)
+    manifest["files"][store.macro_file("VIX")]["sha256"] = store.sha256_file(file)
+    _write_manifest(cfg, manifest)
+    with pytest.raises(DataError, match=r"VIX\.parquet.*cannot read Parquet"):
+        store.read_macro(cfg.store)
+    report = build_dataset(cfg, source=FakeSource(), progress=False)
+    assert report.macro == ("VIX",)
+    assert store.read_macro(cfg.store)["VIX"].height == len(days)
+
+
+def test_a_store_that_cannot_be_created_is_one_line(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    cfg = config(tmp_path, store=str(tmp_path / "file" / "store"))
+    with pytest.raises(DataError, match=r"file/store: cannot create the dataset here \(.*\); check data\.store"):
+        build_dataset(cfg, source=FakeSource(), progress=False)
+
+
+def test_bars_outside_the_supported_years_are_refused_naming_the_row(tmp_path):
+    class FarFuture(FakeSource):
+        def fetch(self, ticker, start, end):
+            frame = super().fetch(ticker, start, end)
+            far = pl.Series([datetime(9999, 12, 31, tzinfo=UTC)], dtype=pl.Datetime("us", "UTC"))
+            row_3 = pl.int_range(pl.len()) == 3
+            return frame.with_columns(timestamp=pl.when(row_3).then(far.first()).otherwise("timestamp"))
+
+    with pytest.raises(DataError) as info:
+        build_dataset(config(tmp_path), source=FarFuture(), progress=False)
+    message = str(info.value)
+    assert "row 3" in message and "9999-12-31" in message and "outside the years" in message, message
+
+
+@pytest.mark.parametrize(
+    ("ticker", "fragment"),
+    [([[1]], "column 'ticker' has type List(Int64), expected text"), (["A" * 300], "300 characters")],
+)
+def test_read_bars_file_refuses_unusable_ticker_columns(tmp_path, ticker, fragment):
+    path = tmp_path / "bars.parquet"
+    stamp = [datetime(2024, 1, 2, 15, tzinfo=UTC)]
+    prices = {name: [1.0] for name in ("open", "high", "low", "close", "volume")}
+    pl.DataFrame({"timestamp": stamp, "ticker": ticker, **prices}).write_parquet(path)
+    with pytest.raises(DataError, match=r"\[schema\]") as info:
+        store.read_bars_file(path)
+    assert str(path) in str(info.value) and fragment in str(info.value)

@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 import polars as pl
 import pytest
 
+from conftest import assert_one_line_error
 from fakes.alpaca import FakeAlpaca, bar_times, bar_values
 from fakes.server import DROP, STALL, STALL_SECONDS, Reply
 from ploutos.config.sections import DataConfig
@@ -166,3 +167,54 @@ def test_secret_never_appears_in_errors_logs_or_repr(
 
 def _reply(status: int, message: str) -> Reply:
     return Reply(status, {"code": status, "message": message})
+
+
+# --- answers of the wrong shape: a SourceError naming source, ticker and what was wrong -----------
+
+
+def _malformed(fake: FakeAlpaca, body: bytes | str | dict | list) -> None:
+    """From now on the fake answers every bar request 200 with ``body``."""
+    fake.route = lambda request: Reply(200, body, {"Content-Type": "application/json"})
+
+
+def _bar(**changes: object) -> dict:
+    return {"t": "2024-03-04T13:00:00Z", "o": 1.0, "h": 1.0, "l": 1.0, "c": 1.0, "v": 1.0, "n": 1, "vw": 1.0, **changes}
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        (b"not json at all", "the answer is not JSON"),
+        ("<html>proxy error</html>", "the answer is not JSON"),
+        ([], "does not have the shape of Alpaca's bars"),
+        ({"nothing": 1}, "does not have the shape of Alpaca's bars"),
+        ({"bars": []}, "does not have the shape of Alpaca's bars (AttributeError"),
+        ({"bars": None}, "does not have the shape of Alpaca's bars"),
+        ({"bars": {"SPY": {"t": 1}}}, "does not have the shape of Alpaca's bars"),
+        ({"bars": {"SPY": [1, 2]}}, "does not have the shape of Alpaca's bars"),
+        ({"bars": {"SPY": [{"x": 1}]}}, "bar field timestamp: Field required"),
+        ({"bars": {"SPY": [_bar(o="abc")]}}, "bar field open: Input should be a valid number"),
+        ({"bars": {"SPY": [_bar(t="9999-03-04T13:00:00Z")]}}, "outside the years 1900..2199"),
+        ({"bars": {"QQQ": [_bar()]}}, "the answer holds bars of QQQ, not only SPY"),
+        ({"bars": {"SPY": [_bar()]}, "next_page_token": "again"}, "next_page_token 'again' twice"),
+    ],
+)
+def test_an_answer_of_the_wrong_shape_is_one_source_error(fake: FakeAlpaca, body, fragment: str) -> None:
+    _malformed(fake, body)
+    with pytest.raises(SourceError) as err:
+        source(fake).fetch("SPY", START, END)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("alpaca SPY"), message
+    assert fragment in message, (fragment, message)
+    assert len(fake.bar_requests()) <= 2  # refused at once: a wrong shape is not retried, a paging loop is cut
+
+
+def test_a_wrong_shape_through_the_cli_is_one_line(ploutos, fake: FakeAlpaca) -> None:
+    _malformed(fake, {"bars": {"SPY": [{"x": 1}]}})
+    result = ploutos(
+        "data", "build", "--no-progress", "--set", "data.source=alpaca", "--set", f"data.alpaca_url={fake.url}",
+        "--set", "data.tickers=[SPY]", "--set", "data.start=2024-03-04", "--set", "data.end=2024-12-09",
+        "--set", "data.session=regular",
+        env={"ALPACA_API_KEY": KEY, "ALPACA_SECRET_KEY": SECRET},
+    )  # fmt: skip
+    assert_one_line_error(result, "alpaca SPY", "bar field timestamp")

@@ -196,3 +196,106 @@ def test_synthetic_volume_has_an_intraday_u_shape():
     )
     volume = dict(zip(by_hour["hour"], by_hour["volume"], strict=True))
     assert volume[9] > volume[12] < volume[15]
+
+
+# --- epoch units, impossible years, unusable tickers (found by a hostile tester) -------------------
+
+EPOCH_START = 1704207600  # 2024-01-02 15:00 UTC
+
+
+@pytest.mark.parametrize(
+    ("unit", "values"),
+    [
+        ("s", [EPOCH_START, EPOCH_START + 3600]),
+        ("ms", [EPOCH_START * 1000, (EPOCH_START + 3600) * 1000]),
+        ("us", [EPOCH_START * 10**6, (EPOCH_START + 3600) * 10**6]),
+        ("ns", [EPOCH_START * 10**9, (EPOCH_START + 3600) * 10**9]),
+        ("s as floats", [EPOCH_START + 0.0, EPOCH_START + 3600.0]),
+        ("ms as floats", [EPOCH_START * 1000.0, (EPOCH_START + 3600) * 1000.0]),
+    ],
+)
+def test_csv_epoch_times_are_read_in_the_unit_their_magnitude_tells(tmp_path: Path, unit: str, values: list):
+    path = tmp_path / "spy.csv"
+    path.write_text("time,open,high,low,close,volume\n" + "".join(f"{v},1,2,0.5,1.5,10\n" for v in values))
+    bars = read_csv_bars(path)
+    assert bars["timestamp"].to_list() == [datetime(2024, 1, 2, 15, tzinfo=UTC), datetime(2024, 1, 2, 16, tzinfo=UTC)]
+
+
+def test_a_csv_source_build_reads_epoch_nanoseconds(tmp_path: Path):
+    from ploutos.data.build import build_dataset
+    from ploutos.data.store import read_dataset
+
+    path = tmp_path / "SPY.csv"
+    rows = "".join(f"{(EPOCH_START + 3600 * i) * 10**9},1,2,0.5,1.5,10\n" for i in range(5))
+    path.write_text("time,open,high,low,close,volume\n" + rows)
+    cfg = _data(
+        "data.source=csv", f"data.csv_path={path}", "data.tickers=[SPY]", "data.session=24x7",
+        f"data.store={tmp_path / 'store'}", "data.start=2024-01-01", "data.end=2025-01-01",
+    )  # fmt: skip
+    build_dataset(cfg, progress=False)
+    assert read_dataset(cfg.store)["timestamp"][0] == datetime(2024, 1, 2, 15, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("rows", "fragments"),
+    [
+        ([EPOCH_START, EPOCH_START * 1000], ["bad.csv", "row 1", "[timestamp]", "reads as ms", "as s", "one unit"]),
+        (["nan", EPOCH_START + 0.5], ["bad.csv", "row 0", "[timestamp]", "'nan'"]),
+        ([EPOCH_START, 99_999_999_999], ["bad.csv", "row 1", "[timestamp]", "outside the years 1900..2199"]),
+        ([-3_000_000_000, -2_999_996_400], ["bad.csv", "row 0", "1874", "outside the years"]),
+    ],
+)
+def test_csv_epoch_times_that_are_no_bar_time_are_refused(tmp_path: Path, rows: list, fragments: list[str]):
+    path = tmp_path / "bad.csv"
+    path.write_text("time,open,high,low,close,volume\n" + "".join(f"{v},1,2,0.5,1.5,10\n" for v in rows))
+    with pytest.raises(DataError) as caught:
+        read_csv_bars(path)
+    message = str(caught.value)
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+
+
+@pytest.mark.parametrize(
+    ("row", "fragments"),
+    [
+        ("9999-12-31 23:00:00", ["bad.csv", "row 1", "[timestamp]", "+10000-01-01T04:00:00Z", "outside the years"]),
+        ("1800-01-01 00:00:00", ["bad.csv", "row 1", "[timestamp]", "1800-01-01", "outside the years"]),
+    ],
+)
+def test_csv_rows_outside_the_supported_years_are_refused_by_row(tmp_path: Path, row: str, fragments: list[str]):
+    path = tmp_path / "bad.csv"
+    path.write_text(f"time,open,high,low,close,volume\n2024-01-02 15:00:00,1,2,0.5,1.5,10\n{row},1,2,0.5,1.5,10\n")
+    with pytest.raises(DataError) as caught:
+        read_csv_bars(path, timezone="America/New_York")
+    for fragment in fragments:
+        assert fragment in str(caught.value), (fragment, str(caught.value))
+
+
+@pytest.mark.parametrize("ticker", ["A" * 300, "SPY QQQ", "SPY;QQQ", "a\tb", "$$$"])
+def test_csv_ticker_column_values_must_be_ticker_symbols(tmp_path: Path, ticker: str):
+    path = tmp_path / "bad.csv"
+    rows = ["2024-01-02T15:00:00Z,SPY,1,2,0.5,1.5,10", f'2024-01-02T16:00:00Z,"{ticker}",1,2,0.5,1.5,10']
+    path.write_text("time,ticker,open,high,low,close,volume\n" + "\n".join(rows) + "\n")
+    with pytest.raises(DataError) as caught:
+        read_csv_bars(path)
+    message = str(caught.value)
+    assert "bad.csv" in message and "row 1" in message and "not a ticker symbol" in message, message
+    assert "\n" not in message
+
+
+def test_csv_ticker_column_accepts_usual_symbols(tmp_path: Path):
+    path = tmp_path / "universe.csv"
+    symbols = ["BRK.B", "BRK/B", "^VIX", "EURUSD=X", "DX-Y.NYB"]
+    rows = "".join(f"2024-01-02T15:00:00Z,{s},1,2,0.5,1.5,10\n" for s in symbols)
+    path.write_text("time,ticker,open,high,low,close,volume\n" + rows)
+    assert read_csv_bars(path)["ticker"].to_list() == symbols
+
+
+def test_epoch_floats_that_are_no_time_are_refused_by_row():
+    from ploutos.data.sources.csv import epoch_timestamps
+
+    with pytest.raises(DataError, match=r"x\.csv row 1 \[timestamp\]: epoch time nan is not a time"):
+        epoch_timestamps(pl.Series("timestamp", [float(EPOCH_START), float("nan")]), path="x.csv")
+    with pytest.raises(DataError, match=r"row 1 \[timestamp\]: epoch time inf is not a time"):
+        epoch_timestamps(pl.Series("timestamp", [float(EPOCH_START), float("inf")]), path="x.csv")

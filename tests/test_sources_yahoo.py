@@ -17,7 +17,7 @@ from datetime import date, datetime, timedelta, timezone
 import polars as pl
 import pytest
 
-from fakes.server import DROP
+from fakes.server import DROP, Reply, Request
 from fakes.yahoo import FakeYahoo, daily_bars, hourly_bars, isolate_yfinance_caches, ohlcv
 from ploutos.config.sections import DataConfig
 from ploutos.data.bars import BAR_SCHEMA
@@ -141,3 +141,50 @@ def test_daily_dates_are_local_even_when_the_utc_date_differs(fake: FakeYahoo) -
     first_stamp = daily_bars("^AXJO", START, END)[0]
     assert first_stamp == datetime(2024, 3, 4, 23, tzinfo=timezone.utc)  # 10:00 on the 5th in Sydney
     assert closes["date"][0] == date(2024, 3, 5)
+
+
+# --- answers of the wrong shape: a SourceError naming source, ticker and what was wrong -----------
+
+
+def _malformed(fake: FakeYahoo, body: bytes | str | dict | list) -> None:
+    """From now on chart data requests (not yfinance's timezone look-ups) get 200 with ``body``."""
+    route = fake.route
+
+    def malformed(request: Request) -> Reply:
+        if "period1" in request.query:
+            return Reply(200, body, {"Content-Type": "application/json"})
+        return route(request)
+
+    fake.route = malformed
+
+
+def _chart(**result: object) -> dict:
+    return {"chart": {"result": [result], "error": None}}
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        (b"garbage", "the answer is not a Yahoo chart (not JSON)"),
+        ("<html>consent</html>", "the answer is not a Yahoo chart (not JSON)"),
+        ([], "the answer is not a Yahoo chart (no chart object)"),
+        ({"chart": None}, "the answer is not a Yahoo chart (no chart object)"),
+        ({"chart": {"result": [1]}}, "chart.result is not a list of objects"),
+        ({"chart": {"error": None}}, "chart.result is missing"),
+        (_chart(timestamp=["a", "b"]), "timestamp is not a list of epoch seconds"),
+        (_chart(timestamp=[1709560800], meta={}), "chart.result[].indicators is missing"),
+        (_chart(timestamp=[1709560800], indicators={"quote": [{"close": [1.0, 2.0]}]}), "does not have the shape"),
+    ],
+)
+def test_an_answer_of_the_wrong_shape_is_one_source_error(fake: FakeYahoo, body, fragment: str) -> None:
+    _malformed(fake, body)
+    fetches = (
+        lambda: source(fake).fetch("SPY", START, END),
+        lambda: fetch_daily_closes("^VIX", START, END, cfg=config(fake)),
+    )
+    for fetch in fetches:
+        with pytest.raises(SourceError) as err:
+            fetch()
+        message = str(err.value)
+        assert "\n" not in message and message.startswith("yahoo "), message
+        assert fragment in message and ("SPY" in message or "^VIX" in message), (fragment, message)

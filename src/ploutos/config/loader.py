@@ -3,14 +3,21 @@
 A config is built from layers, lowest first: the files named by ``extends:`` (recursively),
 the file itself, then ``--set section.key=value`` overrides. Each leaf value remembers the
 layer it came from, so an error names the file (or ``--set``) and the dotted key.
+
+Whatever the input, the only exception :func:`load` raises is :class:`ConfigError`: a file that
+is not UTF-8, YAML that is malformed or nested too deeply, a key written twice in one mapping, a
+date PyYAML recognises but cannot build (``2024-02-30``), a non-finite number (``.inf``, ``.nan``),
+an integer beyond 64 bits or a control character in a string are all refused in one line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import types
 import typing
 from datetime import date, datetime
@@ -28,6 +35,33 @@ DEFAULT_CONFIG = "quickstart"
 
 _Leaf = tuple[Any, str]  # (value, origin)
 
+MAX_INT = 2**63 - 1
+"""No config integer is larger: every one ends up in a C integer somewhere (numpy, torch, Slurm)."""
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a scalar it recognises but cannot convert stays text.
+
+    ``2024-02-30``, ``2024-01-01T00:00+25:00`` or ``0x_`` would otherwise raise a ``ValueError``
+    from inside the parser; as text, the field's own check names the key and says what is wrong.
+    """
+
+
+def _text_if_invalid(construct: Any) -> Any:
+    def lenient(loader: _Loader, node: yaml.ScalarNode) -> Any:
+        try:
+            return construct(loader, node)
+        except (ValueError, OverflowError):
+            return loader.construct_scalar(node)
+
+    return lenient
+
+
+for _tag in ("timestamp", "int", "float"):
+    _Loader.add_constructor(
+        f"tag:yaml.org,2002:{_tag}", _text_if_invalid(getattr(yaml.SafeLoader, f"construct_yaml_{_tag}"))
+    )
+
 
 def configs_dir() -> Path:
     """The shipped ``configs/`` folder: inside the wheel, or at the top of a source checkout."""
@@ -38,10 +72,10 @@ def configs_dir() -> Path:
 def resolve_path(name_or_path: str | Path) -> Path:
     """A config file path, or the name of an embedded one (``quickstart``, ``hardware/laptop``)."""
     path = Path(name_or_path)
-    if path.is_file():
+    if _is_file(path):
         return path
     embedded = configs_dir() / (str(name_or_path) + ("" if str(name_or_path).endswith(".yaml") else ".yaml"))
-    if embedded.is_file():
+    if _is_file(embedded):
         return embedded
     known = sorted(str(p.relative_to(configs_dir()).with_suffix("")) for p in configs_dir().rglob("*.yaml"))
     raise ConfigError(f"{name_or_path}: no such config file or embedded config (embedded: {', '.join(known)})")
@@ -53,10 +87,22 @@ def load(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -
     _read_layers(resolve_path(path or DEFAULT_CONFIG), leaves, seen=())
     for text in overrides:
         key, value = _parse_override(text)
-        _check_key(key, f"--set {text}")
+        _check_key(key, _set_origin(text))
         leaves.pop(key, None)  # re-insert so that insertion order stays application order
-        leaves[key] = (value, f"--set {text}")
+        leaves[key] = (value, _set_origin(text))
     return _build(leaves)
+
+
+def _set_origin(text: str) -> str:
+    """``--set <text>`` as errors name it: quoted when it holds a newline or another control character."""
+    return f"--set {text}" if text.isprintable() else f"--set {text!r}"
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):  # a name too long for the filesystem, a NUL byte
+        return False
 
 
 def _read_layers(path: Path, leaves: dict[str, _Leaf], seen: tuple[Path, ...]) -> None:
@@ -64,24 +110,97 @@ def _read_layers(path: Path, leaves: dict[str, _Leaf], seen: tuple[Path, ...]) -
     if path.resolve() in seen:
         raise ConfigError(f"{origin}: extends: circular chain {' -> '.join(map(str, (*seen, path)))}")
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else "?"
-        raise ConfigError(f"{origin}: {where}: not valid YAML ({getattr(err, 'problem', err)})") from None
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"{origin}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start}); "
+            "a config is a YAML text file saved as UTF-8"
+        ) from None
     except OSError as err:
-        raise ConfigError(f"{origin}: cannot read ({err.strerror})") from None
+        raise ConfigError(f"{origin}: cannot read ({err.strerror or type(err).__name__})") from None
+    raw = _parse_yaml(text, origin)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{origin}: the top level must be a mapping of sections, not {type(raw).__name__}")
-    parents = raw.pop("extends", None) or []
-    for parent in [parents] if isinstance(parents, str) else parents:
+    declared = raw.pop("extends", None)
+    parents = [] if declared is None else [declared] if isinstance(declared, str) else declared
+    if not isinstance(parents, list) or not all(isinstance(p, str) and p.strip() for p in parents):
+        raise ConfigError(f"{origin}: extends: expected a config file name or a list of them, got {_short(declared)}")
+    for parent in parents:
         parent_path = path.parent / parent
-        _read_layers(parent_path if parent_path.is_file() else resolve_path(parent), leaves, (*seen, path.resolve()))
+        _read_layers(parent_path if _is_file(parent_path) else resolve_path(parent), leaves, (*seen, path.resolve()))
     for key, value in _flatten(raw, origin):
         leaves.pop(key, None)
         leaves[key] = (value, origin)
+
+
+def _parse_yaml(text: str, origin: str) -> Any:
+    """``text`` as YAML data; a syntax error or a repeated key is one line naming ``origin`` and the line."""
+    try:
+        loader = _Loader(text)  # the reader checks every character here
+        try:
+            node = loader.get_single_node()
+            if node is None:
+                return None
+            _refuse_duplicate_keys(node, origin)
+            return loader.construct_document(node)
+        finally:
+            loader.dispose()
+    except yaml.reader.ReaderError as err:
+        character = err.character if isinstance(err.character, int) else ord(err.character)
+        raise ConfigError(
+            f"{origin}: not valid YAML (character #x{character:04x} at offset {err.position} is not allowed)"
+        ) from None
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"line {mark.line + 1}" if mark else "?"
+        raise ConfigError(
+            f"{origin}: {where}: not valid YAML ({_one_line(err.problem or err.context or err)})"
+        ) from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{origin}: not valid YAML ({_one_line(err)})") from None
+    except RecursionError:
+        raise ConfigError(f"{origin}: not valid YAML for a config (nested too deeply)") from None
+
+
+def _refuse_duplicate_keys(node: yaml.Node, origin: str) -> None:
+    """Refuse a key written twice in one mapping (PyYAML would silently keep the last), with both lines."""
+    done: set[int] = set()
+    todo: list[tuple[yaml.Node, str]] = [(node, "")]
+    while todo:
+        current, path = todo.pop()
+        if id(current) in done:  # an alias: already checked where its anchor is
+            continue
+        done.add(id(current))
+        if isinstance(current, yaml.MappingNode):
+            seen: dict[str, yaml.Node] = {}
+            for key_node, value_node in current.value:
+                name = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+                if name is not None and key_node.tag != "tag:yaml.org,2002:merge":
+                    dotted = f"{path}.{name}" if path else name
+                    if name in seen:
+                        raise ConfigError(
+                            f"{origin}: line {key_node.start_mark.line + 1}: {dotted}: duplicate key "
+                            f"(first at line {seen[name].start_mark.line + 1}); write each key once"
+                        )
+                    seen[name] = key_node
+                    todo.append((value_node, dotted))
+                else:
+                    todo.append((value_node, path))
+        elif isinstance(current, yaml.SequenceNode):
+            todo += [(item, f"{path}[{i}]") for i, item in enumerate(current.value)]
+
+
+def _one_line(value: Any) -> str:
+    return " ".join(str(value).split())
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """``type value`` for a message, the value's repr cut to ``limit`` characters."""
+    text = repr(value)
+    text = text if len(text) <= limit else text[: limit - 3] + "..."
+    return f"{type(value).__name__} {text}"
 
 
 def _display(path: Path) -> str:
@@ -113,6 +232,9 @@ def _check_key(key: str, origin: str) -> None:
     if not name:
         if section in top_level:
             return
+        if section in SECTIONS:
+            example = dataclasses.fields(SECTIONS[section])[0].name
+            raise ConfigError(f"{origin}: {section}: is a section; set one of its keys, e.g. {section}.{example}")
         valid = top_level + list(SECTIONS)
         raise ConfigError(f"{origin}: {section}: unknown key{_did_you_mean(section, valid)}")
     if section not in SECTIONS:
@@ -130,10 +252,10 @@ def _did_you_mean(word: str, valid: list[str], prefix: str = "") -> str:
 def _parse_override(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
-        raise ConfigError(f"--set {text}: expected section.key=value")
+        raise ConfigError(f"{_set_origin(text)}: expected section.key=value")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else None
-    except yaml.YAMLError:
+        parsed = yaml.load(value, Loader=_Loader) if value.strip() else None  # _Loader is a SafeLoader
+    except (yaml.YAMLError, RecursionError):
         parsed = value
     return key.strip(), parsed
 
@@ -171,7 +293,7 @@ def _coerce(value: Any, hint: Any, key: str, origin: str) -> Any:
     """Check ``value`` against the field's type; convert only where YAML's reading is lossless."""
 
     def wrong(expected: str) -> ConfigError:
-        return ConfigError(f"{origin}: {key}: expected {expected}, got {type(value).__name__} {value!r}")
+        return ConfigError(f"{origin}: {key}: expected {expected}, got {_short(value)}")
 
     origin_type = typing.get_origin(hint)
     if origin_type in (Union, types.UnionType):
@@ -200,22 +322,34 @@ def _coerce(value: Any, hint: Any, key: str, origin: str) -> Any:
         raise wrong("true or false")
     if hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
+            if abs(value) > MAX_INT:
+                raise ConfigError(f"{origin}: {key}: {value} is too large (the limit is {MAX_INT})")
             return value
         raise wrong("an integer")
     if hint is float:
+        number: float | None = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # PyYAML (YAML 1.1) reads 3e-4, without a dot, as a string
             try:
-                return float(value)
-            except ValueError:
-                pass
-        raise wrong("a number")
+                number = float(value)
+            except OverflowError:  # an integer beyond any float
+                number = math.inf
+        elif isinstance(value, str):  # PyYAML (YAML 1.1) reads 3e-4, without a dot, as a string
+            with contextlib.suppress(ValueError):
+                number = float(value)
+        if number is None:
+            raise wrong("a number")
+        if not math.isfinite(number):  # .inf, .nan, 1e999: nothing downstream can use them
+            raise ConfigError(f"{origin}: {key}: {value!r} is not a finite number")
+        return number
     if hint is str:
         if isinstance(value, (datetime, date)):  # YAML reads 2021-01-04 as a date
             return value.isoformat()
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
+            text = str(value)
+            control = next((c for c in text if ord(c) < 0x20 or ord(c) == 0x7F), None)
+            if control is not None:
+                raise ConfigError(f"{origin}: {key}: control character {control!r} in {_short(text)}")
+            return text
         raise wrong("a string")
     raise ConfigError(f"{origin}: {key}: unsupported field type {hint}")  # a bug in sections.py, not in input
 

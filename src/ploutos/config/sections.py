@@ -11,8 +11,12 @@ the closest valid name.
 
 from __future__ import annotations
 
+import difflib
+import re
+import zoneinfo
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import cache
 from typing import Literal, TypeVar
 
 from ploutos.errors import ConfigError
@@ -38,6 +42,50 @@ _T = TypeVar("_T")
 def setting(default: _T, doc: str) -> _T:
     """A config field with its default and one-line doc; :func:`~ploutos.config.field_docs` reads the doc back."""
     return field(default=default, metadata={"doc": doc})
+
+
+TICKER_PATTERN = re.compile(r"[A-Za-z0-9.\-^=_/]{1,32}")
+"""A ticker symbol: 1 to 32 letters, digits and ``. - ^ = _ /`` (SPY, BRK.B, BRK/B, ^VIX, EURUSD=X, DX-Y.NYB)."""
+TICKER_RULE = "a ticker is 1 to 32 letters, digits and . - ^ = _ / (e.g. SPY, BRK.B, ^VIX, EURUSD=X)"
+
+MAX_SEED = 2**32 - 1
+"""numpy's legacy seeding (which stable-baselines3 uses) takes seeds up to 2**32 - 1."""
+YEARS = (1900, 2199)
+"""Dates in a config (and bar timestamps) must fall in these years: hourly bars exist in neither extreme."""
+MAX_SPAN_YEARS = 100
+"""Largest span of generated history (source synthetic)."""
+
+
+def ticker_problem(ticker: object) -> str | None:
+    """Why ``ticker`` is not a usable symbol (it names files in the store), or None when it is."""
+    if not isinstance(ticker, str) or TICKER_PATTERN.fullmatch(ticker) is None:
+        shown = repr(ticker) if len(repr(ticker)) <= 40 else repr(ticker)[:37] + "..."
+        length = f" ({len(ticker)} characters)" if isinstance(ticker, str) and len(ticker) > 32 else ""
+        return f"{shown}{length} is not a ticker symbol; {TICKER_RULE}"
+    if not any(c.isalnum() for c in ticker):
+        return f"{ticker!r} is not a ticker symbol: it has no letter or digit"
+    return None
+
+
+def timezone_problem(name: str) -> str | None:
+    """Why ``name`` is not an IANA time zone (with the closest one when cheap to find), or None."""
+    if name == "UTC" or name in _zones() or len(_zones()) <= 1:  # <= 1: no time zone database to check against
+        return None
+    close = difflib.get_close_matches(name, sorted(_zones()), n=1, cutoff=0.6)
+    hint = f"; did you mean '{close[0]}'?" if close else " (e.g. UTC, America/New_York, Europe/London)"
+    return f"unknown time zone '{name}'{hint}"
+
+
+@cache
+def _zones() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones()) | {"UTC"}
+
+
+def _bounded(value: int | None, key: str, low: int, high: int) -> None:
+    """Refuse an integer outside ``[low, high]`` (None passes: "empty" means derived)."""
+    if value is not None:
+        _require(value >= low, key, f"must be >= {low}")
+        _require(value <= high, key, f"{value} is too large: at most {high}")
 
 
 SESSION_BARS_PER_YEAR = {"regular": 7 * 252, "extended": 16 * 252, "24h": 24 * 5 * 52, "24x7": 24 * 365}
@@ -108,32 +156,50 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _require(len(self.tickers) > 0, "tickers", "at least one ticker is needed")
+        for ticker in self.tickers:
+            problem = ticker_problem(ticker)
+            _require(problem is None, "tickers", problem or "")
         _require(len(set(self.tickers)) == len(self.tickers), "tickers", "a ticker is listed twice")
         for key in ("start", "end"):
             value = getattr(self, key)
             if value is not None:
-                try:
-                    datetime.fromisoformat(value)
-                except ValueError:
-                    raise InvalidValue(key, f"'{value}' is not an ISO date or datetime (e.g. 2021-01-04)") from None
+                _check_moment(key, value)
         if self.start and self.end:
             _require(
                 self.start_utc < self.end_utc, "end", f"end {self.end} is not after start {self.start}", ("start",)
             )
-        _require(self.max_gap_bars >= 0, "max_gap_bars", "must be >= 0")
-        _require(self.max_retries >= 1, "max_retries", "must be >= 1")
+        zone_problem = timezone_problem(self.csv_timezone)
+        _require(zone_problem is None, "csv_timezone", zone_problem or "")
+        _bounded(self.max_gap_bars, "max_gap_bars", 0, 10_000_000)
+        _bounded(self.max_retries, "max_retries", 1, 100)
         _require(self.retry_backoff_s >= 0, "retry_backoff_s", "must be >= 0")
-        _require(self.request_timeout_s > 0, "request_timeout_s", "must be > 0")
-        _require(self.macro_lag_minutes >= 0, "macro_lag_minutes", "must be >= 0")
+        _require(0 < self.request_timeout_s <= 86_400, "request_timeout_s", "must be > 0 and at most 86400 (a day)")
+        _bounded(self.macro_lag_minutes, "macro_lag_minutes", 0, 7 * 24 * 60)
         _require(self.synthetic_bars >= 2, "synthetic_bars", "must be >= 2")
+        most = MAX_SPAN_YEARS * self.bars_per_year
+        _require(
+            self.synthetic_bars <= most,
+            "synthetic_bars",
+            f"{self.synthetic_bars} bars are more than {MAX_SPAN_YEARS} years of the {self.session} session "
+            f"(at most {most})",
+            ("session",),
+        )
+        _bounded(self.synthetic_seed, "synthetic_seed", 0, MAX_SEED)
         unknown = sorted(set(self.macro) - {"VIX", "TNX", "DXY"})
         _require(not unknown, "macro", f"unknown series {', '.join(unknown)}; known: VIX, TNX, DXY")
-        _require(self.source != "csv" or self.csv_path is not None, "csv_path", "source csv needs csv_path")
+        _require(
+            self.source != "csv" or self.csv_path is not None, "csv_path", "source csv needs csv_path", ("source",)
+        )
         _require(
             self.macro_source != "csv" or not self.macro or self.macro_csv_dir is not None,
             "macro_csv_dir",
             "macro_source csv needs macro_csv_dir",
+            ("macro_source", "macro"),
         )
+        _require(len(set(self.macro)) == len(self.macro), "macro", "a series is listed twice")
+        for key in ("store", "calendar", "csv_path", "macro_csv_dir"):
+            value = getattr(self, key)
+            _require(value is None or bool(value.strip()), key, "must not be empty")
 
     @property
     def start_utc(self) -> datetime | None:
@@ -168,9 +234,11 @@ class FeaturesConfig:
 
     def __post_init__(self) -> None:
         _require(len(self.windows) > 0 and min(self.windows) >= 2, "windows", "windows must be >= 2 bars")
+        _require(max(self.windows) <= 100_000, "windows", "windows must be at most 100000 bars")
+        _require(len(self.windows) <= 64, "windows", "at most 64 windows")
         _require(self.clip > 0, "clip", "must be > 0")
         _require(0 <= self.max_saturation <= 1, "max_saturation", "must be a share between 0 and 1")
-        _require(self.max_ffill_bars >= 0, "max_ffill_bars", "must be >= 0")
+        _bounded(self.max_ffill_bars, "max_ffill_bars", 0, 1_000_000)
 
 
 @dataclass(frozen=True)
@@ -205,15 +273,15 @@ class EnvConfig:
     )
 
     def __post_init__(self) -> None:
-        _require(self.lookback >= 1, "lookback", "must be >= 1")
-        _require(self.initial_cash > 0, "initial_cash", "must be > 0")
+        _bounded(self.lookback, "lookback", 1, 10_000)
+        _require(0 < self.initial_cash <= 1e15, "initial_cash", "must be > 0 and at most 1e15")
         for key in ("commission_bps", "half_spread_bps", "slippage_vol_mult", "impact_coef", "sec_fee_per_million"):
             _require(getattr(self, key) >= 0, key, "costs cannot be negative")
         _require(0 < self.dsr_eta < 1, "dsr_eta", "must be between 0 and 1")
         _require(
             self.drawdown_penalty >= 0 and self.turnover_penalty >= 0, "drawdown_penalty", "penalties must be >= 0"
         )
-        _require(self.episode_bars >= 2, "episode_bars", "must be >= 2")
+        _bounded(self.episode_bars, "episode_bars", 2, 100_000_000)
         _require(0 <= self.bankruptcy_equity < 1, "bankruptcy_equity", "must be a share in [0, 1)")
 
 
@@ -241,13 +309,21 @@ class PPOConfig:
     )
 
     def __post_init__(self) -> None:
-        for key in ("total_timesteps", "n_steps", "batch_size", "n_epochs", "lstm_hidden", "checkpoint_every"):
-            _require(getattr(self, key) >= 1, key, "must be >= 1")
+        for key, most in (
+            ("total_timesteps", 10**12),
+            ("n_steps", 1_000_000),
+            ("batch_size", 10_000_000),
+            ("n_epochs", 1_000),
+            ("lstm_hidden", 65_536),
+            ("checkpoint_every", 10**12),
+        ):
+            _bounded(getattr(self, key), key, 1, most)
         _require(self.learning_rate > 0, "learning_rate", "must be > 0")
         _require(0 < self.gamma <= 1, "gamma", "must be in (0, 1]")
         _require(0 <= self.gae_lambda <= 1, "gae_lambda", "must be in [0, 1]")
         _require(self.clip_range > 0, "clip_range", "must be > 0")
-        _require(all(width >= 1 for width in self.net_arch), "net_arch", "layer sizes must be >= 1")
+        _require(all(1 <= width <= 65_536 for width in self.net_arch), "net_arch", "layer sizes must be 1 to 65536")
+        _require(len(self.net_arch) <= 64, "net_arch", "at most 64 layers")
 
 
 @dataclass(frozen=True)
@@ -264,11 +340,12 @@ class WalkForwardConfig:
     max_folds: int | None = setting(None, "Keep only the latest this-many folds; empty: every fold that fits.")
 
     def __post_init__(self) -> None:
-        _require(self.train_months >= 1, "train_months", "must be >= 1")
-        _require(self.test_months >= 1, "test_months", "must be >= 1")
-        _require(self.step_months is None or self.step_months >= 1, "step_months", "must be >= 1")
-        _require(self.embargo_bars >= 0, "embargo_bars", "must be >= 0")
-        _require(self.max_folds is None or self.max_folds >= 1, "max_folds", "must be >= 1")
+        months = 12 * MAX_SPAN_YEARS
+        _bounded(self.train_months, "train_months", 1, months)
+        _bounded(self.test_months, "test_months", 1, months)
+        _bounded(self.step_months, "step_months", 1, months)
+        _bounded(self.embargo_bars, "embargo_bars", 0, 1_000_000)
+        _bounded(self.max_folds, "max_folds", 1, 100_000)
 
     @property
     def step(self) -> int:
@@ -285,6 +362,7 @@ class EnsembleConfig:
 
     def __post_init__(self) -> None:
         _require(self.members >= 1, "members", "an ensemble needs at least 1 member")
+        _bounded(self.members, "members", 1, 1_000)
 
 
 @dataclass(frozen=True)
@@ -300,10 +378,9 @@ class HardwareConfig:
 
     def __post_init__(self) -> None:
         for key in ("cpus", "n_envs", "envs_per_worker", "learner_threads"):
-            value = getattr(self, key)
-            _require(value is None or value >= 1, key, "must be >= 1")
-        _require(self.gpus is None or self.gpus >= 0, "gpus", "must be >= 0")
-        _require(self.mpi_ranks >= 1, "mpi_ranks", "must be >= 1")
+            _bounded(getattr(self, key), key, 1, 65_536)
+        _bounded(self.gpus, "gpus", 0, 1_024)
+        _bounded(self.mpi_ranks, "mpi_ranks", 1, 65_536)
 
 
 @dataclass(frozen=True)
@@ -325,9 +402,9 @@ class SlurmConfig:
             "time_limit",
             f"'{self.time_limit}' is not HH:MM:SS or D-HH:MM:SS",
         )
-        _require(self.mem_gb is None or self.mem_gb >= 1, "mem_gb", "must be >= 1")
-        _require(self.array_parallelism >= 1, "array_parallelism", "must be >= 1")
-        _require(self.signal_before_s >= 0, "signal_before_s", "must be >= 0")
+        _bounded(self.mem_gb, "mem_gb", 1, 1_048_576)
+        _bounded(self.array_parallelism, "array_parallelism", 1, 1_000_000)
+        _bounded(self.signal_before_s, "signal_before_s", 0, 65_535)  # Slurm's --signal=SIG@TIME limit
 
     @property
     def time_limit_minutes(self) -> int:
@@ -353,7 +430,7 @@ class PaperConfig:
         _require(0 < self.max_weight <= 1, "max_weight", "must be in (0, 1]")
         _require(self.max_daily_turnover > 0, "max_daily_turnover", "must be > 0")
         _require(0 < self.drawdown_halt <= 1, "drawdown_halt", "must be in (0, 1]")
-        _require(self.poll_seconds >= 1, "poll_seconds", "must be >= 1")
+        _bounded(self.poll_seconds, "poll_seconds", 1, 86_400)
 
 
 @dataclass(frozen=True)
@@ -383,7 +460,11 @@ class Config:
     paper: PaperConfig = field(default_factory=PaperConfig, metadata={"doc": "Paper trading risk limits."})
 
     def __post_init__(self) -> None:
-        _require(bool(self.name) and "/" not in self.name, "name", "must be a non-empty name without '/'")
+        _require(bool(self.name.strip()) and "/" not in self.name, "name", "must be a non-empty name without '/'")
+        _require(bool(self.results_dir.strip()), "results_dir", "must not be empty (use . for this folder)")
+        _require(self.name not in (".", ".."), "name", f"'{self.name}' is not a run name: it names a folder itself")
+        _require(len(self.name.encode()) <= 200, "name", "must be at most 200 bytes (it names a folder)")
+        _bounded(self.seed, "seed", 0, MAX_SEED)
         data, wf = self.data, self.walkforward
         if data.start and data.end:
             span_months = _months_between(data.start_utc, data.end_utc)
@@ -400,6 +481,19 @@ class Config:
     def run_dir(self) -> str:
         """Folder of this run's results."""
         return f"{self.results_dir.rstrip('/')}/{self.name}"
+
+
+def _check_moment(key: str, value: str) -> None:
+    """Refuse a start/end that is not an ISO date or datetime, or lies outside :data:`YEARS`."""
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as err:
+        reason = str(err).rstrip(".")
+        if "offset" in reason:
+            reason = "a UTC offset must be less than 24 hours"
+        why = "" if reason.startswith("Invalid isoformat") else f" ({reason})"
+        raise InvalidValue(key, f"'{value}' is not an ISO date or datetime{why}; e.g. 2021-01-04") from None
+    _require(YEARS[0] <= parsed.year <= YEARS[1], key, f"'{value}' is outside the years {YEARS[0]}..{YEARS[1]}")
 
 
 def _utc(value: str | None) -> datetime | None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import polars as pl
 
+from ploutos.config.sections import TICKER_PATTERN, YEARS, ticker_problem
 from ploutos.errors import DataError, first_line
 
 PRICE_COLUMNS = ("open", "high", "low", "close")
@@ -27,6 +28,12 @@ BAR_SCHEMA: dict[str, pl.DataType] = {
     "close": pl.Float64(),
     "volume": pl.Float64(),
 }
+
+
+EARLIEST = datetime(YEARS[0], 1, 1, tzinfo=timezone.utc)
+"""No bar starts before this (see :data:`ploutos.config.sections.YEARS`)."""
+LATEST = datetime(YEARS[1] + 1, 1, 1, tzinfo=timezone.utc)
+"""Every bar starts before this."""
 
 
 def empty_bars() -> pl.DataFrame:
@@ -76,9 +83,48 @@ def canonical(frame: pl.DataFrame, *, path: str | None = None) -> pl.DataFrame:
             f"missing column(s) {', '.join(missing)}; found {', '.join(frame.columns)}", path=path, rule="schema"
         )
     try:
-        return frame.select(pl.col(name).cast(dtype) for name, dtype in BAR_SCHEMA.items())
+        bars = frame.select(pl.col(name).cast(dtype) for name, dtype in BAR_SCHEMA.items())
     except (pl.exceptions.InvalidOperationError, pl.exceptions.ComputeError) as err:
         raise DataError(f"cannot cast to the bar schema: {first_line(err)}", path=path, rule="schema") from None
+    check_time_range(bars, path=path)
+    return bars
+
+
+def check_time_range(bars: pl.DataFrame, *, path: str | None = None, column: str = "timestamp") -> None:
+    """Refuse a bar outside the years :data:`EARLIEST` .. :data:`LATEST` (a wrong epoch unit, year 9999).
+
+    Later stages turn timestamps into Python datetimes and session calendars, which overflow or
+    make no sense there; the row is the frame's 0-based row (the file's data row for a file).
+    """
+    stamps = bars[column]
+    outside = (stamps < EARLIEST) | (stamps >= LATEST)
+    if not outside.any():
+        return
+    row = int(outside.arg_max() or 0)
+    shown = stamps.dt.strftime("%Y-%m-%dT%H:%M:%SZ")[row]
+    ticker = bars["ticker"][row] if "ticker" in bars.columns else None
+    raise DataError(
+        f"timestamp {shown} is outside the years {YEARS[0]}..{YEARS[1]} ({int(outside.sum())} such row(s))",
+        path=path,
+        ticker=None if ticker is None else str(ticker),
+        row=row,
+        rule="timestamp",
+    )
+
+
+def check_tickers(frame: pl.DataFrame, *, path: str | None = None) -> None:
+    """Refuse a value of the ``ticker`` column that is not a ticker symbol (it would name a store folder)."""
+    if "ticker" not in frame.columns:
+        return
+    dtype = frame.schema["ticker"]
+    if not (dtype in (pl.String, pl.Categorical) or isinstance(dtype, pl.Enum) or dtype.is_integer()):
+        raise DataError(f"column 'ticker' has type {dtype}, expected text", path=path, rule="schema")
+    tickers = frame["ticker"].cast(pl.String)
+    good = tickers.str.contains(f"^(?:{TICKER_PATTERN.pattern})$") & tickers.str.contains("[A-Za-z0-9]")
+    bad = tickers.is_not_null() & ~good
+    if bad.any():
+        row = int(bad.arg_max() or 0)
+        raise DataError(f"ticker column: {ticker_problem(tickers[row])}", path=path, row=row, rule="schema")
 
 
 def clip_to_range(frame: pl.DataFrame, start: datetime | None, end: datetime | None) -> pl.DataFrame:

@@ -93,6 +93,7 @@ class _Build:
         self.start = cfg.start_utc
         self.end = cfg.end_utc or _last_whole_hour()
         self.report = BuildReport(path=str(root))
+        self._stored: dict[str, pl.DataFrame] = {}
         self.old = self._previous_manifest()
 
     def run(self) -> BuildReport:
@@ -150,10 +151,25 @@ class _Build:
             return None
         for ticker, info in list(old["tickers"].items()):
             problem = store.verify_file(self.root, old, info["file"])
+            if problem is None and ticker in self.cfg.tickers:
+                problem = self._unreadable(info["file"])
             if problem:
                 self._note(f"{info['file']} {problem}; fetching {ticker} again")
                 del old["tickers"][ticker]
         return old
+
+    def _unreadable(self, rel: str) -> str | None:
+        """Why a stored file whose checksum matches cannot be used (Polars cannot read it), or None.
+
+        A file can be damaged and its manifest entry edited to match; reading it here means such a
+        file is fetched again instead of the build calling the dataset up to date. The frame is
+        kept for the update that follows.
+        """
+        try:
+            self._stored[rel] = canonical(store.read_parquet(self.root / rel), path=str(self.root / rel))
+        except DataError as err:
+            return f"cannot be read ({err})"
+        return None
 
     def _identity(self) -> dict[str, Any]:
         """What, if changed, invalidates every stored bar."""
@@ -263,7 +279,10 @@ class _Build:
         return [r.as_dict() for r in gap_repairs]
 
     def _stored_bars(self, info: dict[str, Any]) -> pl.DataFrame:
-        return canonical(pl.read_parquet(self.root / info["file"]), path=str(self.root / info["file"]))
+        rel = info["file"]
+        if rel not in self._stored:
+            self._stored[rel] = canonical(store.read_parquet(self.root / rel), path=str(self.root / rel))
+        return self._stored[rel]
 
     def _old_repairs(self, ticker: str) -> list[dict[str, Any]]:
         return [r for r in (self.old or {}).get("repairs", []) if r.get("ticker") == ticker]
@@ -280,9 +299,18 @@ class _Build:
                 entry is None
                 or entry.get("identity") != self._macro_identity(name)
                 or store.verify_file(self.root, self.old or {}, entry["file"])
+                or self._unreadable_macro(entry["file"])
             ):
                 stale.append(name)
         return stale
+
+    def _unreadable_macro(self, rel: str) -> bool:
+        try:
+            store.read_parquet(self.root / rel)
+        except DataError as err:
+            self._note(f"{rel} cannot be read ({err}); fetching it again")
+            return True
+        return False
 
     def _macro_identity(self, name: str) -> dict[str, Any]:
         identity: dict[str, Any] = {

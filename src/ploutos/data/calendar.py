@@ -129,7 +129,11 @@ def _exchange_sessions(calendar: str, first_year: int, last_year: int, *, extend
             warnings.filterwarnings("ignore", message="Series.values returning an ndarray")
             cal = xc.get_calendar(calendar, start=f"{first_year}-01-01", end=f"{last_year}-12-31")
     except xc.errors.InvalidCalendarName:
-        raise DataError(f"unknown exchange calendar '{calendar}' (e.g. XNYS, XNAS, XLON)", rule="calendar") from None
+        raise DataError(
+            f"unknown exchange calendar '{calendar}'; set data.calendar to an exchange_calendars code "
+            "(e.g. XNYS, XNAS, XLON)",
+            rule="calendar",
+        ) from None
     except (ValueError, xc.errors.CalendarError) as err:
         raise DataError(
             f"calendar {calendar} cannot cover {first_year}-{last_year}: {err}".splitlines()[0], rule="calendar"

@@ -85,7 +85,7 @@ def describe_path(path: Path, cfg: DataConfig | None = None) -> dict[str, Any]:
             "on_invalid": manifest["on_invalid"],
             "tickers": len(manifest["tickers"]),
             "bars": sum(entry["rows"] for entry in manifest["tickers"].values()),
-            "repairs": sum(manifest.get("repair_counts", {}).get(t, {}).get("total", 0) for t in manifest["tickers"])
+            "repairs": sum(sum(counts.values()) for counts in manifest.get("repair_counts", {}).values())
             if manifest.get("repair_counts")
             else len(manifest.get("repairs", [])),
             "macro": ", ".join(manifest.get("macro", {})) or "none",

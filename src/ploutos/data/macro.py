@@ -23,6 +23,7 @@ from typing import Any
 
 import polars as pl
 
+from ploutos.config.sections import YEARS
 from ploutos.data.bars import to_utc
 from ploutos.errors import DataError
 
@@ -144,6 +145,7 @@ def _refuse_rows(parsed: pl.DataFrame, text: pl.DataFrame, where: str, name: str
     """Raise on the first unparseable date or close, non-positive close, or repeated date."""
     checks = [
         (pl.col("date").is_null(), "date", "is not a date (YYYY-MM-DD)"),
+        (~pl.col("date").dt.year().is_between(*YEARS), "date", f"is outside the years {YEARS[0]}..{YEARS[1]}"),
         (text["close"].is_not_null() & parsed["close"].is_null(), "close", "is not a number"),
         (parsed["close"] <= 0, "close", "is not positive"),
         (pl.col("date").is_duplicated() & pl.col("date").is_not_null(), "date", "appears twice"),

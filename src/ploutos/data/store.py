@@ -31,8 +31,8 @@ from urllib.parse import quote
 
 import polars as pl
 
-from ploutos.data.bars import BAR_COLUMNS, BAR_SCHEMA, canonical, to_utc
-from ploutos.errors import DataError
+from ploutos.data.bars import BAR_COLUMNS, BAR_SCHEMA, canonical, check_tickers, to_utc
+from ploutos.errors import DataError, first_line
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -54,19 +54,117 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
     root = _readable_root(Path(path))
     file = root / MANIFEST
     try:
-        manifest = json.loads(file.read_text())
-    except FileNotFoundError:
+        manifest = json.loads(file.read_text(encoding="utf-8"))
+    except (FileNotFoundError, NotADirectoryError):
         raise DataError(f"no dataset here (missing {MANIFEST}); run `ploutos data build`", path=str(path)) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DataError(f"manifest is not valid JSON ({err})", path=str(file), rule="manifest") from None
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
+        raise DataError(f"manifest is not valid JSON ({first_line(err)})", path=str(file), rule="manifest") from None
+    except (OSError, RecursionError) as err:  # a folder named manifest.json, no permission; JSON nested too deep
+        reason = getattr(err, "strerror", None) or type(err).__name__
+        raise DataError(f"cannot read the manifest ({reason})", path=str(file), rule="manifest") from None
+    if not isinstance(manifest, dict):
         raise DataError(
-            f"dataset format version {version} is not {FORMAT_VERSION}; rebuild it with this ploutos",
+            f"manifest is a JSON {_json_type(manifest)}, not an object; rebuild with `ploutos data build`",
             path=str(file),
             rule="manifest",
         )
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise DataError(
+            f"dataset format version {version!r} is not {FORMAT_VERSION}; rebuild it with this ploutos",
+            path=str(file),
+            rule="manifest",
+        )
+    problem = manifest_problem(manifest)
+    if problem is not None:
+        raise DataError(f"manifest field {problem}; rebuild with `ploutos data build`", path=str(file), rule="manifest")
     return manifest
+
+
+_SESSIONS = ("regular", "extended", "24h", "24x7")
+
+
+def manifest_problem(manifest: Mapping[str, Any]) -> str | None:
+    """What is wrong with the shape of a manifest (``field: problem``), or None when readers can trust it.
+
+    Checks what readers and builds use: every ticker's entry (its file where ploutos puts it, a row
+    count, ISO times), the file checksums, the macro entries, and the dataset's identity fields.
+    """
+    for key in ("source", "session", "calendar", "on_invalid"):
+        if not isinstance(manifest.get(key), str):
+            return f"{key}: {_missing_or(manifest, key, 'a string')}"
+    if manifest["session"] not in _SESSIONS:
+        return f"session: {manifest['session']!r} is not one of {', '.join(_SESSIONS)}"
+    for key in ("start", "end", "created", "updated", "ploutos_version"):
+        if manifest.get(key) is not None and not isinstance(manifest[key], str):
+            return f"{key}: expected a string or null, got {_json_type(manifest[key])}"
+    if "max_gap_bars" in manifest and not _count(manifest["max_gap_bars"]):
+        return f"max_gap_bars: expected a count, got {manifest['max_gap_bars']!r}"
+    files = manifest.get("files", {})
+    if not isinstance(files, dict):
+        return f"files: expected an object, got {_json_type(files)}"
+    for rel, entry in files.items():
+        if Path(rel).is_absolute() or ".." in Path(rel).parts:
+            return f"files: {rel!r} is not a path inside the dataset"
+        if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+            return f"files.{rel}.sha256: expected a hex digest"
+    tickers = manifest.get("tickers")
+    if not isinstance(tickers, dict):
+        return f"tickers: {_missing_or(manifest, 'tickers', 'an object of ticker entries')}"
+    for ticker, entry in tickers.items():
+        where = f"tickers.{ticker}"
+        if not isinstance(entry, dict):
+            return f"{where}: expected an object, got {_json_type(entry)}"
+        if entry.get("file") != ticker_file(ticker):
+            return f"{where}.file: expected {ticker_file(ticker)!r}, got {entry.get('file')!r}"
+        for key in ("rows", "session_dropped"):
+            if not _count(entry.get(key, 0)):
+                return f"{where}.{key}: expected a count, got {entry.get(key)!r}"
+        for key in ("first", "last", "covered_start", "covered_end"):
+            if entry.get(key) is not None and _iso_problem(entry[key]):
+                return f"{where}.{key}: {_iso_problem(entry[key])}"
+        if entry.get("covered_end") is None:
+            return f"{where}.covered_end: missing"
+    macro = manifest.get("macro", {})
+    if not isinstance(macro, dict):
+        return f"macro: expected an object, got {_json_type(macro)}"
+    for name, entry in macro.items():
+        if not isinstance(entry, dict) or entry.get("file") != macro_file(name):
+            return f"macro.{name}.file: expected {macro_file(name)!r}"
+        if not _count(entry.get("rows", 0)):
+            return f"macro.{name}.rows: expected a count, got {entry.get('rows')!r}"
+    repairs = manifest.get("repairs", [])
+    if not isinstance(repairs, list) or not all(isinstance(r, dict) for r in repairs):
+        return "repairs: expected a list of objects"
+    counts = manifest.get("repair_counts", {})
+    if not isinstance(counts, dict) or not all(
+        isinstance(per, dict) and all(_count(n) for n in per.values()) for per in counts.values()
+    ):
+        return "repair_counts: expected an object of {rule: count} per ticker"
+    return None
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _iso_problem(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return f"expected an ISO time, got {_json_type(value)}"
+    try:
+        datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return f"{value[:40]!r} is not an ISO time"
+    return None
+
+
+def _missing_or(manifest: Mapping[str, Any], key: str, expected: str) -> str:
+    return "missing" if key not in manifest else f"expected {expected}, got {_json_type(manifest[key])}"
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null"}
+    return names.get(type(value), "number" if isinstance(value, (int, float)) else type(value).__name__)
 
 
 def read_dataset(path: str | os.PathLike[str], tickers: Iterable[str] | None = None) -> pl.DataFrame:
@@ -82,10 +180,13 @@ def read_dataset(path: str | os.PathLike[str], tickers: Iterable[str] | None = N
             "and run `ploutos data build`",
             path=str(path),
         )
-    frames = [_read_verified(root, manifest, manifest["tickers"][t]["file"], ticker=t) for t in wanted]
+    frames = []
+    for ticker in wanted:
+        rel = manifest["tickers"][ticker]["file"]
+        frames.append(canonical(_read_verified(root, manifest, rel, ticker=ticker), path=str(root / rel)))
     if not frames:
         return pl.DataFrame(schema=BAR_SCHEMA)
-    return pl.concat([canonical(f, path=str(root)) for f in frames])
+    return pl.concat(frames)
 
 
 def read_macro(path: str | os.PathLike[str], names: Iterable[str] | None = None) -> dict[str, pl.DataFrame]:
@@ -104,14 +205,20 @@ def read_macro(path: str | os.PathLike[str], names: Iterable[str] | None = None)
 
 def read_bars_file(path: str | os.PathLike[str]) -> pl.DataFrame:
     """One Parquet file of bars with the canonical columns, timestamps made UTC (naive read as UTC)."""
-    try:
-        frame = pl.read_parquet(path)
-    except (OSError, pl.exceptions.ComputeError) as err:
-        raise DataError(f"cannot read Parquet: {str(err).splitlines()[0]}", path=str(path), rule="schema") from None
+    frame = read_parquet(path, rule="schema")
     missing = [c for c in BAR_COLUMNS if c not in frame.columns]
     if missing:
         raise DataError(f"missing column(s) {', '.join(missing)}", path=str(path), rule="schema")
+    check_tickers(frame, path=str(path))
     return canonical(to_utc(frame, path=str(path)), path=str(path))
+
+
+def read_parquet(path: str | os.PathLike[str], *, ticker: str | None = None, rule: str = "file") -> pl.DataFrame:
+    """A whole Parquet file; a file Polars cannot read (truncated, not Parquet) is a one-line :class:`DataError`."""
+    try:
+        return pl.read_parquet(path)
+    except (OSError, pl.exceptions.PolarsError, ValueError) as err:
+        raise DataError(f"cannot read Parquet: {first_line(err)}", path=str(path), ticker=ticker, rule=rule) from None
 
 
 def sha256_file(path: Path) -> str:
@@ -125,13 +232,18 @@ def sha256_file(path: Path) -> str:
 
 def verify_file(root: Path, manifest: Mapping[str, Any], rel: str) -> str | None:
     """Why ``rel`` does not match the manifest (missing, changed), or None when it does."""
-    entry = manifest.get("files", {}).get(rel)
-    if entry is None:
+    files = manifest.get("files", {})
+    entry = files.get(rel) if isinstance(files, dict) else None
+    if not isinstance(entry, dict):
         return "is not listed in the manifest"
     file = root / rel
     if not file.is_file():
         return "is missing"
-    if sha256_file(file) != entry["sha256"]:
+    try:
+        digest = sha256_file(file)
+    except OSError as err:
+        return f"cannot be read ({err.strerror or type(err).__name__})"
+    if digest != entry.get("sha256"):
         return "was changed or corrupted after the build (sha256 differs from the manifest)"
     return None
 
@@ -167,6 +279,12 @@ def replace_store(
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
         _fsync(tmp / MANIFEST)
         _swap(tmp, root)
+    except OSError as err:  # disk full, permissions: the previous version is still in place
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DataError(
+            f"cannot write the dataset ({err.strerror or type(err).__name__}); the previous version is unchanged",
+            path=str(root),
+        ) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -181,8 +299,14 @@ def store_lock(path: str | os.PathLike[str]) -> Iterator[None]:
     filesystem without flock support building proceeds unlocked.
     """
     root = Path(path)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    with open(root.parent / f".{root.name}.lock", "a+") as handle:
+    try:
+        root.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(root.parent / f".{root.name}.lock", "a+")  # noqa: SIM115 - closed below, after the yield
+    except OSError as err:
+        raise DataError(
+            f"cannot create the dataset here ({err.strerror or type(err).__name__}); check data.store", path=str(root)
+        ) from None
+    with handle:
         _flock(handle, root)
         recover(root)
         yield
@@ -210,7 +334,10 @@ def _read_verified(root: Path, manifest: Mapping[str, Any], rel: str, *, ticker:
         raise DataError(
             f"{problem}; rebuild with `ploutos data build`", path=str(root / rel), ticker=ticker, rule="checksum"
         )
-    return pl.read_parquet(root / rel)
+    try:
+        return read_parquet(root / rel, ticker=ticker)
+    except DataError as err:
+        raise DataError(f"{err}; rebuild with `ploutos data build`") from None
 
 
 def _readable_root(root: Path) -> Path:
@@ -229,10 +356,12 @@ def _refuse_foreign(root: Path) -> None:
 
 
 def _current_files(root: Path) -> dict[str, Any]:
+    """The file entries of the current manifest, or nothing when it cannot be trusted (it is being replaced)."""
     try:
-        return dict(json.loads((root / MANIFEST).read_text()).get("files", {}))
-    except (OSError, ValueError):
+        files = json.loads((root / MANIFEST).read_text()).get("files", {})
+    except (OSError, ValueError, AttributeError, RecursionError):
         return {}
+    return dict(files) if isinstance(files, dict) else {}
 
 
 def _describe(file: Path) -> dict[str, Any]:

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 import requests
@@ -36,7 +37,7 @@ from ploutos.config.sections import DataConfig
 from ploutos.data.bars import canonical, empty_bars, to_utc, utc_datetime
 from ploutos.data.sources.base import BarSource
 from ploutos.data.sources.retry import Transient, one_line, retry_call, scrub
-from ploutos.errors import SourceError
+from ploutos.errors import DataError, SourceError, first_line
 from ploutos.progress import progress_bar
 
 if TYPE_CHECKING:
@@ -119,16 +120,43 @@ class AlpacaSource(BarSource):
             feed=DataFeed(self.cfg.alpaca_feed),
             adjustment=Adjustment(self.cfg.alpaca_adjustment),
         )
+        _PAGE_TOKENS.seen = set()
         try:
             barset = client.get_stock_bars(request)
         except APIError as err:
             raise _classify_api_error(err, what, secrets) from None
+        except _PagingLoop as err:
+            raise SourceError(f"{what}: {err}; its paging never ends (check data.alpaca_url)") from None
         except (requests.ConnectionError, requests.Timeout) as err:
             raise Transient(f"connection failed ({type(err).__name__})", hint="check the network") from None
+        except requests.JSONDecodeError:
+            raise SourceError(f"{what}: the answer is not JSON; check data.alpaca_url") from None
         except requests.RequestException as err:
             raise SourceError(f"{what}: request failed: {scrub(one_line(str(err)), secrets)}") from None
-        frame = barset_to_bars(barset.df, ticker)
+        except (ValueError, TypeError, AttributeError, KeyError, IndexError) as err:  # pydantic's are ValueErrors
+            raise _malformed(what, err, secrets) from None
+        try:
+            frame = barset_to_bars(barset.df, ticker)
+        except DataError as err:
+            raise SourceError(f"{what}: Alpaca's bars are unusable: {scrub(str(err), secrets)}") from None
+        except (ValueError, TypeError, AttributeError, KeyError, pl.exceptions.PolarsError) as err:
+            raise _malformed(what, err, secrets) from None
         return frame.filter((pl.col("timestamp") >= a) & (pl.col("timestamp") < b))
+
+
+def _malformed(what: str, err: Exception, secrets: tuple[str, str]) -> SourceError:
+    """A :class:`SourceError` for an answer of the wrong shape: valid JSON, but not Alpaca's bars."""
+    errors = getattr(err, "errors", None)  # pydantic's ValidationError (alpaca-py's models), without importing it
+    problems = errors() if callable(errors) else None
+    if problems and isinstance(problems[0], dict):
+        field = ".".join(str(part) for part in problems[0].get("loc", ())) or "?"
+        detail = f"bar field {field}: {problems[0].get('msg', 'invalid')} ({len(problems)} problem(s))"
+    else:
+        detail = f"{type(err).__name__}: {first_line(err)}"
+    return SourceError(
+        f"{what}: the answer does not have the shape of Alpaca's bars ({scrub(one_line(detail), secrets)}); "
+        "check data.alpaca_url"
+    )
 
 
 def barset_to_bars(df: pd.DataFrame | None, ticker: str) -> pl.DataFrame:
@@ -136,6 +164,10 @@ def barset_to_bars(df: pd.DataFrame | None, ticker: str) -> pl.DataFrame:
     if df is None or len(df) == 0:
         return empty_bars()
     flat = pl.from_pandas(df.reset_index())
+    if "symbol" in flat.columns:
+        others = sorted(set(flat["symbol"].cast(pl.String).drop_nulls()) - {ticker})
+        if others:
+            raise SourceError(f"alpaca {ticker}: the answer holds bars of {', '.join(others[:3])}, not only {ticker}")
     flat = flat.with_columns(pl.lit(ticker).alias("ticker"))
     return canonical(to_utc(flat, "timestamp"))
 
@@ -168,13 +200,42 @@ def _client(key: str, secret: str, url: str | None, timeout_s: float) -> StockHi
     return client
 
 
+class _PagingLoop(Exception):
+    """The server repeated a page token: following it would never end."""
+
+
+class _PageTokens(threading.local):
+    """Page tokens already asked for in the current chunk (reset by each chunk)."""
+
+    seen: set[str]
+
+    def __init__(self) -> None:
+        self.seen = set()
+
+
+_PAGE_TOKENS = _PageTokens()
+
+
 def _set_timeout(client: StockHistoricalDataClient, timeout_s: float) -> None:
-    """Give every request a timeout: alpaca-py sets none, so a server that stalls would hang the build."""
+    """Give every request a timeout: alpaca-py sets none, so a server that stalls would hang the build.
+
+    The same wrapper refuses a ``next_page_token`` the server already sent in this chunk: alpaca-py
+    follows page tokens until there is none, so a server repeating one would loop forever.
+    """
     session = getattr(client, "_session", None)
     if session is None:
         raise SourceError("alpaca: this alpaca-py version has no _session; pin alpaca-py < 1 (tested with 0.44)")
-    send = session.request
-    session.request = functools.partial(send, timeout=timeout_s)
+    send = functools.partial(session.request, timeout=timeout_s)
+
+    def request(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        token = (kwargs.get("params") or {}).get("page_token")
+        if token is not None:
+            if token in _PAGE_TOKENS.seen:
+                raise _PagingLoop(f"the server sent next_page_token {one_line(str(token), 40)!r} twice")
+            _PAGE_TOKENS.seen.add(token)
+        return send(method, url, *args, **kwargs)
+
+    session.request = request
 
 
 def _disable_builtin_retry(client: StockHistoricalDataClient) -> None:

@@ -2,8 +2,8 @@
 
 Column names are normalized (``Date``, ``Datetime``, ``Time``, ``timestamp``, ``o``, ``Close``,
 ``Vol`` ...). Timestamps with a UTC offset keep it; naive ones are read in ``csv_timezone``.
-The file's format is detected (ISO 8601, ``dd.mm.yyyy HH:MM:SS``, epoch seconds or
-milliseconds) unless ``csv_time_format`` gives it.
+The file's format is detected (ISO 8601, ``dd.mm.yyyy HH:MM:SS``, epoch seconds, milliseconds,
+microseconds or nanoseconds, told apart by magnitude) unless ``csv_time_format`` gives it.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import ClassVar
 import polars as pl
 
 from ploutos.config import DataConfig
-from ploutos.data.bars import PRICE_COLUMNS, canonical, clip_to_range, to_utc
+from ploutos.data.bars import PRICE_COLUMNS, canonical, check_tickers, clip_to_range, to_utc
 from ploutos.data.sources.base import BarSource
 from ploutos.errors import DataError, first_line
 
@@ -71,9 +71,7 @@ def parse_timestamps(frame: pl.DataFrame, *, path: str, timezone: str, time_form
     """Turn the ``timestamp`` column into UTC datetimes, detecting the format unless one is given."""
     column = frame["timestamp"]
     if column.dtype.is_integer() or column.dtype.is_float():
-        unit = "ms" if column.abs().max() > 10**11 else "s"  # type: ignore[operator]
-        parsed = pl.from_epoch(column.cast(pl.Int64), time_unit=unit).dt.replace_time_zone("UTC")
-        return frame.with_columns(parsed.alias("timestamp"))
+        return frame.with_columns(epoch_timestamps(column, path=path).alias("timestamp"))
     if isinstance(column.dtype, (pl.Datetime, pl.Date)):
         return to_utc(frame, assume_tz=timezone, path=path)
     text = column.cast(pl.String).str.strip_chars().str.replace(r"Z$", "+00:00")
@@ -96,6 +94,51 @@ def parse_timestamps(frame: pl.DataFrame, *, path: str, timezone: str, time_form
         row=bad_row,
         rule="timestamp",
     )
+
+
+EPOCH_UNITS = (("s", 10**11, 1_000_000), ("ms", 10**14, 1_000), ("us", 10**17, 1), ("ns", None, 0.001))
+"""(unit, values below this are in it, factor to microseconds): the magnitude of an epoch number tells
+its unit; 10**11 s, 10**14 ms and 10**17 us all lie in the year 5138, far beyond any bar."""
+
+
+def epoch_timestamps(column: pl.Series, *, path: str) -> pl.Series:
+    """Numbers since 1970-01-01 UTC as UTC datetimes, the unit (s, ms, us or ns) told by their magnitude.
+
+    Every number of a column must be in the same unit; a file mixing them is refused at the first
+    row that differs, and so is a number no unit can make a time of (NaN, beyond 2262 in ns).
+    """
+    numbers = column.cast(pl.Float64)
+    magnitude = numbers.abs()
+    unit_index = pl.repeat(0, len(numbers), dtype=pl.Int8, eager=True)  # 0 s, 1 ms, 2 us, 3 ns
+    for _, limit, _ in EPOCH_UNITS[:-1]:  # one unit finer for every threshold passed
+        unit_index = unit_index + (magnitude >= limit).fill_null(False).cast(pl.Int8)
+    present = numbers.is_not_null() & numbers.is_finite()
+    if not present.any():
+        return pl.Series(column.name, [None] * len(column), dtype=pl.Datetime("us", "UTC"))
+    first = int(present.arg_max() or 0)
+    unit, _, factor = EPOCH_UNITS[int(unit_index[first])]
+    mixed = present & (unit_index != unit_index[first])
+    if mixed.any():
+        row = int(mixed.arg_max() or 0)
+        other = EPOCH_UNITS[int(unit_index[row])][0]
+        raise DataError(
+            f"epoch time {column[row]} reads as {other} but row {first} ({column[first]}) as {unit}; "
+            "use one unit for the whole time column",
+            path=path,
+            row=row,
+            rule="timestamp",
+        )
+    if column.dtype.is_integer() and unit != "ns":
+        micros = column.cast(pl.Int64, strict=False) * int(factor)
+    elif column.dtype.is_integer():
+        micros = column.cast(pl.Int64, strict=False) // 1000
+    else:
+        micros = (numbers * factor).round().cast(pl.Int64, strict=False)
+    unreadable = column.is_not_null() & micros.is_null()
+    if unreadable.any():
+        row = int(unreadable.arg_max() or 0)
+        raise DataError(f"epoch time {column[row]} is not a time", path=path, row=row, rule="timestamp")
+    return micros.cast(pl.Datetime("us")).dt.replace_time_zone("UTC").alias(column.name)
 
 
 def read_csv_bars(
@@ -125,6 +168,7 @@ def read_csv_bars(
         frame = frame.filter(pl.col("ticker").cast(pl.String) == ticker)
         if frame.height == 0:
             raise DataError("no rows for this ticker", path=name, ticker=ticker, rule="file")
+    check_tickers(frame, path=name)
     if "volume" not in frame.columns:
         frame = frame.with_columns(pl.lit(0.0).alias("volume"))
     for column in (*PRICE_COLUMNS, "volume"):

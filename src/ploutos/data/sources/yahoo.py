@@ -23,6 +23,7 @@ Why it is built this way:
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -43,7 +44,7 @@ from ploutos.config.sections import DataConfig
 from ploutos.data.bars import canonical, to_utc, utc_datetime
 from ploutos.data.sources.base import BarSource
 from ploutos.data.sources.retry import Transient, one_line, retry_call
-from ploutos.errors import SourceError
+from ploutos.errors import DataError, SourceError
 
 HOURLY_LIMIT = timedelta(days=730)
 """How far back Yahoo serves 1h bars."""
@@ -74,7 +75,12 @@ class YahooSource(BarSource):
         frame = _history(
             self.cfg, ticker, what, interval="1h", start=lo, end=hi, auto_adjust=True, prepost=self._prepost()
         )
-        bars = _to_bars(frame, ticker)
+        try:
+            bars = _to_bars(frame, ticker)
+        except DataError as err:
+            raise SourceError(f"{what}: Yahoo's bars are unusable: {err}") from None
+        except (KeyError, IndexError, TypeError, ValueError, pl.exceptions.PolarsError) as err:
+            raise SourceError(f"{what}: the answer does not have the shape of a Yahoo chart ({_brief(err)})") from None
         return bars.filter((pl.col("timestamp") >= lo) & (pl.col("timestamp") < hi))
 
     def window(self, ticker: str, start: datetime | None, end: datetime | None) -> tuple[datetime, datetime]:
@@ -106,12 +112,19 @@ def fetch_daily_closes(symbol: str, start: datetime | None, end: datetime | None
     lo, hi = utc_datetime(start), utc_datetime(end)
     what = f"yahoo {symbol} 1d {_day(lo, 'earliest')}..{_day(hi, 'now')}"
     frame = _history(cfg, symbol, what, interval="1d", start=lo, end=hi, auto_adjust=False, prepost=False)
-    flat = pl.from_pandas(frame.reset_index())
-    # the index is midnight in the exchange's timezone; .dt.date() reads the date in that timezone
-    closes = flat.select(
-        pl.col(flat.columns[0]).dt.date().alias("date"), pl.col("Close").cast(pl.Float64).alias("close")
-    )
+    try:
+        flat = pl.from_pandas(frame.reset_index())
+        # the index is midnight in the exchange's timezone; .dt.date() reads the date in that timezone
+        closes = flat.select(
+            pl.col(flat.columns[0]).dt.date().alias("date"), pl.col("Close").cast(pl.Float64).alias("close")
+        )
+    except (KeyError, IndexError, TypeError, ValueError, pl.exceptions.PolarsError) as err:
+        raise SourceError(f"{what}: the answer does not have the shape of a Yahoo chart ({_brief(err)})") from None
     return closes.drop_nulls().filter(pl.col("close").is_not_nan()).unique("date", keep="last").sort("date")
+
+
+def _brief(err: Exception) -> str:
+    return f"{type(err).__name__}: {one_line(str(err), 120)}"
 
 
 def _day(value: datetime | None, default: str) -> str:
@@ -157,11 +170,18 @@ def _classify(session: _Observing, symbol: str, what: str, err: Exception | None
         return Transient(f"HTTP {status} server error", hint="Yahoo is having trouble; try again later")
     if session.dropped is not None:
         return Transient(f"connection failed ({session.dropped})", hint="check the network and data.yahoo_url")
+    if session.malformed is not None:
+        return SourceError(f"{what}: the answer is not a Yahoo chart ({session.malformed}); check data.yahoo_url")
     detail = f": {one_line(_reason(err))}" if err is not None else ""
     if status in (401, 403):
         return SourceError(f"{what}: HTTP {status}; Yahoo refused the request (blocked or rate limited), try later")
     if err is None or status == 404 or isinstance(err, YFTickerMissingError):
         return SourceError(f"{what}: no data for {symbol} (delisted or wrong symbol?){detail}")
+    if status is not None and status < 400:  # a successful answer yfinance could not take apart
+        return SourceError(
+            f"{what}: the answer does not have the shape of a Yahoo chart ({type(err).__name__}{detail}); "
+            "check data.yahoo_url"
+        )
     prefix = f"HTTP {status}" if status and status >= 400 else type(err).__name__
     return SourceError(f"{what}: {prefix}{detail}")
 
@@ -206,11 +226,13 @@ class _Observing:
     base_url: str | None
     seen: list[int]
     dropped: str | None
+    malformed: str | None
 
     def _observe_init(self, base_url: str | None) -> None:
         self.base_url = base_url.rstrip("/") if base_url else None
         self.seen = []
         self.dropped = None
+        self.malformed = None
 
     def last_status(self) -> int | None:
         return self.seen[-1] if self.seen else None
@@ -220,6 +242,7 @@ class _Observing:
         is_chart = _CHART_PATH in url
         if is_chart:
             self.dropped = None
+            self.malformed = None
         try:
             response = super().request(method, url, *args, **kwargs)  # type: ignore[misc]
         except OSError as err:  # both backends' connection errors derive from OSError
@@ -228,6 +251,8 @@ class _Observing:
             raise
         if is_chart:
             self.seen.append(int(response.status_code))
+            if 200 <= int(response.status_code) < 300:
+                self.malformed = _chart_problem(response.content)
         return response
 
     def _rewrite(self, url: str) -> str:
@@ -237,6 +262,29 @@ class _Observing:
         if not (parts.hostname or "").endswith("yahoo.com"):
             return url
         return f"{self.base_url}{parts.path or '/'}" + (f"?{parts.query}" if parts.query else "")
+
+
+def _chart_problem(body: bytes) -> str | None:
+    """What makes a successful chart answer unusable (not JSON, not ``{"chart": {"result": [...]}}``), or None."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        return "not JSON"
+    chart = data.get("chart") if isinstance(data, dict) else None
+    if not isinstance(chart, dict):
+        return "no chart object"
+    result = chart.get("result")
+    if result is None:
+        return None if chart.get("error") else "chart.result is missing"
+    if not isinstance(result, list) or not all(isinstance(item, dict) for item in result):
+        return "chart.result is not a list of objects"
+    for item in result:
+        stamps = item.get("timestamp", [])
+        if not isinstance(stamps, list) or not all(isinstance(t, (int, float)) for t in stamps):
+            return "chart.result[].timestamp is not a list of epoch seconds"
+        if stamps and not isinstance(item.get("indicators"), dict):
+            return "chart.result[].indicators is missing"
+    return None
 
 
 class _RequestsSession(_Observing, requests.Session):

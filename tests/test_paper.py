@@ -14,12 +14,15 @@ Two ways in:
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import threading
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import h5py
 import numpy as np
 import polars as pl
 import pytest
@@ -27,15 +30,27 @@ import pytest
 from fakes.alpaca import FakeAlpaca, bar_times, bar_values
 from fakes.alpaca_trading import FakeTrading
 from fakes.server import DROP
-from ploutos.config import load
+from ploutos.cli import build_parser
+from ploutos.config import dump, load
 from ploutos.data.bars import BAR_SCHEMA
-from ploutos.errors import PloutosError
+from ploutos.data.sources.retry import Transient, retry_call
+from ploutos.errors import ConfigError, PloutosError, SourceError
 from ploutos.features.normalize import NormStats, transform
 from ploutos.features.pipeline import observation_arrays
-from ploutos.paper import risk
-from ploutos.paper.broker import AlpacaBroker, BrokerError, client_order_id
-from ploutos.paper.runner import PaperRunner, Policy
-from ploutos.paper.state import PaperState
+from ploutos.paper import command, risk
+from ploutos.paper.broker import AlpacaBroker, BrokerError, OrderUnknown, client_order_id
+from ploutos.paper.runner import (
+    HaltError,
+    PaperRunner,
+    Policy,
+    PositionsError,
+    outage_cap,
+    read_task,
+    run_config,
+    transient,
+)
+from ploutos.paper.state import PaperState, StateError
+from ploutos.results.layout import RunLayout
 
 KEY, SECRET = "PKPAPERKEY7788", "paper-s3cr3t-never-in-logs-42"
 NOW = datetime(2024, 3, 5, 15, 0, tzinfo=timezone.utc)  # a Tuesday; the 14:00 bar is the newest complete
@@ -208,7 +223,9 @@ def test_turnover_budget_scales_orders_and_drawdown_halts(tmp_path, bars, tradin
     run.step(NOW + timedelta(hours=1))  # the day's budget is spent: nothing more
     assert len(trading.orders) == 2
     trading.cash -= 20_000  # equity 20% below its peak
-    message = run.step(NOW + timedelta(hours=2))
+    with pytest.raises(HaltError) as halt:  # a halt ends --once and --loop with one error line
+        run.step(NOW + timedelta(hours=2))
+    message = str(halt.value)
     assert message.startswith("drawdown halt") and "no new orders" in message and len(trading.orders) == 2
     assert saved(tmp_path).halted == message
 
@@ -336,6 +353,7 @@ def test_once_end_to_end_and_keys_never_leak(trained_run: Path, tmp_path: Path) 
     assert "policy: fold 0, member(s) 0, 1" in first.stdout and "rejected" in first.stdout
     assert data.bar_requests() and trading.matching(lambda r: r.path == "/v2/account")
     assert bad.returncode == 2 and "gave up" in bad.stderr  # an unreachable trading API: one line, no key
+    assert bad.stderr.count("\n") == 1 and bad.stderr.startswith("ploutos: error: "), bad.stderr
     state_text = (run_dir / "paper" / "state.json").read_text()
     state = json.loads(state_text)
     assert state["last_bar"] and len(state["orders"]) == 1
@@ -345,3 +363,448 @@ def test_once_end_to_end_and_keys_never_leak(trained_run: Path, tmp_path: Path) 
     everything = [state_text, journal, first.stdout, first.stderr, bad.stdout, bad.stderr]
     for secret in (KEY, SECRET):
         assert not any(secret in text for text in everything)
+
+
+# -- where the keys may go: the live guard covers every URL ----------------------------------------
+
+
+def run_folder(tmp_path: Path, *sets: str) -> Path:
+    """A run folder holding only ``config.yaml`` (as training writes it, hash line included)."""
+    run = tmp_path / "run"
+    RunLayout(run).prepare(load(None, list(sets)))
+    return run
+
+
+@pytest.mark.parametrize(
+    ("key", "url", "live", "refused"),
+    [
+        ("paper.trading_url", "https://paper-api.alpaca.markets", False, None),
+        ("paper.trading_url", "http://127.0.0.1:8080", False, None),
+        ("paper.trading_url", "http://[::1]:8080", False, None),
+        ("paper.trading_url", "http://localhost:8080/", False, None),
+        ("paper.trading_url", "https://api.alpaca.markets", True, None),
+        ("paper.trading_url", "https://api.alpaca.markets", False, "not the paper host"),
+        ("paper.trading_url", "https://paper-api.alpaca.markets.example.com", False, "not the paper host"),
+        ("paper.trading_url", "https://paper-api.alpaca.markets@example.com", False, "not the paper host"),
+        ("paper.trading_url", "http://paper-api.alpaca.markets", False, "plain http:// is allowed only"),
+        ("paper.trading_url", "http://api.alpaca.markets", True, "plain http:// is allowed only"),
+        ("paper.trading_url", "paper-api.alpaca.markets", False, "not an http(s) URL"),
+        ("paper.trading_url", "ftp://127.0.0.1", False, "not an http(s) URL"),
+        ("paper.trading_url", "https://paper-api.alpaca.markets:99999", False, "not a URL"),
+        ("data.alpaca_url", "https://data.alpaca.markets", False, None),
+        ("data.alpaca_url", "http://127.0.0.1:9", False, None),
+        ("data.alpaca_url", "http://data.example.com", False, "plain http:// is allowed only"),
+    ],
+)
+def test_urls_the_keys_may_go_to(key, url, live, refused) -> None:
+    if refused is None:
+        risk.check_url(key, url, live=live, trading=key.startswith("paper."))
+        return
+    with pytest.raises(PloutosError) as err:
+        risk.check_url(key, url, live=live, trading=key.startswith("paper."))
+    assert f"{key}={url}" in str(err.value) and refused in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_live_host_is_refused_before_keys_are_read_or_a_connection_made(tmp_path, monkeypatch) -> None:
+    run = run_folder(tmp_path)
+
+    def reached(*args, **kwargs):
+        raise AssertionError("reached")
+
+    monkeypatch.setattr(command, "api_keys", reached)
+    monkeypatch.setattr(command, "load_policy", reached)
+    live_host = ["paper.trading_url=https://api.alpaca.markets"]
+    with pytest.raises(PloutosError, match=r"paper.trading_url=https://api.alpaca.markets: not the paper host"):
+        command.cli_paper(run, live_host, loop=False, dry=False, live=False)
+    with pytest.raises(PloutosError, match="data.alpaca_url=http://data.example.com: plain http://"):
+        command.cli_paper(run, ["data.alpaca_url=http://data.example.com"], loop=False, dry=False, live=False)
+    with pytest.raises(PloutosError, match="needs both --live and PLOUTOS_LIVE_CONFIRM=yes"):
+        command.cli_paper(run, live_host, loop=False, dry=False, live=True)
+    monkeypatch.setenv("PLOUTOS_LIVE_CONFIRM", "yes")
+    with pytest.raises(AssertionError, match="reached"):  # --live and the confirmation: past the guard
+        command.cli_paper(run, live_host, loop=False, dry=False, live=True)
+    with pytest.raises(PloutosError, match="plain http://"):  # even live, keys never go over plain http
+        command.cli_paper(run, ["paper.trading_url=http://example.com"], loop=False, dry=False, live=True)
+    with pytest.raises(PloutosError, match="not the paper host"):  # the broker checks again
+        AlpacaBroker(KEY, SECRET, url="https://api.alpaca.markets")
+
+
+# -- the run's config: edited files refused, --set errors named --------------------------------------
+
+
+def test_an_edited_run_config_is_refused_and_set_errors_name_the_set(tmp_path) -> None:
+    run = run_folder(tmp_path)
+    path = run / "config.yaml"
+    original = path.read_text()
+    recorded = RunLayout(run).recorded_hash()
+    assert run_config(run, ["paper.trading_url=http://127.0.0.1:1"]).config.paper.trading_url == "http://127.0.0.1:1"
+    path.write_text(original.replace("trading_url: null", "trading_url: https://api.alpaca.markets"))
+    with pytest.raises(ConfigError) as err:
+        run_config(run)
+    message = str(err.value)
+    assert message.startswith(f"{path}: edited after training") and recorded in message
+    assert message.count("hashes to") == 1 and len(message.split(recorded)) == 2  # both hashes, once each
+    path.write_text(original)
+    with pytest.raises(ConfigError, match=r"^--set data.source=csv: data.csv_path: source csv needs csv_path"):
+        run_config(run, ["paper.max_weight=0.5", "data.source=csv"])
+    with pytest.raises(ConfigError, match=r"^--set ppo.algo=sac: paper trading only overrides"):
+        run_config(run, ["ppo.algo=sac"])
+    path.write_text(dump(load(None)))  # no hash line at all
+    with pytest.raises(ConfigError, match="no '# config hash:' line"):
+        run_config(run)
+
+
+# -- malformed broker replies: one line, and an order with an unknown outcome is journaled ------------
+
+
+def journal(tmp_path: Path) -> list[dict]:
+    path = tmp_path / "paper" / "orders.log"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def is_account(r) -> bool:
+    return r.path == "/v2/account"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "<html>502 Bad Gateway</html>",
+        "",
+        [1, 2],
+        {"id": "x"},
+        {**FakeTrading(api_key=KEY)._account(), "equity": SECRET},
+        {**FakeTrading(api_key=KEY)._account(), "equity": "NaN"},
+    ],
+    ids=["html", "empty", "list", "missing-fields", "secret-in-a-field", "nan"],
+)
+def test_a_malformed_account_reply_is_one_line_and_writes_nothing(tmp_path, bars, trading, body) -> None:
+    trading.garble([body], when=is_account)
+    run = runner(tmp_path, make_policy(bars, [0.2, 0.0]), trading, bars)
+    with pytest.raises(BrokerError) as err:
+        run.step(NOW)
+    message = str(err.value)
+    assert message.startswith("alpaca account: the reply is not what Alpaca sends") and "\n" not in message
+    assert not err.value.transient and SECRET not in message and KEY not in message
+    assert len(trading.matching(is_account)) == 1  # not retried
+    assert not (tmp_path / "paper").exists() and not trading.order_posts()
+
+
+def test_malformed_positions_and_clock_replies_are_one_line(tmp_path, bars, trading) -> None:
+    trading.positions = {"SPY": 1.0}
+    trading.garble([{"not": "a list"}], when=lambda r: r.path == "/v2/positions")
+    with pytest.raises(BrokerError, match="^alpaca positions: the reply is not what Alpaca sends"):
+        broker(trading).positions()
+    trading.garble([{"is_open": "maybe"}], when=lambda r: r.path == "/v2/clock")
+    with pytest.raises(BrokerError, match="^alpaca clock: the reply is not what Alpaca sends"):
+        broker(trading).clock()
+
+
+def is_post(r) -> bool:
+    return r.method == "POST" and r.path == "/v2/orders"
+
+
+def is_lookup(r) -> bool:
+    return r.path == "/v2/orders:by_client_order_id"
+
+
+@pytest.mark.parametrize("lookup", ["found", "not found", "also malformed"])
+def test_an_order_with_an_unusable_reply_is_journaled_before_the_error_and_never_resent(
+    tmp_path, bars, trading, lookup
+) -> None:
+    trading.garble(["<html>oops</html>"], when=is_post, route=lookup == "found")  # accepted, or not
+    if lookup == "also malformed":
+        trading.garble([[]], when=is_lookup)
+    first = runner(tmp_path, make_policy(bars, [0.2, -0.1]), trading, bars)
+    with pytest.raises(OrderUnknown) as err:
+        first.step(NOW)
+    message = str(err.value)
+    assert message.startswith(f"order {coid('SPY')}: the reply to the order was unusable (not JSON)")
+    assert "\n" not in message and not err.value.transient and SECRET not in message
+    recorded = saved(tmp_path).orders[coid("SPY")]
+    status = "filled" if lookup == "found" else "unknown"
+    assert recorded["status"] == status and recorded["bar"] == "2024-03-05T14:00:00"
+    assert [(e["event"], e["client_order_id"], e["status"]) for e in journal(tmp_path)] == [
+        ("order", coid("SPY"), status)
+    ]
+    assert coid("QQQ") not in trading.orders  # the rebalance stopped there
+    second = runner(tmp_path, make_policy(bars, [0.2, -0.1]), trading, bars)  # a restart on the same bar
+    second.step(NOW)
+    assert len(trading.order_posts()) == 2  # SPY once (never resent), QQQ once
+    assert list(trading.orders) == ([coid("SPY")] if lookup == "found" else []) + [coid("QQQ")]
+    after = saved(tmp_path).orders[coid("SPY")]["status"]
+    assert after == ("filled" if lookup == "found" else "not_found")  # asked again: never accepted
+    assert saved(tmp_path).last_bar == "2024-03-05T14:00:00"
+
+
+def test_a_duplicate_that_cannot_be_found_is_journaled_as_unknown(tmp_path, bars, trading) -> None:
+    trading.orders[coid("SPY")] = {"status": "filled"}  # the server says it has it ...
+    trading.fail([404], when=is_lookup)  # ... but cannot find it
+    run = runner(tmp_path, make_policy(bars, [0.2, 0.0]), trading, bars)
+    with pytest.raises(OrderUnknown, match="already has it, but cannot find it"):
+        run.step(NOW)
+    assert saved(tmp_path).orders[coid("SPY")]["status"] == "unknown"
+
+
+# -- positions it did not open ------------------------------------------------------------------------
+
+
+def test_a_first_run_refuses_positions_it_did_not_open_unless_adopting(tmp_path, bars, trading) -> None:
+    trading.positions = {"SPY": 400.0, "AAPL": 10.0}
+    trading.prices["AAPL"] = 100.0
+    with pytest.raises(PositionsError) as err:
+        runner(tmp_path, make_policy(bars, [0.2, 0.0]), trading, bars).step(NOW)
+    message = str(err.value)
+    assert "SPY 400" in message and "--adopt-positions" in message and "AAPL" not in message  # AAPL: not traded
+    assert not trading.order_posts() and not (tmp_path / "paper").exists()
+    run = runner(tmp_path, make_policy(bars, [0.2, 0.0]), trading, bars)
+    run.adopt = True
+    run.step(NOW)
+    want = qty_for(0.2, trading.prices["SPY"], trading.equity())
+    assert trading.positions["SPY"] == pytest.approx(want, abs=1)  # sold down from 400 as its own
+    assert journal(tmp_path)[0]["event"] == "adopt" and journal(tmp_path)[0]["positions"] == {"SPY": 400.0}
+    later = runner(tmp_path, make_policy(bars, [0.2, 0.0]), trading, bars)  # no longer a first run
+    later.step(NOW + timedelta(hours=1))
+    assert build_parser().parse_args(["paper", "--run", "r", "--adopt-positions"]).adopt_positions
+
+
+# -- state and task files of the wrong shape ---------------------------------------------------------
+
+GOOD_ORDER = {"ticker": "SPY", "qty": 1.0, "status": "new"}
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        (json.dumps({"config_hash": HASH, "orders": []}), ": orders: expected an object of orders"),
+        (
+            json.dumps({"config_hash": HASH, "peak_equity": "x"}),
+            ': peak_equity: expected null or a finite number >= 0, got string "x"',
+        ),
+        (json.dumps({"config_hash": HASH, "peak_equity": float("nan")}), ": peak_equity: "),
+        ("not json {", ": the file: not JSON at line 1"),
+        ("[]", ": the file: expected a JSON object, got array"),
+        (json.dumps({"peak_equity": 1.0}), ": config_hash: missing"),
+        (json.dumps({"config_hash": HASH, "bogus": 1}), ": bogus: unknown field"),
+        (json.dumps({"config_hash": HASH, "version": 2}), ": version: "),
+        (json.dumps({"config_hash": HASH, "last_bar": "yesterday"}), ": last_bar: "),
+        (json.dumps({"config_hash": HASH, "positions": {"SPY": None}}), ": positions.SPY: "),
+        (json.dumps({"config_hash": HASH, "orders": {"c1": []}}), ": orders.c1: expected an object"),
+        (json.dumps({"config_hash": HASH, "orders": {"c1": {**GOOD_ORDER, "qty": "1"}}}), ": orders.c1.qty: "),
+        (
+            json.dumps({"config_hash": HASH, "orders": {"c1": {"qty": 1, "status": "new"}}}),
+            ": orders.c1.ticker: missing",
+        ),
+        ("\udcff", ": the file: not UTF-8 text"),
+    ],
+)
+def test_a_damaged_state_file_is_refused_naming_the_field_and_never_overwritten(
+    tmp_path, bars, trading, text, field
+) -> None:
+    path = tmp_path / "paper" / "state.json"
+    path.parent.mkdir()
+    path.write_bytes(text.encode("utf-8", "surrogateescape"))
+    before = path.read_bytes()
+    with pytest.raises(StateError) as err:
+        runner(tmp_path, make_policy(bars, [0.2, 0.0]), trading, bars).step(NOW)
+    message = str(err.value)
+    assert message.startswith(f"{path}{field}") and "\n" not in message
+    assert "the state file is damaged" in message and "--adopt-positions" in message
+    assert path.read_bytes() == before and not trading.requests
+
+
+def test_a_state_file_that_is_fine_loads(tmp_path) -> None:
+    state = PaperState(HASH, last_bar="2024-03-05T14:00:00", peak_equity=1.0, day="2024-03-05")
+    state.orders["c1"] = {
+        **GOOD_ORDER,
+        "filled_qty": 0.0,
+        "filled_price": None,
+        "reason": "",
+        "bar": "2024-03-05T14:00:00",
+    }
+    state.positions["SPY"] = -3.0
+    state.save(tmp_path / "state.json")
+    assert PaperState.load(tmp_path / "state.json", HASH) == state
+
+
+def write_task(path: Path, *, drop: str = "", **fields: np.ndarray) -> Path:
+    """A task file with what paper trading reads; ``drop`` leaves a dataset (or group) out."""
+    data = {
+        "tickers": np.array([b"EURUSD"]),
+        "normalization/names": np.array([b"a", b"b"]),
+        "normalization/center": fields.get("center", np.zeros(2)),
+        "normalization/scale": fields.get("scale", np.ones(2)),
+    }
+    with h5py.File(path, "w") as h5:
+        for name, value in data.items():
+            if not drop or not (name == drop or name.startswith(drop + "/")):
+                h5.create_dataset(name, data=value)
+        fold = h5.create_group("fold")
+        fold.attrs["test_rows"] = fields.get("test_rows", np.array([10, 20]))
+        fold.attrs["test_start"] = "2024-01-02T00:00:00Z"
+    return path
+
+
+@pytest.mark.parametrize(
+    ("kind", "field"),
+    [
+        ("no normalization group", "normalization/names: "),
+        ("no scale", "normalization/scale: "),
+        ("short center", "normalization/center: expected 2 numbers"),
+        ("zero scale", "normalization/scale: a scale <= 0"),
+        ("bad test rows", "fold.attrs.test_rows: "),
+        ("truncated", "the file: "),
+        ("text", "the file: "),
+    ],
+)
+def test_a_damaged_task_file_is_refused_naming_the_field(tmp_path, kind, field) -> None:
+    path = tmp_path / "fold0_member0.h5"
+    read_task(write_task(path))  # the good one reads
+    if kind == "no normalization group":
+        write_task(path, drop="normalization")
+    elif kind == "no scale":
+        write_task(path, drop="normalization/scale")
+    elif kind == "short center":
+        write_task(path, center=np.zeros(1))
+    elif kind == "zero scale":
+        write_task(path, scale=np.zeros(2))
+    elif kind == "bad test rows":
+        write_task(path, test_rows=np.array([20, 10]))
+    elif kind == "truncated":
+        size = path.stat().st_size
+        with open(path, "r+b") as handle:
+            handle.truncate(size // 3)
+    else:
+        path.write_text("not hdf5")
+    with pytest.raises(PloutosError) as err:
+        read_task(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: {field}") and "damaged" in message and "\n" not in message
+
+
+# -- --loop through outages ----------------------------------------------------------------------------
+
+
+def fixed_now(run: PaperRunner) -> PaperRunner:
+    run.step = lambda now=None, _step=run.step: _step(NOW)  # type: ignore[method-assign]
+    return run
+
+
+def test_the_loop_waits_out_a_broker_outage_with_capped_backoff(tmp_path, bars, trading, capsys) -> None:
+    trading.fail([503] * 2 * 6, when=is_account)  # 6 steps of 2 attempts each
+    run = fixed_now(runner(tmp_path, make_policy(bars, [0.2, 0.0]), trading, bars, attempts=2))
+    waits: list[float] = []
+    run.loop(2, sleep=waits.append, steps=9)
+    assert outage_cap(2) == 16 and outage_cap(600) == 900 and outage_cap(3600) == 3600
+    assert waits == [2, 4, 8, 16, 16, 16, 2, 2]
+    outage = [line for line in run.said if "outage" in line]
+    assert len(outage) == 2 and outage[0].startswith("outage: alpaca account: HTTP 503, gave up after 2")
+    assert outage[1].startswith("outage over after") and "6 failed step(s)" in outage[1]
+    assert coid("SPY") in trading.orders and len(trading.order_posts()) == 1
+    assert [e["event"] for e in journal(tmp_path)] == ["outage_start", "order", "outage_end"]
+    assert capsys.readouterr().err == ""  # not one line per attempt
+
+
+def test_the_loop_waits_out_a_data_outage(tmp_path, bars, trading, capsys) -> None:
+    failures = iter([True, True])
+
+    def fetch(now: datetime) -> pl.DataFrame:
+        def call() -> pl.DataFrame:
+            if next(failures, False):
+                raise Transient("HTTP 503")
+            return bars
+
+        return retry_call(call, attempts=2, backoff_s=0.0, what="alpaca SPY", sleep=lambda s: None)
+
+    run = fixed_now(runner(tmp_path, make_policy(bars, [0.2, 0.0]), trading, bars))
+    run.fetch = fetch
+    waits: list[float] = []
+    run.loop(1, sleep=waits.append, steps=3)
+    assert waits == [1, 1] and coid("SPY") in trading.orders
+    assert [line.split(":")[0] for line in run.said if "outage" in line] == [
+        "outage",
+        "outage over after 0s and 1 failed step(s)",
+    ]
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("what", ["bad keys", "bad data keys", "halt", "malformed"])
+def test_the_loop_stops_at_errors_waiting_cannot_cure(tmp_path, bars, trading, what) -> None:
+    run = fixed_now(runner(tmp_path, make_policy(bars, [0.2, 0.0]), trading, bars))
+    if what == "bad keys":
+        run.broker = AlpacaBroker("PKWRONGKEY000", SECRET, url=trading.url, attempts=3, backoff_s=0.01)
+        expected: type[PloutosError] = BrokerError
+    elif what == "bad data keys":
+
+        def fetch(now: datetime) -> pl.DataFrame:
+            raise SourceError("alpaca SPY: HTTP 401: unauthorized; check ALPACA_API_KEY and ALPACA_SECRET_KEY")
+
+        run.fetch, expected = fetch, SourceError
+    elif what == "halt":
+        PaperState(HASH, peak_equity=200_000.0, initial_equity=200_000.0).save(tmp_path / "paper" / "state.json")
+        run = fixed_now(runner(tmp_path, make_policy(bars, [0.2, 0.0]), trading, bars))
+        expected = HaltError
+    else:
+        trading.garble(["nope"], when=is_account)
+        expected = BrokerError
+    waits: list[float] = []
+    with pytest.raises(expected) as err:
+        run.loop(1, sleep=waits.append, steps=5)
+    assert not transient(err.value) and waits == [] and not any("outage" in line for line in run.said)
+
+
+def test_transient_errors_are_told_apart() -> None:
+    assert transient(BrokerError("x", transient=True)) and not transient(BrokerError("alpaca account: HTTP 401"))
+    assert transient(SourceError("alpaca SPY: HTTP 503, gave up after 5 attempt(s); try again later"))
+    assert not transient(SourceError("alpaca: environment variable ALPACA_API_KEY is not set"))
+    assert not transient(HaltError("drawdown halt")) and not transient(ConfigError("x"))
+
+
+def test_ctrl_c_stops_the_loop(tmp_path, bars, trading) -> None:
+    run = fixed_now(runner(tmp_path, make_policy(bars, [0.2, 0.0]), trading, bars))
+
+    def interrupt(seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run.loop(1, sleep=interrupt)
+    assert saved(tmp_path).last_bar == "2024-03-05T14:00:00"  # what was done is recorded
+
+
+def test_loop_end_to_end_rides_out_an_outage_and_ctrl_c_exits_130(trained_run: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    subprocess.run(["cp", "-r", str(trained_run), str(run_dir)], check=True)
+    with FakeAlpaca(api_key=KEY, page_size=10_000) as data, FakeTrading(api_key=KEY, prices={"SPY": 150.0}) as trading:
+        trading.fail([503, 503], when=is_account)  # two steps fail: an outage of about 3 s
+        sets = [
+            "data.source=alpaca",
+            f"data.alpaca_url={data.url}",
+            "data.tickers=[SPY]",
+            f"paper.trading_url={trading.url}",
+            "paper.market_hours_only=false",
+            "paper.poll_seconds=1",
+            "data.max_retries=1",
+        ]
+        args = [sys.executable, "-m", "ploutos", "paper", "--run", str(run_dir), "--loop"]
+        proc = subprocess.Popen(
+            [*args, *(f"--set={s}" for s in sets)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        watchdog = threading.Timer(180, proc.kill)
+        watchdog.start()
+        lines = []
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                lines.append(line)
+                if line.startswith("outage over"):
+                    break
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=60)
+        finally:
+            watchdog.cancel()
+    text = "".join(lines) + out
+    assert proc.returncode == 130 and err == "ploutos: interrupted\n", (proc.returncode, err, text)
+    assert text.count("outage: alpaca account: HTTP 503") == 1 and text.count("outage over") == 1, text
+    assert len(trading.order_posts()) == 1
+    for secret in (KEY, SECRET):
+        assert secret not in text + err + (run_dir / "paper" / "orders.log").read_text()

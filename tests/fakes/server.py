@@ -53,13 +53,16 @@ class FakeServer:
     """Serves ``route`` on ``http://127.0.0.1:<port>``; use as a context manager.
 
     ``fail(statuses, when=...)`` queues failures for the next matching requests: an HTTP status
-    (answered with a small JSON error body) or :data:`DROP`.
+    (answered with a small JSON error body) or :data:`DROP`. ``garble(bodies, when=...)`` answers
+    the next matching requests 200 with a body of the test's choosing (text that is not JSON, JSON
+    of the wrong shape), after the route ran (its side effects happen) unless ``route=False``.
     """
 
     def __init__(self, route: Route) -> None:
         self.route = route
         self.requests: list[Request] = []
         self._failures: list[tuple[int, Callable[[Request], bool]]] = []
+        self._garbles: list[tuple[bytes | str | dict | list, Callable[[Request], bool], bool]] = []
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._httpd.daemon_threads = True
@@ -82,6 +85,25 @@ class FakeServer:
     def fail(self, statuses: list[int], when: Callable[[Request], bool] = lambda r: True) -> None:
         with self._lock:
             self._failures.extend((status, when) for status in statuses)
+
+    def garble(
+        self,
+        bodies: list[bytes | str | dict | list],
+        when: Callable[[Request], bool] = lambda r: True,
+        *,
+        route: bool = True,
+    ) -> None:
+        """Answer the next matching requests ``200`` with these bodies (after running the route if ``route``)."""
+        with self._lock:
+            self._garbles.extend((body, when, route) for body in bodies)
+
+    def _next_garble(self, request: Request) -> tuple[bytes | str | dict | list, bool] | None:
+        with self._lock:
+            for i, (body, when, route) in enumerate(self._garbles):
+                if when(request):
+                    del self._garbles[i]
+                    return body, route
+        return None
 
     def matching(self, predicate: Callable[[Request], bool]) -> list[Request]:
         with self._lock:
@@ -126,8 +148,13 @@ class FakeServer:
                     time.sleep(STALL_SECONDS)
                     self.close_connection = True
                     return
+                garbled = server._next_garble(request) if failure is None else None
                 if failure is not None:
                     reply = Reply(failure, {"code": failure, "message": f"scripted failure {failure}"})
+                elif garbled is not None:
+                    if garbled[1]:
+                        server.route(request)  # the side effects happen; the answer is lost
+                    reply = Reply(200, garbled[0])
                 else:
                     reply = server.route(request)
                 body, content_type = reply.payload()

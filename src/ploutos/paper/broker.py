@@ -9,7 +9,14 @@ never submits an order twice without first asking the server whether it already 
 * a 422 ``client_order_id must be unique`` means an earlier attempt (or an earlier process) was
   accepted: the order is looked up and returned;
 * any other 4xx (insufficient buying power, a bad symbol) is a rejection: reported once, never
-  retried.
+  retried;
+* a reply that is not what Alpaca sends (not JSON, JSON of the wrong shape) is never retried: for a
+  read it is a :class:`BrokerError`; for an order the outcome is unknown (the server may have
+  accepted it), so the order is looked up by its id and :class:`OrderUnknown` carries what is
+  known, for the runner to journal before the error reaches the user.
+
+A :class:`BrokerError` says whether waiting may help (:attr:`BrokerError.transient`: connection
+failures, timeouts, 429 and 5xx after the retries) or not (bad keys, unusable replies).
 
 As in :mod:`ploutos.data.sources.alpaca`, alpaca-py's own fixed-wait retry is switched off (our
 backoff owns every wait: full jitter from :func:`ploutos.data.sources.retry.jittered_delays`, so
@@ -20,12 +27,15 @@ the client: they are masked out of every message.
 from __future__ import annotations
 
 import functools
+import json
 import logging
+import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+import pydantic
 import requests
 from alpaca.common.exceptions import APIError
 from alpaca.trading.client import TradingClient
@@ -34,6 +44,7 @@ from alpaca.trading.requests import MarketOrderRequest
 
 from ploutos.data.sources.retry import jittered_delays, one_line, scrub
 from ploutos.errors import PloutosError
+from ploutos.paper import risk
 from ploutos.paper.state import FINAL
 
 log = logging.getLogger(__name__)
@@ -41,8 +52,35 @@ log = logging.getLogger(__name__)
 DUPLICATE = "client_order_id must be unique"
 
 
+_BAD_URL = (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema)
+_DROPPED = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
+_UNUSABLE = (ValueError, TypeError, AttributeError, KeyError, IndexError)
+"""What parsing a reply that is not Alpaca's raises (requests' JSONDecodeError, pydantic's
+ValidationError, ``Order(**None)``, our own conversions)."""
+
+
 class BrokerError(PloutosError):
-    """The broker could not be reached or answered something unusable (message free of secrets)."""
+    """The broker could not be reached or answered something unusable (message free of secrets).
+
+    ``transient``: waiting may help (the server was unreachable, timed out or said 429/5xx through
+    every retry); ``--loop`` waits such errors out and stops on every other one.
+    """
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+class OrderUnknown(BrokerError):
+    """An order that may or may not have been accepted; ``result`` is what is known about it.
+
+    Its status is the server's when the lookup by client order id found the order, else
+    ``unknown``. The runner journals it before the error goes on, so a restart never sends it again.
+    """
+
+    def __init__(self, message: str, result: OrderResult, *, transient: bool = False) -> None:
+        super().__init__(message, transient=transient)
+        self.result = result
 
 
 def client_order_id(config_hash: str, bar: Any, ticker: str) -> str:
@@ -109,6 +147,7 @@ class AlpacaBroker:
         timeout_s: float = 30.0,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        risk.check_url("paper.trading_url", url, live=live, trading=True)  # also checked before keys are read
         self._secrets = (key, secret)
         self.client = TradingClient(api_key=key, secret_key=secret, paper=not live, url_override=url or None)
         if not hasattr(self.client, "_retry") or getattr(self.client, "_session", None) is None:
@@ -120,27 +159,34 @@ class AlpacaBroker:
     # -- reads (retried: they have no side effects) -------------------------------------------
 
     def account(self) -> Account:
-        raw = self._read(self.client.get_account, "account")
-        return Account(equity=float(raw.equity), cash=float(raw.cash))
+        return self._read(
+            self.client.get_account,
+            "account",
+            lambda raw: Account(equity=_finite(raw.equity), cash=_finite(raw.cash)),
+        )
 
     def positions(self) -> dict[str, float]:
         """Signed quantity per symbol."""
-        raw = self._read(self.client.get_all_positions, "positions")
-        return {
-            p.symbol: float(p.qty) * (-1.0 if str(p.side.value) == "short" and float(p.qty) > 0 else 1.0) for p in raw
-        }
+        return self._read(self.client.get_all_positions, "positions", _positions)
 
     def clock(self) -> Clock:
-        raw = self._read(self.client.get_clock, "clock")
-        return Clock(is_open=bool(raw.is_open), next_open=f"{raw.next_open:%Y-%m-%d %H:%M %Z}")
+        return self._read(
+            self.client.get_clock,
+            "clock",
+            lambda raw: Clock(is_open=_boolean(raw.is_open), next_open=f"{raw.next_open:%Y-%m-%d %H:%M %Z}"),
+        )
 
     def lookup(self, coid: str, ticker: str, qty: float) -> OrderResult | None:
         """The order with this client id, or None when the server has none."""
         try:
-            order = self._read(lambda: self.client.get_order_by_client_id(coid), f"order {coid}", missing_ok=True)
+            return self._read(
+                lambda: self.client.get_order_by_client_id(coid),
+                f"order {coid}",
+                lambda order: _result(order, coid, ticker, qty),
+                missing_ok=True,
+            )
         except _NotFound:
             return None
-        return _result(order, coid, ticker, qty)
 
     # -- the one write --------------------------------------------------------------------------
 
@@ -157,7 +203,7 @@ class AlpacaBroker:
         reason = ""
         for attempt in range(1, self.attempts + 1):
             if attempt > 1:  # the last attempt may have reached the server: ask before sending again
-                known = self.lookup(coid, ticker, qty)
+                known = self._lookup_unknown(coid, ticker, qty, reason)
                 if known is not None:
                     return known
             try:
@@ -165,30 +211,72 @@ class AlpacaBroker:
             except APIError as err:
                 status, detail = err.status_code, scrub(one_line(_message(err)), self._secrets)
                 if status == 422 and DUPLICATE in detail:
-                    known = self.lookup(coid, ticker, qty)
+                    known = self._lookup_unknown(coid, ticker, qty, "the server says it already has it")
                     if known is not None:
                         return known
-                    raise BrokerError(f"order {coid}: server says it exists but cannot find it") from None
+                    raise self._unknown(
+                        coid, ticker, qty, "the server says it already has it, but cannot find it", "not found"
+                    ) from None
                 if status is not None and status != 429 and status < 500:
                     return OrderResult(coid, ticker, qty, "rejected", reason=f"HTTP {status}: {detail}")
                 reason = f"HTTP {status}"
-            except (requests.ConnectionError, requests.Timeout) as err:
+            except _BAD_URL as err:
+                raise BrokerError(f"order {coid}: not sent, bad trading URL ({type(err).__name__})") from None
+            except _UNUSABLE as err:  # the server may have accepted it: never guess, never resend
+                why = f"the reply to the order was unusable ({scrub(_unusable(err), self._secrets)})"
+                known = self._lookup_unknown(coid, ticker, qty, why)
+                if known is None:
+                    raise self._unknown(coid, ticker, qty, why, "not found") from None
+                raise OrderUnknown(
+                    f"order {coid}: {why}; the server has it ({known.status}); recorded in state.json, "
+                    "not resent; check paper.trading_url",
+                    replace(known, reason=why),
+                ) from None
+            except _DROPPED as err:
                 reason = f"connection failed ({type(err).__name__})"
+            except requests.RequestException as err:
+                reason = f"request failed ({type(err).__name__})"
             if attempt < self.attempts:
-                log.warning("order %s: %s; retry %d/%d", coid, reason, attempt, self.attempts - 1)
+                log.info("order %s: %s; retry %d/%d", coid, reason, attempt, self.attempts - 1)
                 self.sleep(delays[attempt - 1])
-        known = self.lookup(coid, ticker, qty)
+        known = self._lookup_unknown(coid, ticker, qty, reason)
         if known is not None:
             return known
-        raise BrokerError(f"order {coid}: {reason}, gave up after {self.attempts} attempt(s); not sent")
+        raise BrokerError(f"order {coid}: {reason}, gave up after {self.attempts} attempt(s); not sent", transient=True)
+
+    def _lookup_unknown(self, coid: str, ticker: str, qty: float, why: str) -> OrderResult | None:
+        """:meth:`lookup` for an order that may have been accepted; a failed lookup is :class:`OrderUnknown`."""
+        try:
+            return self.lookup(coid, ticker, qty)
+        except BrokerError as err:
+            raise self._unknown(coid, ticker, qty, why, f"the lookup failed: {err}", transient=err.transient) from None
+
+    def _unknown(
+        self, coid: str, ticker: str, qty: float, why: str, lookup: str, *, transient: bool = False
+    ) -> OrderUnknown:
+        result = OrderResult(coid, ticker, qty, "unknown", reason=f"{why}; {lookup}")
+        return OrderUnknown(
+            f"order {coid}: {why}; {lookup}; recorded as 'unknown' in state.json and never resent "
+            "(the next rebalance asks the server again)",
+            result,
+            transient=transient,
+        )
 
     # -- internals ------------------------------------------------------------------------------
 
-    def _read(self, call: Callable[[], Any], what: str, missing_ok: bool = False) -> Any:
+    def _read(self, call: Callable[[], Any], what: str, convert: Callable[[Any], Any], missing_ok: bool = False) -> Any:
+        """``convert(call())``, retried on dropped connections, timeouts, 429 and 5xx; never on bad replies."""
         delays = jittered_delays(self.attempts, self.backoff_s)
         for attempt in range(1, self.attempts + 1):
             try:
-                return call()
+                return convert(call())
+            except _BAD_URL as err:
+                raise BrokerError(f"alpaca {what}: bad trading URL ({type(err).__name__})") from None
+            except _UNUSABLE as err:
+                raise BrokerError(
+                    f"alpaca {what}: the reply is not what Alpaca sends ({scrub(_unusable(err), self._secrets)}); "
+                    "check paper.trading_url"
+                ) from None
             except APIError as err:
                 status = err.status_code
                 if missing_ok and status == 404:
@@ -198,12 +286,14 @@ class AlpacaBroker:
                     hint = " (check ALPACA_API_KEY / ALPACA_SECRET_KEY)" if status in (401, 403) else ""
                     raise BrokerError(f"alpaca {what}: HTTP {status}: {detail}{hint}") from None
                 reason = f"HTTP {status}"
-            except (requests.ConnectionError, requests.Timeout) as err:
+            except _DROPPED as err:
                 reason = f"connection failed ({type(err).__name__})"
+            except requests.RequestException as err:
+                reason = f"request failed ({type(err).__name__})"
             if attempt < self.attempts:
-                log.warning("alpaca %s: %s; retry %d/%d", what, reason, attempt, self.attempts - 1)
+                log.info("alpaca %s: %s; retry %d/%d", what, reason, attempt, self.attempts - 1)
                 self.sleep(delays[attempt - 1])
-        raise BrokerError(f"alpaca {what}: {reason}, gave up after {self.attempts} attempt(s)")
+        raise BrokerError(f"alpaca {what}: {reason}, gave up after {self.attempts} attempt(s)", transient=True)
 
 
 class _NotFound(Exception):
@@ -211,16 +301,57 @@ class _NotFound(Exception):
 
 
 def _result(order: Any, coid: str, ticker: str, qty: float) -> OrderResult:
+    """Our record of alpaca-py's ``Order``; raises ValueError/TypeError/AttributeError on a bad one."""
     sign = 1.0 if qty > 0 else -1.0
     price = getattr(order, "filled_avg_price", None)
+    status = getattr(order.status, "value", order.status)
+    if not isinstance(status, str) or not status:
+        raise TypeError("order status")
     return OrderResult(
         client_order_id=coid,
         ticker=ticker,
         qty=qty,
-        status=str(getattr(order.status, "value", order.status)),
-        filled_qty=sign * float(order.filled_qty or 0.0),
-        filled_price=float(price) if price not in (None, "") else None,
+        status=status,
+        filled_qty=sign * _finite(order.filled_qty or 0.0),
+        filled_price=_finite(price) if price not in (None, "") else None,
     )
+
+
+def _positions(raw: Any) -> dict[str, float]:
+    if not isinstance(raw, list):
+        raise TypeError("positions")
+    out = {}
+    for p in raw:
+        qty = _finite(p.qty)
+        out[str(p.symbol)] = -abs(qty) if str(p.side.value) == "short" else qty
+    return out
+
+
+def _finite(value: Any) -> float:
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError("not a finite number")
+    return number
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError("not a boolean")
+    return value
+
+
+def _unusable(err: Exception) -> str:
+    """What was wrong with a reply, without echoing its content (a reply may hold anything)."""
+    if isinstance(err, json.JSONDecodeError):
+        return "not JSON"
+    if isinstance(err, pydantic.ValidationError):
+        problems = err.errors(include_input=False, include_url=False)
+        first = problems[0] if problems else {}
+        where = ".".join(str(part) for part in first.get("loc", ())) or "the reply"
+        return f"unexpected JSON: {where}: {one_line(str(first.get('msg', 'invalid')), 80)}"
+    if isinstance(err, TypeError):
+        return "unexpected JSON shape"
+    return f"unexpected value ({type(err).__name__})"
 
 
 def _message(err: APIError) -> str:

@@ -1,7 +1,13 @@
-"""``ploutos paper --run RUN_DIR [--once | --loop] [--dry-run] [--live]``."""
+"""``ploutos paper --run RUN_DIR [--once | --loop] [--dry-run] [--live] [--adopt-positions]``.
+
+The checks run cheapest first and before anything leaves the machine: the live guard, the run's
+config (its recorded hash, the ``--set`` overrides), the URLs the keys would go to, the state file;
+only then are the keys read, the models loaded and the broker contacted.
+"""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -10,14 +16,29 @@ from ploutos.errors import PloutosError
 from ploutos.paper import risk
 from ploutos.paper.broker import AlpacaBroker
 from ploutos.paper.replay import agreement, dry_run, write_replay
-from ploutos.paper.runner import PaperRunner, load_policy
+from ploutos.paper.runner import PaperRunner, load_policy, run_config
+from ploutos.paper.state import PaperState
 
 
-def cli_paper(run_dir: Path, overrides: Sequence[str], *, loop: bool, dry: bool, live: bool) -> int:
+def cli_paper(
+    run_dir: Path, overrides: Sequence[str], *, loop: bool, dry: bool, live: bool, adopt: bool = False
+) -> int:
     risk.check_live(live)  # first: no run is loaded and no server contacted before the guard
+    checked = run_config(run_dir, overrides)
+    config = checked.config
+    paper_dir = Path(run_dir) / "paper"
+    if paper_dir.exists() and not paper_dir.is_dir():
+        raise PloutosError(f"{paper_dir}: not a folder; paper trading keeps its state and journal there; move it away")
+    say = functools.partial(print, flush=True)
+    if not dry:
+        risk.check_urls(config, live)  # before any key is read or any connection made
+        if config.data.macro:
+            raise PloutosError("paper trading does not fetch macro series yet; the run's data.macro must be empty")
+        PaperState.load(paper_dir / "state.json", checked.run_hash)  # a damaged state fails before the models load
+        key, secret = api_keys()
     policy = load_policy(run_dir, overrides)
     members = ", ".join(map(str, policy.members))
-    print(f"policy: fold {policy.fold}, member(s) {members}, combine {policy.config.ensemble.combine}", flush=True)
+    say(f"policy: fold {policy.fold}, member(s) {members}, combine {policy.config.ensemble.combine}")
     if dry:
         replay = dry_run(policy)
         orders, equity = write_replay(replay, run_dir)
@@ -26,9 +47,6 @@ def cli_paper(run_dir: Path, overrides: Sequence[str], *, loop: bool, dry: bool,
             print(replay.halted)
         print(agreement(policy, replay).line())
         return 0
-    if policy.config.data.macro:
-        raise PloutosError("paper trading does not fetch macro series yet; the run's data.macro must be empty")
-    key, secret = api_keys()
     data = policy.config.data
     broker = AlpacaBroker(
         key,
@@ -39,7 +57,7 @@ def cli_paper(run_dir: Path, overrides: Sequence[str], *, loop: bool, dry: bool,
         backoff_s=data.retry_backoff_s,
         timeout_s=data.request_timeout_s,
     )
-    runner = PaperRunner(run_dir, policy, broker)
+    runner = PaperRunner(run_dir, policy, broker, say=say, adopt=adopt)
     if loop:
         runner.loop(policy.config.paper.poll_seconds)
     else:

@@ -138,12 +138,15 @@ def dry_run(policy: Policy, bars: pl.DataFrame | None = None) -> Replay:
 def write_replay(replay: Replay, run_dir: Path) -> tuple[Path, Path]:
     """``dry_run_orders.csv`` and ``dry_run_equity.csv`` in ``RUN_DIR/paper``, atomically."""
     out = Path(run_dir) / "paper"
-    out.mkdir(parents=True, exist_ok=True)
     orders_path, equity_path = out / "dry_run_orders.csv", out / "dry_run_equity.csv"
-    with atomic_path(orders_path) as tmp:
-        replay.orders.write_csv(tmp)
-    with atomic_path(equity_path) as tmp:
-        pl.DataFrame({"timestamp": replay.timestamps, "equity": replay.equity, "cash": replay.cash}).write_csv(tmp)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with atomic_path(orders_path) as tmp:
+            replay.orders.write_csv(tmp)
+        with atomic_path(equity_path) as tmp:
+            pl.DataFrame({"timestamp": replay.timestamps, "equity": replay.equity, "cash": replay.cash}).write_csv(tmp)
+    except OSError as err:
+        raise PloutosError(f"{out}: cannot write the dry run ({err.strerror or type(err).__name__})") from None
     return orders_path, equity_path
 
 

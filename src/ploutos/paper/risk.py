@@ -7,20 +7,27 @@
 - **Daily turnover**: the day's traded notional may not exceed ``paper.max_daily_turnover`` x
   equity; when a rebalance would pass it, all of its orders are scaled down by the same factor.
 - **Drawdown halt**: at ``1 - equity / peak >= paper.drawdown_halt`` no new orders.
-- **Live guard**: live trading needs both ``--live`` and ``PLOUTOS_LIVE_CONFIRM=yes``.
+- **Live guard**: live trading needs both ``--live`` and ``PLOUTOS_LIVE_CONFIRM=yes``; without them
+  orders go only to Alpaca's paper host or to a loopback address (:func:`check_urls`), and the keys
+  never travel over plain ``http://`` except to loopback.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
+from urllib.parse import urlsplit
 
 import numpy as np
 
-from ploutos.config import EnvConfig, PaperConfig
+from ploutos.config import Config, EnvConfig, PaperConfig
 from ploutos.errors import PloutosError
 
 CONFIRM_VAR = "PLOUTOS_LIVE_CONFIRM"
+PAPER_HOST = "paper-api.alpaca.markets"
+PAPER_URL = f"https://{PAPER_HOST}"
+LOOPBACK = "127.0.0.1, ::1, localhost"
 
 
 def check_live(live: bool, environ: Mapping[str, str] | None = None) -> None:
@@ -28,6 +35,56 @@ def check_live(live: bool, environ: Mapping[str, str] | None = None) -> None:
     env = os.environ if environ is None else environ
     if live and env.get(CONFIRM_VAR, "") != "yes":
         raise PloutosError(f"live trading refused: it needs both --live and {CONFIRM_VAR}=yes in the environment")
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback IP address (127.0.0.0/8, ::1)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_url(key: str, url: str | None, *, live: bool, trading: bool) -> None:
+    """Refuse a URL the API keys must not be sent to (one line naming the URL and the rule).
+
+    Every URL: ``http(s)://`` with a host, plain ``http://`` only to a loopback address (the keys
+    travel in every request's headers). A trading URL (``trading``) without ``live``: only Alpaca's
+    paper host or a loopback address; alpaca-py's ``url_override`` beats ``paper=True``, so this
+    check is what keeps a paper run off a live account. Empty: alpaca-py's own host (the paper host
+    for trading unless ``live``).
+    """
+    if not url:
+        return
+    shown = f"{key}={url}"
+    try:
+        parts = urlsplit(url.strip())
+        host = parts.hostname or ""
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise PloutosError(f"{shown}: not a URL; expected https://HOST[:PORT]") from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise PloutosError(f"{shown}: not an http(s) URL with a host; expected https://HOST[:PORT]")
+    loopback = is_loopback(host)
+    if parts.scheme == "http" and not loopback:
+        raise PloutosError(
+            f"{shown}: plain http:// is allowed only to a loopback address ({LOOPBACK}); "
+            "the API keys travel with every request: use https://"
+        )
+    if trading and not live and not loopback and host != PAPER_HOST:
+        raise PloutosError(
+            f"{shown}: not the paper host; without --live orders go only to {PAPER_URL} or a loopback "
+            f"address ({LOOPBACK}); any other host needs --live and {CONFIRM_VAR}=yes"
+        )
+
+
+def check_urls(config: Config, live: bool, environ: Mapping[str, str] | None = None) -> None:
+    """The live guard and :func:`check_url` for the trading URL and the data URL that carries the keys."""
+    check_live(live, environ)
+    check_url("paper.trading_url", config.paper.trading_url, live=live, trading=True)
+    check_url("data.alpaca_url", config.data.alpaca_url, live=live, trading=False)
 
 
 def target_weights(action: np.ndarray, current: np.ndarray, env: EnvConfig) -> np.ndarray:

@@ -14,7 +14,8 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -24,20 +25,22 @@ import h5py
 import numpy as np
 import polars as pl
 
-from ploutos.config import Config, load
+from ploutos.config import Config, config_hash, load
 from ploutos.data.calendar import apply_session
 from ploutos.data.sources.alpaca import AlpacaSource
-from ploutos.errors import ConfigError, PloutosError
+from ploutos.data.sources.retry import log as retry_log
+from ploutos.data.sources.retry import one_line
+from ploutos.errors import ConfigError, PloutosError, SourceError, first_line
 from ploutos.features.arrays import FeatureArrays
 from ploutos.features.normalize import NormStats, transform
 from ploutos.features.pipeline import observation_arrays
 from ploutos.features.registry import all_specs
 from ploutos.paper import risk
-from ploutos.paper.broker import AlpacaBroker, client_order_id
-from ploutos.paper.state import FINAL, PaperState, log_event
-from ploutos.results.layout import RunLayout
+from ploutos.paper.broker import AlpacaBroker, BrokerError, OrderResult, OrderUnknown, client_order_id
+from ploutos.paper.state import FINAL, UNKNOWN, PaperState, log_event
+from ploutos.results.layout import HASH_LINE, RunLayout
+from ploutos.train.artifacts import load_policy as load_model_policy
 from ploutos.train.evaluate import Ensemble
-from ploutos.train.model import algorithm
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +78,26 @@ class Policy:
     test_start: np.datetime64
 
 
-def load_policy(run_dir: Path, overrides: Sequence[str] = ()) -> Policy:
-    """All members of the highest fold in ``RUN_DIR/models``, combined as ``config.ensemble.combine``."""
+@dataclass(frozen=True)
+class RunConfig:
+    """A run's recorded config (checked against its hash) and the same with paper's ``--set`` applied."""
+
+    config: Config
+    """With the overrides."""
+    base: Config
+    """As recorded in ``config.yaml``."""
+    run_hash: str
+    """The hash recorded in ``config.yaml`` (which ``base`` hashes to)."""
+
+
+def run_config(run_dir: Path, overrides: Sequence[str] = ()) -> RunConfig:
+    """The run's ``config.yaml``, refused when edited since training, then paper's ``--set`` overrides.
+
+    ``config.yaml`` is ``dump(config)`` plus ``# config hash: <hash>``; a file whose content no longer
+    hashes to that line was edited by hand (a changed ``paper.trading_url`` would slip past every
+    other check). Overrides are allowed only on :data:`OVERRIDABLE` keys and are applied after the
+    check; an override that breaks the config is named in the error.
+    """
     layout = RunLayout(Path(run_dir))
     if not layout.config_file.exists():
         raise PloutosError(f"{run_dir}: no config.yaml; is this a run folder (results/<name>)?")
@@ -85,27 +106,128 @@ def load_policy(run_dir: Path, overrides: Sequence[str] = ()) -> Policy:
             raise ConfigError(
                 f"--set {text}: paper trading only overrides {', '.join(OVERRIDABLE)} (the model fixes the rest)"
             )
-    config, base = load(layout.config_file, overrides), load(layout.config_file)
+    base = load(layout.config_file)
+    try:
+        recorded = layout.recorded_hash()
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{layout.config_file}: cannot read ({type(err).__name__})") from None
+    actual = config_hash(base)
+    if recorded != actual:
+        raise ConfigError(
+            f"{layout.config_file}: edited after training: its content hashes to {actual}, its "
+            f"'{HASH_LINE.strip()}' line records {recorded}; restore the file "
+            "(paper settings go in --set paper.KEY=VALUE)"
+        )
+    config = base
+    for done in range(len(overrides)):  # one at a time, so that the error names the --set that broke it
+        try:
+            config = load(layout.config_file, overrides[: done + 1])
+        except ConfigError as err:
+            message = str(err)
+            if message.startswith("--set "):
+                raise
+            origin, _, rest = message.partition(": ")
+            raise ConfigError(
+                f"--set {overrides[done]}: {rest if origin.endswith('config.yaml') else message}"
+            ) from None
+    return RunConfig(config, base, recorded or "")
+
+
+def load_policy(run_dir: Path, overrides: Sequence[str] = ()) -> Policy:
+    """All members of the highest fold in ``RUN_DIR/models``, combined as ``config.ensemble.combine``."""
+    layout = RunLayout(Path(run_dir))
+    checked = run_config(run_dir, overrides)
+    config, base = checked.config, checked.base
     found = [(int(m[1]), int(m[2]), p) for p in layout.models.glob("*.zip") if (m := MODEL_NAME.search(p.name))]
     if not found:
         raise PloutosError(f"{layout.models}: no trained models (fold<F>_member<M>.zip); train the run first")
     fold = max(f for f, _, _ in found)
     chosen = sorted((m, p) for f, m, p in found if f == fold)
-    cls = algorithm(config)
-    actor = Ensemble([cls.load(str(p), device="cpu") for _, p in chosen], config.ensemble.combine)
-    task = layout.result(fold, chosen[0][0])
-    if not task.exists():
-        raise PloutosError(f"{task}: missing; the fold's normalization statistics live there")
-    with h5py.File(task, "r", locking=False) as h5:
-        trained = tuple(t.decode() if isinstance(t, bytes) else str(t) for t in h5["tickers"][()])
-        names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in h5["normalization/names"][()])
-        center, scale = h5["normalization/center"][()], h5["normalization/scale"][()]
-        rows = tuple(int(x) for x in h5["fold"].attrs["test_rows"])
-        start = np.datetime64(str(h5["fold"].attrs["test_start"]).rstrip("Z"), "us")
-    stats = NormStats(config.features.normalize, center.astype(np.float64), scale.astype(np.float64), ())
-    members, run_hash = [m for m, _ in chosen], layout.recorded_hash() or ""
-    tickers = _traded(trained, base.data.tickers, config.data.tickers)
-    return Policy(config, run_hash, fold, members, actor, stats, names, tickers, rows, start)  # type: ignore[arg-type]
+    task = read_task(layout.result(fold, chosen[0][0]))  # before the models: a damaged file fails fast
+    try:
+        tickers = _traded(task.tickers, base.data.tickers, config.data.tickers)
+    except ConfigError as err:
+        sets = [t for t in overrides if t.split("=", 1)[0].strip() == "data.tickers"]
+        raise ConfigError(f"--set {sets[-1]}: {err}" if sets else str(err)) from None
+    run_hash = layout.recorded_hash() or ""
+    actor = Ensemble([load_model_policy(p, run_hash) for _, p in chosen], config.ensemble.combine)
+    stats = NormStats(config.features.normalize, task.center, task.scale, ())
+    members = [m for m, _ in chosen]
+    return Policy(config, run_hash, fold, members, actor, stats, task.names, tickers, task.test_rows, task.test_start)
+
+
+@dataclass(frozen=True)
+class TaskFile:
+    """What paper trading reads from a fold's task file (``RUN_DIR/tasks/fold<F>_member<M>.h5``)."""
+
+    tickers: tuple[str, ...]
+    names: tuple[str, ...]
+    center: np.ndarray
+    scale: np.ndarray
+    test_rows: tuple[int, int]
+    test_start: np.datetime64
+
+
+def read_task(path: Path) -> TaskFile:
+    """The task file's assets, normalization statistics and test window, each checked (one-line errors)."""
+    if not path.exists():
+        raise PloutosError(f"{path}: missing; the fold's normalization statistics live there")
+    field = "the file"
+    try:
+        with h5py.File(path, "r", locking=False) as h5:
+            field = "tickers"
+            tickers = _strings(_dataset(h5, field))
+            field = "normalization/names"
+            names = _strings(_dataset(h5, field))
+            field = "normalization/center"
+            center = _floats(_dataset(h5, field), len(names))
+            field = "normalization/scale"
+            scale = _floats(_dataset(h5, field), len(names))
+            if (scale <= 0).any():
+                raise ValueError("a scale <= 0")
+            field = "fold.attrs.test_rows"
+            rows = np.asarray(_attribute(h5, "test_rows"))
+            if rows.shape != (2,) or rows.dtype.kind not in "iu" or not 0 <= rows[0] < rows[1]:
+                raise ValueError("expected [start, stop) with 0 <= start < stop")
+            field = "fold.attrs.test_start"
+            raw = _attribute(h5, "test_start")
+            start = np.datetime64(str(raw.decode() if isinstance(raw, bytes) else raw).rstrip("Z"), "us")
+            if np.isnat(start):
+                raise ValueError("not a time")
+    except (OSError, KeyError, ValueError, TypeError, IndexError, AttributeError, RuntimeError) as err:
+        problem = one_line(first_line(err), 160) if isinstance(err, (OSError, KeyError)) else first_line(err)
+        raise PloutosError(
+            f"{path}: {field}: {problem}; the task file is damaged or not written by Ploutos "
+            "(train the run again to rewrite it)"
+        ) from None
+    return TaskFile(tickers, names, center, scale, (int(rows[0]), int(rows[1])), start)
+
+
+def _dataset(h5: h5py.File, name: str) -> np.ndarray:
+    if name not in h5 or not isinstance(h5[name], h5py.Dataset):
+        raise KeyError("missing")
+    return np.asarray(h5[name][()])
+
+
+def _attribute(h5: h5py.File, name: str) -> Any:
+    if "fold" not in h5 or name not in h5["fold"].attrs:
+        raise KeyError("missing")
+    return h5["fold"].attrs[name]
+
+
+def _strings(values: np.ndarray) -> tuple[str, ...]:
+    if values.ndim != 1 or not len(values):
+        raise ValueError("expected a non-empty list of names")
+    return tuple(v.decode() if isinstance(v, bytes) else str(v) for v in values)
+
+
+def _floats(values: np.ndarray, n: int) -> np.ndarray:
+    if values.shape != (n,) or values.dtype.kind not in "fiu":
+        raise ValueError(f"expected {n} numbers, got shape {values.shape} of {values.dtype}")
+    values = values.astype(np.float64)
+    if not np.isfinite(values).all():
+        raise ValueError("not all finite")
+    return values
 
 
 def _traded(trained: tuple[str, ...], run: Sequence[str], now: Sequence[str]) -> tuple[str, ...]:
@@ -193,6 +315,43 @@ def plan_orders(
     return {t: float(d) for t, d in zip(tickers, delta, strict=True) if d != 0}
 
 
+class HaltError(PloutosError):
+    """The drawdown limit was reached: no new orders (state.json records why)."""
+
+
+class PositionsError(PloutosError):
+    """A first run on an account that already holds traded symbols, without ``--adopt-positions``."""
+
+
+def transient(err: BaseException) -> bool:
+    """Whether waiting may cure ``err``: a broker or data outage (connection, timeout, 429/5xx) that
+    outlasted the retries. Bad keys, bad replies, config and data problems, the halt: not."""
+    if isinstance(err, BrokerError):
+        return err.transient
+    if isinstance(err, SourceError):  # retry_call's give-up, raised only after Transient failures
+        return "gave up after" in str(err)
+    return False
+
+
+class _Quiet(logging.Filter):
+    """Demote retry warnings to DEBUG: paper trading reports an outage once, not once per attempt."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
+@contextmanager
+def quiet_retries() -> Iterator[None]:
+    quiet = _Quiet()
+    retry_log.addFilter(quiet)
+    try:
+        yield
+    finally:
+        retry_log.removeFilter(quiet)
+
+
 class PaperRunner:
     """One rebalance per new complete bar against an Alpaca (paper) account; state in RUN_DIR/paper."""
 
@@ -204,8 +363,9 @@ class PaperRunner:
         *,
         fetch: Callable[[datetime], pl.DataFrame] | None = None,
         say: Callable[[str], None] = print,
+        adopt: bool = False,
     ) -> None:
-        self.policy, self.broker, self.say = policy, broker, say
+        self.policy, self.broker, self.say, self.adopt = policy, broker, say, adopt
         self.config = policy.config
         self.dir = Path(run_dir) / "paper"
         self.state_path, self.log_path = self.dir / "state.json", self.dir / "orders.log"
@@ -214,8 +374,13 @@ class PaperRunner:
         self.decider = Decider(policy)
 
     def step(self, now: datetime | None = None) -> str:
-        """Process the newest complete bar if it is new; returns a one-line summary (also said)."""
-        message = self._step(now or datetime.now(timezone.utc))
+        """Process the newest complete bar if it is new; returns a one-line summary (also said).
+
+        Raises :class:`HaltError` at the drawdown limit, :class:`PositionsError` on a first run over
+        positions it did not open (unless ``adopt``), and what the broker and the data source raise.
+        """
+        with quiet_retries():
+            message = self._step(now or datetime.now(timezone.utc))
         self.say(message)
         return message
 
@@ -237,6 +402,7 @@ class PaperRunner:
             return f"bar {bar:%Y-%m-%d %H:%M} UTC already processed; waiting for the next"
         self._refresh_orders()
         account, positions = self.broker.account(), self.broker.positions()
+        self._check_first_run(positions)
         state.positions = positions
         state.initial_equity = state.initial_equity or account.equity
         state.peak_equity = max(state.peak_equity or account.equity, account.equity)
@@ -245,7 +411,7 @@ class PaperRunner:
         if state.halted:
             state.save(self.state_path)
             log_event(self.log_path, "halt", reason=state.halted, bar=bar.isoformat())
-            return state.halted
+            raise HaltError(state.halted)
         held = np.array([positions.get(t, 0.0) for t in tickers])
         pending = np.array([state.open_qty(t) for t in tickers])
         price = arrays.prices[row, :, 3]
@@ -263,36 +429,103 @@ class PaperRunner:
             coid = client_order_id(state.config_hash, bar, ticker)
             if coid in state.orders:  # sent before a restart: never twice
                 continue
-            result = self.broker.submit(coid, ticker, qty)
-            state.orders[coid] = {**result.as_dict(), "bar": bar.isoformat()}
-            if result.status != "rejected":
-                state.turnover_used += abs(qty) * float(price[tickers.index(ticker)]) / account.equity
-            state.save(self.state_path)
-            log_event(self.log_path, "order", client_order_id=coid, **state.orders[coid])
+            try:
+                result = self.broker.submit(coid, ticker, qty)
+            except OrderUnknown as err:  # it may have been accepted: journal it first, so it is never resent
+                self._record(coid, err.result, bar, float(price[tickers.index(ticker)]), account.equity)
+                raise
+            self._record(coid, result, bar, float(price[tickers.index(ticker)]), account.equity)
             sent.append(f"{ticker} {qty:+g} {result.status}" + (f" ({result.reason})" if result.reason else ""))
         state.last_bar = bar.isoformat()
         state.save(self.state_path)
         what = ", ".join(sent) if sent else "no orders"
         return f"bar {bar:%Y-%m-%d %H:%M} UTC: equity {account.equity:,.2f}; {what}"
 
+    def _record(self, coid: str, result: OrderResult, bar: datetime, price: float, equity: float) -> None:
+        """An order in state.json (atomically) and orders.log; anything not rejected counts as turnover."""
+        state = self.state
+        state.orders[coid] = {**result.as_dict(), "bar": bar.isoformat()}
+        if result.status != "rejected":
+            state.turnover_used += abs(result.qty) * price / equity
+        state.save(self.state_path)
+        log_event(self.log_path, "order", client_order_id=coid, **state.orders[coid])
+
+    def _check_first_run(self, positions: dict[str, float]) -> None:
+        """On a first run (nothing recorded yet) refuse an account that already holds traded symbols."""
+        state = self.state
+        if state.initial_equity is not None or state.orders or state.last_bar is not None:
+            return
+        held = {t: positions[t] for t in self.policy.tickers if positions.get(t)}
+        if not held:
+            return
+        listing = ", ".join(f"{t} {q:g}" for t, q in held.items())
+        if not self.adopt:
+            raise PositionsError(
+                f"the account already holds {listing} and this run has no paper state yet "
+                f"({self.state_path}): refusing to trade positions it did not open; close them, "
+                "or pass --adopt-positions to manage them as this run's own"
+            )
+        log_event(self.log_path, "adopt", positions=held)
+        self.say(f"adopting positions {listing} (--adopt-positions)")
+
     def _refresh_orders(self) -> None:
-        """Ask the broker about every order that may still fill (partial fills, late fills)."""
+        """Ask the broker about every order that may still fill (partial fills, late fills).
+
+        An order recorded as ``unknown`` (its submit had no usable answer) that the server does not
+        have becomes ``not_found``: it was never accepted, and its client id is never sent again.
+        """
         for coid, order in self.state.orders.items():
             if order["status"] not in FINAL:
                 known = self.broker.lookup(coid, order["ticker"], order["qty"])
                 if known is not None:
                     order.update(known.as_dict())
+                elif order["status"] == UNKNOWN:
+                    order.update(status="not_found", reason=f"{order.get('reason', '')}; not on the server later")
+                else:
+                    continue
+                self.state.save(self.state_path)
+                log_event(self.log_path, "order", client_order_id=coid, **order)
 
     def loop(
         self, poll_seconds: float, *, sleep: Callable[[float], None] | None = None, steps: int | None = None
     ) -> None:
-        """:meth:`step` every ``poll_seconds`` (forever, or ``steps`` times)."""
-        done = 0
+        """:meth:`step` every ``poll_seconds`` (forever, or ``steps`` times), through outages.
+
+        A :func:`transient` failure (the broker or the data source unreachable through all their
+        retries) starts an outage: one line when it starts, one when it ends, and in between a step
+        every ``poll_seconds * 2**k`` seconds, capped at :func:`outage_cap`. Any other error stops
+        the loop (the CLI prints it in one line and exits 2); Ctrl-C stops it too (exit 130).
+        """
+        sleep = sleep or time.sleep
+        cap = outage_cap(poll_seconds)
+        done, failures, since = 0, 0, 0.0
         while steps is None or done < steps:
-            self.step()
+            wait = poll_seconds
+            try:
+                self.step()
+            except PloutosError as err:
+                if not transient(err):
+                    raise
+                failures += 1
+                if failures == 1:
+                    since = time.monotonic()
+                    self.say(f"outage: {err}; retrying with backoff up to {cap:g}s until it ends")
+                    log_event(self.log_path, "outage_start", reason=str(err))
+                wait = min(poll_seconds * 2 ** min(failures - 1, 30), cap)
+            else:
+                if failures:
+                    lasted = time.monotonic() - since
+                    self.say(f"outage over after {lasted:.0f}s and {failures} failed step(s)")
+                    log_event(self.log_path, "outage_end", seconds=round(lasted, 1), failed_steps=failures)
+                failures = 0
             done += 1
             if steps is None or done < steps:
-                (sleep or time.sleep)(poll_seconds)
+                sleep(wait)
+
+
+def outage_cap(poll_seconds: float) -> float:
+    """Longest wait between steps during an outage: 8 x poll_seconds, at most 15 minutes (never below the poll)."""
+    return max(poll_seconds, min(8 * poll_seconds, 900.0))
 
 
 def fetch_bars(config: Config, now: datetime) -> pl.DataFrame:
@@ -300,6 +533,7 @@ def fetch_bars(config: Config, now: datetime) -> pl.DataFrame:
     specs = all_specs(config.features, n_tickers=len(config.data.tickers), macro_columns=[])
     need = max((s.warmup for s in specs), default=0) + config.env.lookback + 10
     start = now - timedelta(days=max(14, math.ceil(need / 6 * 7 / 5) + 7))
+    risk.check_url("data.alpaca_url", config.data.alpaca_url, live=False, trading=False)  # the keys go there
     source = AlpacaSource(config.data, progress=False)
     frames = [source.fetch(t, start, now) for t in config.data.tickers]
     bars, _ = apply_session(pl.concat(frames).sort("timestamp", "ticker"), config.data.session, config.data.calendar)

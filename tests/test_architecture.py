@@ -15,7 +15,7 @@ from conftest import REPO
 PACKAGE = REPO / "src" / "ploutos"
 LAYERS: list[set[str]] = [
     {"errors"},
-    {"ploutos", "files", "progress"},
+    {"ploutos", "commandline", "files", "progress"},
     {"config"},
     {"data"},
     {"features"},
@@ -154,9 +154,7 @@ def test_no_import_cycle():
 
 def test_imports_sit_at_module_top_unless_the_line_says_why():
     hidden = [
-        f"{imp.source}:{imp.line}: {imp.text.strip()}"
-        for imp in ALL_IMPORTS
-        if not imp.at_top and "#" not in imp.text
+        f"{imp.source}:{imp.line}: {imp.text.strip()}" for imp in ALL_IMPORTS if not imp.at_top and "#" not in imp.text
     ]
     assert not hidden, "imports inside functions need a comment on the line saying why:\n" + "\n".join(hidden)
 

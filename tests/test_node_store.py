@@ -235,8 +235,8 @@ def test_list_and_clean_remove_only_orphans(job):
             assert set(infos) == {orphan.name, live.name}  # the foreign file is not ours, not listed
             assert infos[orphan.name].alive is False and infos[orphan.name].pid == proc.pid
             assert infos[live.name].alive is True and infos[live.name].pid == os.getpid()
-            assert shm.clean(job="someone-else") == [] and orphan.exists()
-            assert shm.clean(job=job) == [orphan.name]
+            assert shm.clean(job="someone-else") == ([], []) and orphan.exists()
+            assert shm.clean(job=job) == ([orphan.name], [])
             assert not orphan.exists() and (shm.SHM_DIR / live.name).exists() and foreign.exists()
             with pytest.raises(shm.StoreError, match=f"segments of job {job}: {live.name}"):
                 shm.attach(orphan.name)

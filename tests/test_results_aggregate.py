@@ -380,6 +380,9 @@ def test_without_plan_json_the_folds_are_planned_from_the_dataset(tmp_path: Path
     assert (summary.folds, summary.members, summary.members_ok, summary.ensembles_ok) == (3, 2, 0, 0)
     assert len(summary.missing) == 9 and not summary.any_ok
     assert statuses(layout.summary)[(2, -1)] == ("missing", "no task file")
+    layout.plan_file.write_text('{"folds": 100000000, "members": 2}')  # damaged: would aggregate for hours
+    with pytest.raises(PloutosError, match=r"100000000 fold\(s\) x 2 member\(s\), but the run's config plans 3 x 2"):
+        aggregate_run(layout.root)
 
 
 def test_without_plan_json_results_alone_refuse_in_one_line(run: RunLayout):

@@ -1,7 +1,10 @@
-"""Checkpoints of a training task: round trip, refusals, atomic save, RNG states, preemption signals."""
+"""Checkpoints of a training task: round trip, refusals (nothing in a file runs code), atomic save,
+RNG states, preemption signals."""
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import pickle
 import random
@@ -9,6 +12,7 @@ import signal
 import sys
 import time
 import types
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +23,6 @@ from ploutos.bench.env import synthetic_arrays
 from ploutos.config import EnvConfig
 from ploutos.env import TradingEnv
 from ploutos.errors import PloutosError
-from ploutos.train import checkpoint as ckpt_module
 from ploutos.train.checkpoint import (
     FORMAT_VERSION,
     PREEMPTION_SIGNALS,
@@ -33,10 +36,16 @@ from ploutos.train.checkpoint import (
 
 def make_checkpoint(config_hash: str = "hash-a", timesteps: int = 4096) -> Checkpoint:
     generators = [np.random.default_rng(1), np.random.Generator(np.random.Philox(2))]
+    layer = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.Adam(layer.parameters(), lr=1e-3)
+    layer(torch.ones(4, 3)).sum().backward()
+    optimizer.step()
     return Checkpoint(
         config_hash=config_hash,
         timesteps=timesteps,
-        model_zip=b"PK\x03\x04" + bytes(range(256)) * 4,
+        policy=layer.state_dict(),
+        optimizer=optimizer.state_dict(),
+        learner={"num_timesteps": timesteps, "n_updates": 7, "episodes": [{"r": -0.5, "l": 64.0, "t": 1.5}]},
         norm_center=np.linspace(-1.0, 1.0, 6),
         norm_scale=np.linspace(0.5, 3.0, 6).astype(np.float32),
         rank_rng=[capture_rng(generators), capture_rng([])],
@@ -47,12 +56,15 @@ def make_checkpoint(config_hash: str = "hash-a", timesteps: int = 4096) -> Check
 
 
 def assert_same_checkpoint(a: Checkpoint, b: Checkpoint) -> None:
-    assert (a.config_hash, a.timesteps, a.model_zip, a.curve, a.resumed, a.wall_seconds, a.format_version) == (
-        b.config_hash, b.timesteps, b.model_zip, b.curve, b.resumed, b.wall_seconds, b.format_version,
+    assert (a.config_hash, a.timesteps, a.learner, a.curve, a.resumed, a.wall_seconds) == (
+        b.config_hash, b.timesteps, b.learner, b.curve, b.resumed, b.wall_seconds,
     )  # fmt: skip
+    assert a.policy.keys() == b.policy.keys() and all(torch.equal(a.policy[k], b.policy[k]) for k in a.policy)
+    assert a.optimizer["param_groups"] == b.optimizer["param_groups"]
+    for index, state in a.optimizer["state"].items():
+        assert all(torch.equal(value, b.optimizer["state"][index][key]) for key, value in state.items())
     np.testing.assert_array_equal(a.norm_center, b.norm_center)
     np.testing.assert_array_equal(a.norm_scale, b.norm_scale)
-    assert a.norm_scale.dtype == b.norm_scale.dtype
     assert len(a.rank_rng) == len(b.rank_rng)
     for x, y in zip(a.rank_rng, b.rank_rng, strict=True):
         assert x["python"] == y["python"]
@@ -79,7 +91,6 @@ def test_save_and_load_round_trip(tmp_path: Path):
     loaded = Checkpoint.load(path, config_hash="hash-a")
     assert loaded is not original
     assert_same_checkpoint(loaded, original)
-    assert loaded.format_version == FORMAT_VERSION
     assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
 
 
@@ -123,7 +134,7 @@ def _pickle_of_a_vanished_class() -> bytes:
         pytest.param(_pickle_of_a_vanished_class(), id="vanished-class"),
     ],
 )
-def test_garbage_and_foreign_pickles_are_refused_in_one_line(tmp_path: Path, content: bytes):
+def test_garbage_and_foreign_files_are_refused_in_one_line(tmp_path: Path, content: bytes):
     path = tmp_path / "c.ckpt"
     path.write_bytes(content)
     with pytest.raises(CheckpointError) as info:
@@ -141,30 +152,74 @@ def test_random_bytes_are_refused(tmp_path: Path):
         one_line_error(info)
 
 
-def test_a_missing_file_and_another_format_version_are_refused(tmp_path: Path):
+class _RunsCode:
+    """Unpickling this runs ``touch <marker>``: what a crafted checkpoint would do to a loader using pickle."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _zip(path: Path, meta: object, tensors_blob: bytes) -> None:
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("ploutos.json", json.dumps(meta))
+        archive.writestr("tensors.pt", tensors_blob)
+
+
+def test_a_crafted_file_runs_no_code(tmp_path: Path):
+    marker = tmp_path / "pwned"
+    meta = {"kind": "checkpoint", "format": FORMAT_VERSION, "config_hash": "hash-a"}
+    for name, blob in (("pickle", pickle.dumps(_RunsCode(marker))), ("torch", _torch_bytes(_RunsCode(marker)))):
+        path = tmp_path / f"{name}.ckpt"
+        _zip(path, meta, blob)
+        with pytest.raises(CheckpointError) as info:
+            Checkpoint.load(path, config_hash="hash-a")
+        assert str(path) in one_line_error(info)
+    (tmp_path / "old.ckpt").write_bytes(pickle.dumps(_RunsCode(marker)))  # the old format: a bare pickle
+    with pytest.raises(CheckpointError):
+        Checkpoint.load(tmp_path / "old.ckpt", config_hash="hash-a")
+    assert not marker.exists()
+
+
+def _torch_bytes(obj: object) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def test_a_missing_file_another_format_and_a_model_file_are_refused(tmp_path: Path):
     with pytest.raises(CheckpointError) as info:
         Checkpoint.load(tmp_path / "absent.ckpt", config_hash="hash-a")
     one_line_error(info)
-    old = make_checkpoint()
-    old.format_version = FORMAT_VERSION + 1
-    old.save(tmp_path / "old.ckpt")
+    make_checkpoint().save(tmp_path / "c.ckpt")
+    with zipfile.ZipFile(tmp_path / "c.ckpt") as archive:
+        meta, blob = json.loads(archive.read("ploutos.json")), archive.read("tensors.pt")
+    for name, changed in (("newer", {"format": FORMAT_VERSION + 1}), ("model", {"kind": "model"})):
+        _zip(tmp_path / f"{name}.ckpt", {**meta, **changed}, blob)
+        with pytest.raises(CheckpointError) as info:
+            Checkpoint.load(tmp_path / f"{name}.ckpt", config_hash="hash-a")
+        assert "format" in one_line_error(info)
+    _zip(tmp_path / "damaged.ckpt", {key: value for key, value in meta.items() if key != "learner"}, blob)
     with pytest.raises(CheckpointError) as info:
-        Checkpoint.load(tmp_path / "old.ckpt", config_hash="hash-a")
-    assert "format" in one_line_error(info)
+        Checkpoint.load(tmp_path / "damaged.ckpt", config_hash="hash-a")
+    assert "damaged" in one_line_error(info)
 
 
 def test_a_failing_save_leaves_the_previous_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     path = tmp_path / "c.ckpt"
     make_checkpoint(timesteps=100).save(path)
     before = path.read_bytes()
+    write = zipfile.ZipFile.writestr
 
-    def half_then_fail(obj, handle, protocol=None):
-        data = pickle.dumps(obj, protocol=protocol)
-        handle.write(data[: len(data) // 2])
-        handle.flush()
-        raise OSError(28, "No space left on device")
+    def half_then_fail(archive, name, data, *args, **kwargs):
+        if name == "tensors.pt":
+            write(archive, name, data[: len(data) // 2], *args, **kwargs)
+            raise OSError(28, "No space left on device")
+        return write(archive, name, data, *args, **kwargs)
 
-    monkeypatch.setattr(ckpt_module.pickle, "dump", half_then_fail)
+    monkeypatch.setattr(zipfile.ZipFile, "writestr", half_then_fail)
     with pytest.raises(OSError, match="No space"):
         make_checkpoint(timesteps=200).save(path)
     monkeypatch.undo()

@@ -130,7 +130,9 @@ def test_a_run_folder_belongs_to_one_config(ploutos, dataset, tmp_path):
     assert (run / "config.yaml").read_text().endswith("0123456789abcdef\n")  # untouched
 
 
-def test_signalled_task_checkpoints_and_resumes_to_the_same_total(dataset, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGUSR2, signal.SIGINT], ids=["SIGUSR2", "SIGINT"])
+def test_signalled_task_checkpoints_and_resumes_to_the_same_total(dataset, tmp_path, signum):
+    """Slurm's time-limit warning, and Ctrl-C: both checkpoint at the next rollout and exit 3."""
     steps = 8 * ROLLOUT
     command = [sys.executable, "-m", "ploutos", "train", "--fold", "0", "--member", "0", "--no-progress"]
     command += _settings(dataset, tmp_path / "results", steps, **{"ppo.checkpoint_every": ROLLOUT})
@@ -142,14 +144,15 @@ def test_signalled_task_checkpoints_and_resumes_to_the_same_total(dataset, tmp_p
         while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
         assert checkpoint.exists(), "no checkpoint written"
-        proc.send_signal(signal.SIGUSR2)
+        proc.send_signal(signum)
         out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 3, err
-    assert "SIGUSR2" in err and "run the same command again to resume" in err
-    assert len(err.strip().splitlines()) == 1
+    lines = err.strip().splitlines()
+    assert signal.Signals(signum).name in lines[-1] and "run the same command again to resume" in lines[-1]
+    assert len(lines) == (2 if signum == signal.SIGINT else 1), err  # Ctrl-C first says what it will do
     result = tmp_path / "results" / "quickstart" / "tasks" / "fold0_member0.h5"
     assert checkpoint.exists() and not result.exists()
 
@@ -213,3 +216,39 @@ def test_validate_names_the_failing_stage(ploutos, dataset, tmp_path):
     assert result.returncode == 2
     assert "[FAIL] folds" in result.stdout and "train 11 + test 2 months" in result.stdout
     assert result.stderr.strip().startswith("ploutos: error: validate: stage folds failed")
+
+
+def test_a_damaged_task_file_is_trained_again_and_a_lost_ensemble_rebuilt(ploutos, dataset, tmp_path):
+    settings = _settings(dataset, tmp_path / "results", ROLLOUT)
+    for member in (0, 1):
+        assert ploutos("train", "--fold", "0", "--member", str(member), "--no-progress", *settings).returncode == 0
+    tasks = tmp_path / "results" / "quickstart" / "tasks"
+    with open(tasks / "fold0_member0.h5", "r+b") as handle:  # a kill mid-copy, a full disk
+        handle.truncate(100)
+    again = ploutos("train", "--fold", "0", "--member", "0", "--no-progress", *settings)
+    assert again.returncode == 0, again.stderr
+    assert "trained again: fold0_member0.h5 unreadable" in again.stdout
+    assert not missing_fields(tasks / "fold0_member0.h5")
+
+    (tasks / "fold0_ensemble.h5").unlink()  # a kill between the last member's file and the ensemble's
+    done = ploutos("train", "--fold", "0", "--member", "1", "--no-progress", *settings)
+    assert done.returncode == 0 and "already done" in done.stdout and "rebuilt" in done.stdout, done.stdout
+    assert not missing_fields(tasks / "fold0_ensemble.h5")
+
+
+def test_a_task_being_trained_is_refused_to_a_second_process(ploutos, dataset, tmp_path):
+    command = [sys.executable, "-m", "ploutos", "train", "--fold", "0", "--no-progress"]
+    command += _settings(dataset, tmp_path / "results", 64 * ROLLOUT)
+    lock = tmp_path / "results" / "quickstart" / "locks" / "fold0_member0.lock"
+    first = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not lock.exists() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert lock.exists(), first.stderr.read() if first.poll() is not None else "no lock"
+        second = ploutos(*command[3:])
+        assert_one_line_error(second, "fold0_member0 is being trained by", f"pid {first.pid}")
+    finally:
+        first.send_signal(signal.SIGTERM)  # checkpoints and exits 3
+        first.communicate(timeout=120)
+    assert first.returncode == 3 and not lock.exists()  # the holder's exit releases it

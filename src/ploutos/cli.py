@@ -15,10 +15,12 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ploutos import __version__
+from ploutos.commandline import Parser
 from ploutos.config import Config, config_hash, dump, load
 from ploutos.errors import PloutosError
 
@@ -129,6 +131,10 @@ def cmd_features_compute(args: argparse.Namespace) -> int:
     source, out = Path(args.input), Path(args.out)
     if not out.parent.is_dir():  # before the work, not after it
         raise PloutosError(f"{out}: the folder {out.parent} does not exist")
+    if out.is_dir():
+        raise PloutosError(f"{out}: is a folder; --out takes a file name (.parquet or .csv)")
+    if out.suffix.lower() not in (".parquet", ".csv"):
+        raise PloutosError(f"{out}: --out writes .parquet or .csv, not {out.suffix or 'a name without a suffix'}")
     if source.is_dir():
         bars = read_dataset(source)
     else:
@@ -140,7 +146,10 @@ def cmd_features_compute(args: argparse.Namespace) -> int:
         )
     features = compute(bars, config.features)
     with atomic_path(out) as tmp:
-        features.write_parquet(tmp)
+        if out.suffix.lower() == ".csv":
+            features.write_csv(tmp)
+        else:
+            features.write_parquet(tmp)
     tickers = features["ticker"].n_unique()
     print(f"{args.out}: {features.height} rows x {features.width - 2} features for {tickers} ticker(s)")
     return 0
@@ -185,11 +194,13 @@ def cmd_shm_list(args: argparse.Namespace) -> int:
 def cmd_shm_clean(args: argparse.Namespace) -> int:
     from ploutos.node.store import SHM_DIR, clean  # lazy: fast startup
 
-    removed = clean(args.job)
+    removed, refused = clean(args.job)
     for name in removed:
         print(f"removed {name}")
+    for line in refused:
+        print(line, file=sys.stderr)
     print(f"{len(removed)} orphaned segment(s) removed from {SHM_DIR}")
-    return 0
+    return EXIT_PROBLEMS_FOUND if refused else 0
 
 
 def cmd_folds(args: argparse.Namespace) -> int:
@@ -219,9 +230,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     if outcome.skipped:
         print(f"{outcome.result}: already done (--force trains it again)")
+        if outcome.ensemble is not None:
+            print(f"{outcome.ensemble}: the fold's ensemble, rebuilt (it was missing or damaged)")
         return 0
     resumed = f", resumed {outcome.resumed} time(s)" if outcome.resumed else ""
-    print(f"{outcome.result}: {outcome.timesteps} steps in {outcome.wall_seconds:.1f} s{resumed}")
+    redone = f" (trained again: {outcome.redone})" if outcome.redone else ""
+    print(f"{outcome.result}: {outcome.timesteps} steps in {outcome.wall_seconds:.1f} s{resumed}{redone}")
     print(format_metrics(outcome.result))
     if outcome.ensemble is not None:
         print(f"{outcome.ensemble}: the fold's {config.ensemble.members} members as one ensemble")
@@ -283,12 +297,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_paper(args: argparse.Namespace) -> int:
     from ploutos.paper.command import cli_paper  # lazy: fast startup
 
-    return cli_paper(Path(args.run), args.overrides, loop=args.loop, dry=args.dry_run, live=args.live)
+    return cli_paper(
+        Path(args.run),
+        args.overrides,
+        loop=args.loop,
+        dry=args.dry_run,
+        live=args.live,
+        adopt=args.adopt_positions,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     common = _config_options()
-    parser = argparse.ArgumentParser(prog="ploutos", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="ploutos", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"ploutos {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -342,6 +363,11 @@ def build_parser() -> argparse.ArgumentParser:
     paper.add_argument("--dry-run", action="store_true", help="replay the local dataset over the latest test window")
     paper.add_argument("--live", action="store_true", help="trade a live account (needs PLOUTOS_LIVE_CONFIRM=yes)")
     paper.add_argument(
+        "--adopt-positions",
+        action="store_true",
+        help="on a first run, manage positions the account already holds in the traded symbols as this run's own",
+    )
+    paper.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
         help="override paper.* or data.* (source, url, store, tickers) of the run's config",
     )  # fmt: skip
@@ -374,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing.set_defaults(handler=cmd_features_list)
     compute = feature_commands.add_parser("compute", parents=[common], help="compute raw features of a bars file")
     compute.add_argument("input", help="CSV or Parquet bars, or a dataset directory")
-    compute.add_argument("--out", required=True, help="output Parquet file")
+    compute.add_argument("--out", required=True, help="output file: .parquet, or .csv")
     compute.set_defaults(handler=cmd_features_compute)
 
     bench = commands.add_parser("bench", help="benchmarks: speed against a baseline measured in the same run")
@@ -396,13 +422,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message: Warning | str, category: type[Warning], *_: object, **__: object) -> None:
+    print(f"ploutos: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    warnings.showwarning = _one_line_warning
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
     except PloutosError as err:
-        print(f"ploutos: error: {err}", file=sys.stderr)
+        print(f"ploutos: error: {' '.join(str(err).split())}", file=sys.stderr)  # one line, always
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("ploutos: interrupted", file=sys.stderr)

@@ -13,7 +13,6 @@ The CLI calls :func:`main` with its arguments (``[--steps N] [--repeats N] [--qu
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 from collections.abc import Sequence
@@ -22,6 +21,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ploutos.bench.timing import Timing, time_call
+from ploutos.commandline import Parser
 from ploutos.config import EnvConfig
 from ploutos.env import TradingEnv
 from ploutos.features.arrays import FeatureArrays
@@ -193,7 +193,7 @@ def format_results(results: Sequence[EnvBench]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ploutos bench env", description=__doc__.split("\n")[0])
+    parser = Parser(prog="ploutos bench env", description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=100_000, help="steps per timed repeat (default 100000)")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats (default 3)")
     parser.add_argument("--quick", action="store_true", help="20000 steps, 1 repeat")

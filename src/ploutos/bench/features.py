@@ -15,7 +15,6 @@ The CLI calls :func:`main` with its arguments (``[--quick] [--repeats N]``).
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import warnings
@@ -26,6 +25,7 @@ import numpy as np
 import polars as pl
 
 from ploutos.bench.timing import Timing, format_ms, time_call
+from ploutos.commandline import Parser
 from ploutos.config import DataConfig
 from ploutos.data.sources.synthetic import SyntheticSource
 from ploutos.features import compute
@@ -311,7 +311,7 @@ def environment_line(repeats: int) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``ploutos bench features [--quick] [--repeats N]``: run and print; always returns 0."""
-    parser = argparse.ArgumentParser(prog="ploutos bench features", description=__doc__.splitlines()[0])
+    parser = Parser(prog="ploutos bench features", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--quick", action="store_true", help=f"pandas ta on {_k(PANDAS_QUICK_BARS)} bars, time scaled up"
     )

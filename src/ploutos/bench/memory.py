@@ -25,7 +25,6 @@ never fail: a missed target prints ``MISS`` and the exit code stays 0.
 
 from __future__ import annotations
 
-import argparse
 import mmap
 import multiprocessing
 import os
@@ -37,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from ploutos.commandline import Parser
 from ploutos.features.arrays import FeatureArrays
 from ploutos.node import store as shm
 
@@ -171,7 +171,7 @@ def _available_mb() -> float:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``ploutos bench memory [--workers N] [--size-mb MB] [--workers-launch N] ...``: run and print; returns 0."""
-    parser = argparse.ArgumentParser(prog="ploutos bench memory", description=__doc__.splitlines()[0])
+    parser = Parser(prog="ploutos bench memory", description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=16, help="workers sharing the store (default 16)")
     parser.add_argument("--size-mb", type=float, default=2048.0, help="store size in MB (default 2048)")
     parser.add_argument("--workers-launch", type=int, default=64, help="workers of the launch test (default 64)")

@@ -39,6 +39,7 @@ from stable_baselines3.common.vec_env import SubprocVecEnv, VecMonitor
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from ploutos.bench.timing import time_call
+from ploutos.commandline import Parser
 from ploutos.config import config_hash, load
 from ploutos.data.build import build_dataset
 from ploutos.env.factory import StoreEnvFactory
@@ -286,7 +287,7 @@ def _env_counts(text: str) -> list[int]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ploutos bench train", description=__doc__.splitlines()[0])
+    parser = Parser(prog="ploutos bench train", description=__doc__.splitlines()[0])
     parser.add_argument("--config", "-c", default=None, help="config YAML file or embedded name (default: quickstart)")
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",

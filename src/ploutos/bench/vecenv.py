@@ -13,7 +13,6 @@ Benchmarks report; they never fail: a missed target prints ``MISS`` and the exit
 
 from __future__ import annotations
 
-import argparse
 import os
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -25,6 +24,7 @@ from gymnasium import spaces
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
 from ploutos.bench.timing import format_ms, time_call
+from ploutos.commandline import Parser
 from ploutos.env.vec import ShmVecEnv
 from ploutos.node.context import worker_env
 
@@ -78,7 +78,7 @@ def _throughput(venv: Any, steps: int, repeats: int) -> float:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ploutos bench vecenv", description=__doc__.splitlines()[0])
+    parser = Parser(prog="ploutos bench vecenv", description=__doc__.splitlines()[0])
     parser.add_argument("--envs", type=int, default=8, help="envs in the many-envs configuration (default 8)")
     parser.add_argument("--workers", type=int, default=2, help="ShmVecEnv worker processes (default 2)")
     parser.add_argument("--steps", type=int, default=200, help="vec steps per timed repeat (default 200)")

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ploutos.config.sections import Config
+from ploutos.features.pipeline import OBSERVATION_KINDS
+from ploutos.features.registry import all_specs
 
 WORKER_MEMORY_GB = 0.5
 """Resident memory budgeted per env worker process (Python, numpy, gymnasium; features are shared)."""
@@ -30,6 +32,10 @@ LEARNER_MEMORY_GB = 2.0
 """Resident memory budgeted per learner rank (torch, rollout buffer, model)."""
 MAX_CPU_LEARNER_THREADS = 8
 """A PPO update of a small MLP/LSTM stops getting faster beyond about this many threads."""
+
+
+class PlanWarning(UserWarning):
+    """Something in the plan for this node looks wrong (printed by ``ploutos train`` and ``run``)."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,8 @@ class HardwarePlan:
     batch_size: int
     n_steps: int
     device: str
+    rollout_gb: float = 0.0
+    """Observations the rollout buffers of every rank of the node hold, in GB (float32)."""
     reasons: tuple[str, ...] = field(default=())
     warnings: tuple[str, ...] = field(default=())
 
@@ -153,6 +161,15 @@ def _largest_divisor_at_most(number: int, limit: int) -> int:
     return best
 
 
+def observation_floats(config: Config) -> int:
+    """Floats in one observation: the (lookback, asset, feature) window and the portfolio state."""
+    n_assets = len(config.data.tickers)
+    macro = [f"macro_{name}" for name in config.data.macro]
+    specs = all_specs(config.features, n_tickers=n_assets, macro_columns=macro)
+    n_features = sum(spec.kind in OBSERVATION_KINDS for spec in specs)
+    return config.env.lookback * n_assets * n_features + n_assets + 3
+
+
 def plan(
     config: Config,
     *,
@@ -203,6 +220,11 @@ def plan(
     if hw.gpus is not None:
         n_gpus = hw.gpus
         reasons.append(f"gpus {n_gpus}: hardware.gpus")
+        if n_gpus > machine.gpus:
+            warnings.append(
+                f"hardware.gpus {n_gpus} but {machine.gpus} GPU(s) visible ({machine.gpu_source}); "
+                "the learner falls back to what is there"
+            )
     else:
         n_gpus = machine.gpus
         reasons.append(f"gpus {n_gpus}: detected ({machine.gpu_source})")
@@ -306,6 +328,19 @@ def plan(
         reasons.append(f"batch_size {batch_size}: divides the rollout n_steps * n_envs = {rollout}")
     reasons.append(f"n_steps {ppo.n_steps}: ppo.n_steps")
 
+    # memory of the rollout buffers: n_steps x n_envs observations per rank
+    floats = observation_floats(config)
+    rollout_gb = ppo.n_steps * n_envs * ranks * floats * 4 / 1e9
+    reasons.append(
+        f"rollout buffers {rollout_gb:.3g} GB per node: {ppo.n_steps} steps x {n_envs} envs x {ranks} rank(s) x "
+        f"{floats:,} floats per observation"
+    )
+    if machine.memory_gb is not None and rollout_gb > machine.memory_gb / 2:
+        warnings.append(
+            f"the rollout buffers need {rollout_gb:.3g} GB per node, more than half of the {machine.memory_gb:g} GB "
+            "available; lower hardware.n_envs, ppo.n_steps or env.lookback"
+        )
+
     return HardwarePlan(
         cpus=n_cpus,
         gpus=n_gpus,
@@ -319,6 +354,7 @@ def plan(
         batch_size=batch_size,
         n_steps=ppo.n_steps,
         device=device,
+        rollout_gb=rollout_gb,
         reasons=tuple(reasons),
         warnings=tuple(warnings),
     )

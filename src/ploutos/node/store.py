@@ -105,7 +105,7 @@ def _align(n: int, to: int = ALIGN) -> int:
     return -(-n // to) * to
 
 
-def _start_time(pid: int) -> int | None:
+def process_start_time(pid: int) -> int | None:
     """Process start time in clock ticks (guards against pid reuse), or None if there is no such process."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -325,7 +325,7 @@ def create(
     try:
         header = {
             "format": VERSION, "job": job, "tag": tag, "config_hash": config_hash, "pid": os.getpid(),
-            "start_time": _start_time(os.getpid()), "host": socket.gethostname(), "created": time.time(),
+            "start_time": process_start_time(os.getpid()), "host": socket.gethostname(), "created": time.time(),
             "reaper_pid": reaper.pid, "tickers": list(arrays.tickers), "names": list(arrays.names), "arrays": specs,
         }  # fmt: skip
         json_len_guess = len(json.dumps(header)) + 256  # room for data_crc, offsets and total_size
@@ -474,7 +474,7 @@ def _inspect(path: Path) -> SegmentInfo | None:
         return SegmentInfo(path.name, st.st_size, match["job"], None, None, st.st_mtime, locked or young, problem)
     pid, host = header["pid"], header["host"]
     same_host = host == socket.gethostname()
-    running = same_host and _start_time(pid) is not None and _start_time(pid) == header.get("start_time")
+    running = same_host and process_start_time(pid) is not None and process_start_time(pid) == header.get("start_time")
     alive = locked or running or not same_host  # another host's creator: cannot tell, so never clean it
     return SegmentInfo(path.name, st.st_size, header["job"], pid, host, header["created"], alive)
 
@@ -488,9 +488,13 @@ def list_segments() -> list[SegmentInfo]:
     return [info for p in paths if (info := _inspect(p)) is not None]
 
 
-def clean(job: str | None = None) -> list[str]:
-    """Remove orphaned segments (creator dead), only of ``job`` if given; live ones are never touched."""
-    removed = []
+def clean(job: str | None = None) -> tuple[list[str], list[str]]:
+    """Remove orphaned segments (creator dead), only of ``job`` if given; live ones are never touched.
+
+    Returns the names removed and, for orphans this user may not remove (another user's), one
+    line each saying so.
+    """
+    removed, refused = [], []
     for info in list_segments():
         if info.alive or (job is not None and info.job != job):
             continue
@@ -499,4 +503,6 @@ def clean(job: str | None = None) -> list[str]:
             removed.append(info.name)
         except FileNotFoundError:
             pass
-    return removed
+        except PermissionError:
+            refused.append(f"{info.name}: not removed, it belongs to another user (ask them or root)")
+    return removed, refused

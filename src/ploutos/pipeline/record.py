@@ -10,21 +10,13 @@ from ploutos.analytics.evaluation import FoldEvaluation
 from ploutos.config import Config, config_hash, dump
 from ploutos.features.arrays import FeatureArrays
 from ploutos.features.normalize import NormStats
-from ploutos.files import atomic_path
-from ploutos.results.hdf5 import TaskResult, write_task_result
+from ploutos.results.hdf5 import TaskResult, task_file_problem, write_task_result
 from ploutos.results.layout import RunLayout
 from ploutos.results.provenance import provenance
+from ploutos.train.artifacts import load_policy, save_policy
 from ploutos.train.evaluate import Actor, Ensemble, evaluate
-from ploutos.train.folds import Fold
-from ploutos.train.model import algorithm
+from ploutos.train.folds import Fold, fold_features
 from ploutos.train.trainer import TrainedMember
-
-
-def save_model(model: Any, path: Path) -> None:
-    """The model as an SB3 zip, written atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        model.save(handle)
 
 
 def evaluate_fold(actor: Actor, arrays: FeatureArrays, fold: Fold, config: Config, seed: int) -> FoldEvaluation:
@@ -62,7 +54,7 @@ def record_member(
     Returns the task file and the ensemble's file (None while members are missing).
     """
     run = RunLayout.of(config)
-    save_model(trained.model, run.model(fold.index, member))
+    save_policy(trained.model, run.model(fold.index, member), config)
     evaluation = evaluate_fold(trained.model, arrays, fold, config, seed=trained.seed)
     record = provenance(config.data.store)
     record.update(
@@ -85,6 +77,17 @@ def record_member(
     return result, ensemble
 
 
+def ensure_ensemble(config: Config, fold_index: int) -> Path | None:
+    """Rebuild the fold's ensemble file when every member has its model but the file is missing or
+    unusable (a kill between the last member's file and the ensemble's leaves that state)."""
+    run = RunLayout.of(config)
+    path = run.result(fold_index, None)
+    if not fold_complete(config, fold_index) or task_file_problem(path, fold_index, None, config_hash(config)) is None:
+        return None
+    arrays, fold, stats = fold_features(config, fold_index)
+    return evaluate_ensemble(config, fold, arrays, stats, provenance(config.data.store))
+
+
 def fold_complete(config: Config, fold_index: int) -> bool:
     """Whether every member of the fold has its model."""
     run = RunLayout.of(config)
@@ -96,7 +99,7 @@ def evaluate_ensemble(
 ) -> Path:
     """Load every member of the fold, evaluate them as one policy, write ``fold<F>_ensemble.h5``."""
     run = RunLayout.of(config)
-    members = [algorithm(config).load(run.model(fold.index, m), device="cpu") for m in range(config.ensemble.members)]
+    members = [load_policy(run.model(fold.index, m), config_hash(config)) for m in range(config.ensemble.members)]
     ensemble = Ensemble(members, config.ensemble.combine)
     evaluation = evaluate_fold(ensemble, arrays, fold, config, seed=config.seed)
     record = {**record, "members": config.ensemble.members, "combine": config.ensemble.combine}

@@ -22,6 +22,7 @@ from ploutos.errors import PloutosError, first_line
 from ploutos.pipeline.task import run_task
 from ploutos.results.aggregate import Summary, aggregate, format_folds
 from ploutos.results.layout import RunLayout
+from ploutos.results.locks import TaskHeld
 from ploutos.results.report import write_report
 from ploutos.train.folds import Fold, format_plan, plan_for
 
@@ -78,19 +79,32 @@ def plan_run(config: Config, *, echo: Echo = say, progress: bool = True) -> RunP
 
 
 def aggregate_run(run_dir: Path) -> Summary:
-    """``summary.h5`` of a run folder; without ``plan.json`` the grid is planned from its config and dataset."""
+    """``summary.h5`` of a run folder, for the task grid its config plans over its dataset.
+
+    ``plan.json`` (what the launchers submitted) must agree with that plan: a damaged or foreign
+    one is refused rather than trusted (a plan of 10^8 folds would aggregate for hours). Without
+    the dataset, ``plan.json`` is taken as it is; without ``plan.json``, the config's plan is used.
+    """
     layout = RunLayout(Path(run_dir))
-    grid = layout.read_plan()
-    if grid is None and layout.config_file.is_file():
-        try:
-            config = load(layout.config_file)
-            grid = len(plan_for(config)), config.ensemble.members
-        except Exception as err:  # any failure of the fallback is reported as one line
+    recorded = layout.read_plan()
+    if not layout.config_file.is_file():
+        return aggregate(layout.root, recorded)
+    config = load(layout.config_file)
+    try:
+        planned: tuple[int, int] | None = len(plan_for(config)), config.ensemble.members
+    except PloutosError as err:
+        if recorded is None:
             raise PloutosError(
                 f"{layout.plan_file}: missing, and planning the folds from {layout.config_file.name} failed: "
                 f"{first_line(err)}"
             ) from err
-    return aggregate(layout.root, grid)
+        planned = None
+    if recorded is not None and planned is not None and recorded != planned:
+        raise PloutosError(
+            f"{layout.plan_file}: {recorded[0]} fold(s) x {recorded[1]} member(s), but the run's config plans "
+            f"{planned[0]} x {planned[1]} over its dataset; remove plan.json to use the config's plan"
+        )
+    return aggregate(layout.root, recorded or planned)
 
 
 def finish_run(run_dir: Path, *, echo: Echo = say) -> Summary:
@@ -105,15 +119,19 @@ def finish_run(run_dir: Path, *, echo: Echo = say) -> Summary:
 
 
 def run(config: Config, executor: Executor, *, echo: Echo = say, progress: bool = True) -> int:
-    """The whole run of ``config``: 0 when every task ended well, 1 when some failed (they are listed)."""
+    """The whole run of ``config``: 0 when every task and ensemble is in the summary, 1 when some are
+    not (each is listed: failed, held by another process, or missing from the summary)."""
     plan = plan_run(config, echo=echo, progress=progress)
     echo(f"[3/4] train: {len(plan.grid)} task(s) into {config.run_dir} ({executor.name})")
     failures = executor.run_tasks(plan, echo)
     for line in failures:
         echo(f"failed: {line}")
-    if not executor.aggregates_itself:
-        finish_run(plan.layout.root, echo=echo)
-    return 1 if failures else 0
+    if executor.aggregates_itself:
+        return 1 if failures else 0
+    summary = finish_run(plan.layout.root, echo=echo)
+    if summary.missing:
+        echo(f"incomplete: {len(summary.missing)} task file(s) not in the summary; run the same command again")
+    return 1 if failures or summary.missing else 0
 
 
 @dataclass(frozen=True)
@@ -125,9 +143,17 @@ class InProcess:
     aggregates_itself: bool = False
 
     def run_tasks(self, plan: RunPlan, echo: Echo) -> list[str]:
-        grid = plan.grid
+        grid, held = plan.grid, []
         for number, (fold, member) in enumerate(grid, 1):
-            outcome = run_task(plan.config, fold, member, progress=self.progress)
+            where = f"  task {number}/{len(grid)} fold {fold} member {member}"
+            try:
+                outcome = run_task(plan.config, fold, member, progress=self.progress)
+            except TaskHeld as err:  # another process trains it: go on with the others
+                echo(f"{where}: skipped, {err}")
+                held.append(str(err))
+                continue
             state = "already done" if outcome.skipped else f"{outcome.timesteps} steps in {outcome.wall_seconds:.0f} s"
-            echo(f"  task {number}/{len(grid)} fold {fold} member {member}: {state}")
-        return []
+            redone = f" (trained again: {outcome.redone})" if outcome.redone else ""
+            rebuilt = ", its fold's ensemble rebuilt" if outcome.skipped and outcome.ensemble else ""
+            echo(f"{where}: {state}{redone}{rebuilt}")
+        return held

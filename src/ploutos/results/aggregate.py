@@ -25,7 +25,7 @@ from ploutos.analytics.metrics import Metrics, compute_metrics
 from ploutos.config import load
 from ploutos.errors import PloutosError, first_line
 from ploutos.files import atomic_path
-from ploutos.results.hdf5 import TIME_UNIT, ResultError, missing_fields
+from ploutos.results.hdf5 import TIME_UNIT, task_file_problem
 from ploutos.results.layout import RunLayout
 
 SUMMARY_VERSION = 1
@@ -117,27 +117,17 @@ def _read_curve(h5: h5py.File, group: str) -> dict[str, np.ndarray]:
 
 def _inspect(path: Path, fold: int, member: int, run_hash: str) -> _Task:
     """The status of one expected task file and, when ok, what the summary needs from it."""
-    if not path.exists():
-        return _Task(fold, member, "missing", "no task file")
+    problem = task_file_problem(path, fold, member, run_hash)
+    if problem is not None:
+        return _Task(fold, member, *problem)
     try:
-        lacks = missing_fields(path)
-        if lacks:
-            more = f", +{len(lacks) - 3} more" if len(lacks) > 3 else ""
-            return _Task(fold, member, "incomplete", f"lacks {', '.join(lacks[:3])}{more}")
         with h5py.File(path, "r", locking=False) as h5:
-            attrs = {key: h5.attrs[key] for key in ("config_hash", "fold", "member")}
-            found = attrs["config_hash"].decode() if isinstance(attrs["config_hash"], bytes) else attrs["config_hash"]
-            if found != run_hash:
-                return _Task(fold, member, "foreign", f"config hash {found}, the run's is {run_hash}")
-            if (int(attrs["fold"]), int(attrs["member"])) != (fold, member):
-                held = f"fold {int(attrs['fold'])} member {int(attrs['member'])}"
-                return _Task(fold, member, "foreign", f"holds {held}, not fold {fold} member {member}")
             metrics = {name: {k: float(v) for k, v in group.attrs.items()} for name, group in h5["metrics"].items()}
             data: dict[str, Any] = {"metrics": metrics}
             if member < 0:
                 data["curves"] = {"ensemble": _read_curve(h5, "test")}
                 data["curves"].update({name: _read_curve(h5, f"benchmarks/{name}") for name in BENCHMARKS})
-    except (ResultError, OSError, KeyError, ValueError, TypeError) as err:
+    except (OSError, KeyError, ValueError, TypeError) as err:
         return _Task(fold, member, "unreadable", first_line(err).replace(f"{path}: ", ""))
     return _Task(fold, member, "ok", "", data)
 

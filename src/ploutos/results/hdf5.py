@@ -182,6 +182,33 @@ def missing_fields(path: Path) -> list[str]:
     return missing
 
 
+def task_file_problem(path: Path, fold: int, member: int | None, run_hash: str) -> tuple[str, str] | None:
+    """Why the file at ``path`` is not a usable result of task (``fold``, ``member``) of the run whose
+    config hash is ``run_hash``, as ``(status, reason)``: ``missing``, ``incomplete``, ``foreign`` or
+    ``unreadable``; None when it is usable. ``member`` None (or -1) is the fold's ensemble."""
+    member = -1 if member is None else member
+    if not path.exists():
+        return "missing", "no task file"
+    try:
+        lacks = missing_fields(path)
+        if lacks:
+            more = f", +{len(lacks) - 3} more" if len(lacks) > 3 else ""
+            return "incomplete", f"lacks {', '.join(lacks[:3])}{more}"
+        with h5py.File(path, "r", locking=False) as h5:
+            found = h5.attrs["config_hash"]
+            found = found.decode() if isinstance(found, bytes) else str(found)
+            if found != run_hash:
+                return "foreign", f"config hash {found}, the run's is {run_hash}"
+            held = int(h5.attrs["fold"]), int(h5.attrs["member"])
+            if held != (fold, member):
+                return "foreign", f"holds fold {held[0]} member {held[1]}, not fold {fold} member {member}"
+            for group in h5["metrics"].values():
+                dict(group.attrs)
+    except (ResultError, OSError, KeyError, ValueError, TypeError) as err:
+        return "unreadable", str(err).replace(f"{path}: ", "").splitlines()[0]
+    return None
+
+
 def read_metrics(path: Path) -> dict[str, dict[str, float]]:
     """The ``/metrics`` groups of a task file as plain dicts."""
     try:

@@ -70,6 +70,10 @@ class RunLayout:
     def model(self, fold: int, member: int) -> Path:
         return self.models / f"{self.task_name(fold, member)}.zip"
 
+    def lock(self, fold: int, member: int) -> Path:
+        """The task's lock (:mod:`ploutos.results.locks`): who trains it now."""
+        return self.root / "locks" / f"{self.task_name(fold, member)}.lock"
+
     def tensorboard(self, fold: int, member: int) -> Path:
         return self.logs / "tensorboard" / self.task_name(fold, member)
 
@@ -82,7 +86,9 @@ class RunLayout:
                 f"{self.root}: holds a run of another config (hash {recorded}, this one is {fingerprint}); "
                 "give this run another name (--set name=...) or remove the folder"
             )
-        for folder in (self.tasks, self.checkpoints, self.models, self.logs):
+        for folder in (self.root, self.tasks, self.checkpoints, self.models, self.logs):
+            if folder.exists() and not folder.is_dir():
+                raise ConfigError(f"{folder}: a file where the run folder needs a folder; move it away")
             folder.mkdir(parents=True, exist_ok=True)
         if recorded is None:
             with atomic_path(self.config_file) as tmp:

@@ -1,21 +1,24 @@
 """Checkpoints of one training task, and the preemption signal that asks for one.
 
-A checkpoint is one file, ``checkpoints/fold<F>_member<M>.ckpt``: a pickle of the SB3 model (its
-zip, with the policy and optimizer states and the step counter), the normalization statistics
-of the fold, every rank's RNG states (Python, NumPy, torch, each env's generator), the training
-curve so far, and how many times the task was resumed. It is written under a temporary name and
-renamed, so a kill during the write leaves the previous checkpoint whole.
+A checkpoint is one file, ``checkpoints/fold<F>_member<M>.ckpt``, in the format of
+:mod:`ploutos.train.artifacts` (JSON and weights-only tensors: loading it runs no code): the
+policy and optimizer states and the learner's counters, the normalization statistics of the fold,
+every rank's RNG states (Python, NumPy, torch, each env's generator), the training curve so far,
+and how many times the task was resumed. It is written under a temporary name and renamed, so a
+kill during the write leaves the previous checkpoint whole.
 
 Slurm warns a task before its time limit (``--signal``) and on preemption with SIGUSR2 or
-SIGTERM. :class:`PreemptionFlag` only records the signal; the trainer checks it between rollouts,
-where every rank agrees to stop, writes the checkpoint and exits for the requeue.
+SIGTERM; a user stops a run with Ctrl-C (SIGINT). :class:`PreemptionFlag` only records the signal;
+the trainer checks it between rollouts, where every rank agrees to stop, writes the checkpoint and
+exits (for the requeue, or for the user to run the same command again). A second Ctrl-C stops at
+once, without a checkpoint.
 """
 
 from __future__ import annotations
 
-import pickle
 import random
 import signal
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -25,10 +28,10 @@ import numpy as np
 import torch
 
 from ploutos.errors import PloutosError
-from ploutos.files import atomic_path
+from ploutos.train.artifacts import ArtifactError, read_artifact, write_artifact
 
-FORMAT_VERSION = 1
-PREEMPTION_SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
+FORMAT_VERSION = 2
+PREEMPTION_SIGNALS = (signal.SIGUSR2, signal.SIGTERM, signal.SIGINT)
 
 
 class CheckpointError(PloutosError):
@@ -43,8 +46,13 @@ class Checkpoint:
     """The config that produced it; a checkpoint of another config is refused."""
     timesteps: int
     """Environment steps of the member so far, over every rank."""
-    model_zip: bytes
-    """The SB3 model saved as a zip (policy, optimizer, counters)."""
+    policy: dict[str, torch.Tensor]
+    """The policy's state dict."""
+    optimizer: dict[str, Any]
+    """The optimizer's state dict."""
+    learner: dict[str, Any]
+    """The learner's counters: ``num_timesteps`` (this rank's), ``n_updates``, ``episodes`` (recent
+    episode infos: ``r``, ``l``, ``t``)."""
     norm_center: np.ndarray
     norm_scale: np.ndarray
     rank_rng: list[dict[str, Any]]
@@ -55,28 +63,101 @@ class Checkpoint:
     """How many times the task was resumed before this checkpoint."""
     wall_seconds: float = 0.0
     """Training time spent before this checkpoint, over every attempt."""
-    format_version: int = FORMAT_VERSION
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-            pickle.dump(self, handle, protocol=pickle.HIGHEST_PROTOCOL)
+        meta = {
+            "kind": "checkpoint",
+            "format": FORMAT_VERSION,
+            "config_hash": self.config_hash,
+            "timesteps": self.timesteps,
+            "learner": self.learner,
+            "norm_center": np.asarray(self.norm_center, dtype=np.float64).tolist(),
+            "norm_scale": np.asarray(self.norm_scale, dtype=np.float64).tolist(),
+            "rank_rng": [_rng_to_json(state) for state in self.rank_rng],
+            "curve": self.curve,
+            "resumed": self.resumed,
+            "wall_seconds": self.wall_seconds,
+        }
+        tensors = {
+            "policy": self.policy,
+            "optimizer": self.optimizer,
+            "torch_rng": [state["torch"] for state in self.rank_rng],
+        }
+        write_artifact(path, meta, tensors)
 
     @staticmethod
     def load(path: Path, *, config_hash: str) -> Checkpoint:
         try:
-            with open(path, "rb") as handle:
-                checkpoint = pickle.load(handle)
-        except Exception as err:  # unpickling foreign bytes can raise nearly anything (ImportError, OverflowError...)
-            raise CheckpointError(f"{path}: unreadable checkpoint ({type(err).__name__}: {err})") from None
-        if not isinstance(checkpoint, Checkpoint) or checkpoint.format_version != FORMAT_VERSION:
-            raise CheckpointError(f"{path}: not a Ploutos checkpoint of format {FORMAT_VERSION}; remove it to restart")
-        if checkpoint.config_hash != config_hash:
+            meta, tensors = read_artifact(path, "checkpoint", FORMAT_VERSION)
+        except ArtifactError as err:
+            raise CheckpointError(f"{err}; remove it to restart the task") from None
+        if meta["config_hash"] != config_hash:
             raise CheckpointError(
-                f"{path}: checkpoint of config {checkpoint.config_hash}, not of this config {config_hash}; "
+                f"{path}: checkpoint of config {meta['config_hash']}, not of this config {config_hash}; "
                 "remove it to restart the task, or run with the config it was made with"
             )
-        return checkpoint
+        try:
+            rank_rng = [
+                {**_rng_from_json(state), "torch": torch_state}
+                for state, torch_state in zip(meta["rank_rng"], tensors["torch_rng"], strict=True)
+            ]
+            return Checkpoint(
+                config_hash=meta["config_hash"],
+                timesteps=int(meta["timesteps"]),
+                policy=tensors["policy"],
+                optimizer=tensors["optimizer"],
+                learner=dict(meta["learner"]),
+                norm_center=np.asarray(meta["norm_center"], dtype=np.float64),
+                norm_scale=np.asarray(meta["norm_scale"], dtype=np.float64),
+                rank_rng=rank_rng,
+                curve={key: [float(v) for v in values] for key, values in meta["curve"].items()},
+                resumed=int(meta["resumed"]),
+                wall_seconds=float(meta["wall_seconds"]),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise CheckpointError(
+                f"{path}: damaged checkpoint ({type(err).__name__}: {err}); remove it to restart the task"
+            ) from None
+
+
+def _rng_to_json(state: dict[str, Any]) -> dict[str, Any]:
+    """A rank's RNG states without torch's (a tensor, stored with the tensors) as plain JSON."""
+    version, internal, gauss = state["python"]
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    return {
+        "python": [version, list(internal), gauss],
+        "numpy": [name, np.asarray(keys).tolist(), int(pos), int(has_gauss), float(cached)],
+        "envs": [_plain(env_state) for env_state in state["envs"]],
+    }
+
+
+def _rng_from_json(data: dict[str, Any]) -> dict[str, Any]:
+    version, internal, gauss = data["python"]
+    name, keys, pos, has_gauss, cached = data["numpy"]
+    return {
+        "python": (int(version), tuple(int(k) for k in internal), gauss),
+        "numpy": (str(name), np.asarray(keys, dtype=np.uint32), int(pos), int(has_gauss), float(cached)),
+        "envs": [_unplain(env_state) for env_state in data["envs"]],
+    }
+
+
+def _plain(value: Any) -> Any:
+    """A bit generator's state as JSON: arrays become ``{"ndarray": [...], "dtype": "..."}``."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, np.ndarray):
+        return {"ndarray": value.tolist(), "dtype": str(value.dtype)}
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _unplain(value: Any) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {"ndarray", "dtype"}:
+            return np.asarray(value["ndarray"], dtype=np.dtype(value["dtype"]))
+        return {key: _unplain(item) for key, item in value.items()}
+    return value
 
 
 def capture_rng(env_generators: list[np.random.Generator]) -> dict[str, Any]:
@@ -103,10 +184,11 @@ def restore_rng(state: dict[str, Any]) -> list[np.random.Generator]:
 
 
 class PreemptionFlag:
-    """Records SIGUSR2/SIGTERM instead of dying, so that the trainer can checkpoint first.
+    """Records SIGUSR2/SIGTERM/SIGINT instead of dying, so that the trainer can checkpoint first.
 
-    While installed, a second signal of the same kind still only sets the flag; the previous
-    handlers come back on :meth:`restore`.
+    While installed, a second SIGUSR2 or SIGTERM still only sets the flag; a second SIGINT (Ctrl-C
+    twice) raises :class:`KeyboardInterrupt` at once. The previous handlers come back on
+    :meth:`restore`.
     """
 
     def __init__(self) -> None:
@@ -119,6 +201,10 @@ class PreemptionFlag:
         return self
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGINT:
+            if self.signal == signal.SIGINT:
+                raise KeyboardInterrupt
+            print("ploutos: Ctrl-C: checkpointing after this rollout (Ctrl-C again stops at once)", file=sys.stderr)
         self.signal = signum
 
     @property

@@ -18,9 +18,13 @@ def member_seed(base: int, fold: int, member: int) -> int:
     return int(np.random.SeedSequence([base, fold, member]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
+ALGORITHMS: dict[str, type[PPO] | type[RecurrentPPO]] = {"ppo": PPO, "recurrent_ppo": RecurrentPPO}
+"""The SB3 class of each ``ppo.algo``."""
+
+
 def algorithm(config: Config) -> type[PPO] | type[RecurrentPPO]:
     """The SB3 class of ``ppo.algo``."""
-    return RecurrentPPO if config.ppo.algo == "recurrent_ppo" else PPO
+    return ALGORITHMS[config.ppo.algo]
 
 
 def policy_name(config: Config) -> str:
@@ -29,7 +33,7 @@ def policy_name(config: Config) -> str:
     return f"{base}LstmPolicy" if config.ppo.algo == "recurrent_ppo" else f"{base}Policy"
 
 
-def build_model(config: Config, venv: Any, layout: HardwarePlan, seed: int) -> Any:
+def build_model(config: Config, venv: Any, layout: HardwarePlan, seed: int | None) -> Any:
     """A fresh PPO / RecurrentPPO with the config's hyperparameters on ``venv``."""
     ppo = config.ppo
     arch = list(ppo.net_arch)

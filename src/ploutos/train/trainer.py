@@ -20,9 +20,9 @@ runs the whole task: the node's feature store, this, then the task files):
 from __future__ import annotations
 
 import hashlib
-import io
 import math
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ from ploutos.progress import progress_bar
 from ploutos.train.checkpoint import Checkpoint, PreemptionFlag, capture_rng, restore_rng
 from ploutos.train.distributed import RankGroup
 from ploutos.train.folds import Fold
-from ploutos.train.model import algorithm, build_model, member_seed
+from ploutos.train.model import build_model, member_seed
 
 CURVE_KEYS = {
     "time/total_timesteps": "timesteps",
@@ -195,8 +195,7 @@ class MemberTraining:
         return int(self.model.num_timesteps) * self.ranks.size if self.model is not None else 0
 
     def start(self) -> None:
-        """A fresh model, or the one in the checkpoint."""
-        norm = self.norm
+        """A fresh model, or one built the same way and loaded with the checkpoint's states."""
         fingerprint = config_hash(self.config)
         checkpoint = None
         if self.checkpoint_path.exists():
@@ -207,11 +206,16 @@ class MemberTraining:
             self.venv.seed(self.seed + 100_003 * self.ranks.rank)  # rank's own episodes
             self.ranks.broadcast_parameters(self.model.policy)
         else:
-            if norm is not None:
-                _check_same_normalization(checkpoint, norm, self.checkpoint_path)
-            self.model = algorithm(self.config).load(
-                io.BytesIO(checkpoint.model_zip), env=self.venv, device=self.layout.device
-            )
+            if self.norm is not None:
+                _check_same_normalization(checkpoint, self.norm, self.checkpoint_path)
+            self.model = build_model(self.config, self.venv, self.layout, seed=None)  # seeds come from the RNG states
+            self.model.policy.load_state_dict(checkpoint.policy)
+            self.model.policy.optimizer.load_state_dict(checkpoint.optimizer)
+            learner = checkpoint.learner
+            self.model.num_timesteps = int(learner["num_timesteps"])
+            self.model._n_updates = int(learner["n_updates"])
+            self.model.ep_info_buffer = deque(learner["episodes"], maxlen=self.model._stats_window_size)
+            self.model.ep_success_buffer = deque(maxlen=self.model._stats_window_size)
             rng = checkpoint.rank_rng[self.ranks.rank % len(checkpoint.rank_rng)]
             for index, generator in enumerate(restore_rng(rng)):
                 if index < self.venv.num_envs:
@@ -298,12 +302,16 @@ class MemberTraining:
         generators = self.venv.get_attr("np_random")
         states = self.ranks.gather(capture_rng(generators))
         if self.ranks.is_root:
-            buffer = io.BytesIO()
-            self.model.save(buffer)
             Checkpoint(
                 config_hash=config_hash(self.config),
                 timesteps=self.timesteps,
-                model_zip=buffer.getvalue(),
+                policy=self.model.policy.state_dict(),
+                optimizer=self.model.policy.optimizer.state_dict(),
+                learner={
+                    "num_timesteps": int(self.model.num_timesteps),
+                    "n_updates": int(self.model._n_updates),
+                    "episodes": [{k: float(v) for k, v in info.items()} for info in self.model.ep_info_buffer or []],
+                },
                 norm_center=self.norm[0] if self.norm else np.zeros(0),
                 norm_scale=self.norm[1] if self.norm else np.zeros(0),
                 rank_rng=states or [],

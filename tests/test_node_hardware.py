@@ -149,3 +149,20 @@ def test_cli_handler_prints_the_plan(name, capsys):
     assert main(["hardware", "--config", name]) == 0
     out = capsys.readouterr().out
     assert out.startswith("node ") and "why:" in out and "batch_size" in out
+
+
+def test_gpus_named_but_not_visible_and_huge_rollouts_are_warnings():
+    config = load("quickstart", ["hardware.gpus=3", "hardware.n_envs=20000"])
+    p = plan(config, environ={}, cpus=2, machine=Machine(2, 24.0, 0, "no nvidia-smi"))
+    assert any("hardware.gpus 3 but 0 GPU(s) visible" in w for w in p.warnings)
+    # 256 steps x 20000 envs x 3,044 floats x 4 bytes = 62 GB: more than half of 24 GB
+    assert p.rollout_gb == pytest.approx(256 * 20000 * 3044 * 4 / 1e9)
+    assert any("rollout buffers need 62.3 GB" in w and "half of the 24 GB" in w for w in p.warnings)
+    assert not plan(load("quickstart", []), environ={}, cpus=2, machine=Machine(2, 24.0, 0, "test")).warnings
+
+
+def test_train_shows_the_plan_warnings_in_one_line_each(ploutos):
+    result = ploutos("train", "--fold", "0", "--set", "hardware.gpus=3", "--set", "data.store=nowhere")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert lines[0].startswith("ploutos: warning: hardware.gpus 3 but") and lines[-1].startswith("ploutos: error: ")

@@ -254,3 +254,13 @@ def test_names():
     both = {**env, "SLURM_JOB_ID": "77", "SLURM_ARRAY_TASK_ID": "3"}
     assert subprocess.run(run, env=both, capture_output=True, text=True).stdout == "77_3\n"
     assert subprocess.run(run, env=env, capture_output=True, text=True).stdout.startswith("local")
+
+
+def test_clean_reports_orphans_it_may_not_remove(monkeypatch):
+    """Another user's orphan: listed as not removed, no PermissionError (root may remove anything, so faked)."""
+    info = shm.SegmentInfo(
+        name="ploutos_99999_x", job="99999", size=1, created=0.0, pid=1, host="h", alive=False, problem=""
+    )
+    monkeypatch.setattr(shm, "list_segments", lambda: [info])
+    monkeypatch.setattr(shm.os, "unlink", lambda path: (_ for _ in ()).throw(PermissionError(1, "denied")))
+    assert shm.clean() == ([], ["ploutos_99999_x: not removed, it belongs to another user (ask them or root)"])

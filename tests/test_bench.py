@@ -1,12 +1,19 @@
-"""Smoke tests of the benchmark harness and ``ploutos bench features`` (no speed assertions)."""
+"""The benchmarks' harness and their output contract: every figure and its same-run baseline are
+measured and printed in the documented line format, which scripts read (no speed assertions)."""
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import pytest
 
+from ploutos.bench import env as bench_env
 from ploutos.bench import features as bench
+from ploutos.bench import vecenv as bench_vecenv
 from ploutos.bench.timing import Timing, format_ms, time_call
+
+RATE = r"[\d,]+"
 
 
 def test_time_call_counts_repeats_and_keeps_the_result():
@@ -79,10 +86,46 @@ def test_main_prints_and_returns_zero(monkeypatch, capsys):
     assert "features 1 x 1k bars" in out
 
 
+def test_bench_env_lines_follow_the_format():
+    results = bench_env.run(steps=2_000, repeats=1, warmup=0, n_time=1_024)
+    lines = bench_env.format_results(results)
+    batched, windows, *single = lines
+    assert re.fullmatch(
+        rf"batched 64 envs x 15 assets \(row indices \+ portfolio\): {RATE} env-steps/s; single TradingEnv {RATE} "
+        r"steps/s; ratio \d+\.\d\d; target >= 300,000 env-steps/s: (PASS|MISS)",
+        batched,
+    ), batched
+    assert re.fullmatch(
+        rf"batched 64 envs x 15 assets \(flat windows\): {RATE} env-steps/s; single TradingEnv {RATE} steps/s; "
+        r"ratio \d+\.\d\d",
+        windows,
+    ), windows
+    assert len(single) == 3
+    for line in single:
+        assert re.fullmatch(
+            rf"single TradingEnv 15 assets x 95 features x lookback 32, \w+, \w+: {RATE} steps/s; gym-anytrading "
+            rf"StocksEnv {RATE} steps/s; ratio \d+\.\d\d",
+            line,
+        ), line
+    assert all(r.rate > 0 and r.baseline_rate > 0 for r in results)  # each figure and its baseline measured
+    assert results[0].steps == 2_000 // 64 * 64 and results[0].baseline_steps == 2_000
+
+
+def test_bench_vecenv_lines_follow_the_format():
+    rates = bench_vecenv.measure(2, 2, steps=5, repeats=1)
+    assert set(rates) == {"DummyVecEnv", "BatchedVecEnv (in process)", "ShmVecEnv (2 workers, no copy)",
+                          "SubprocVecEnv (2 processes)"} and all(rate > 0 for rate in rates.values())  # fmt: skip
+    lines = bench_vecenv.format_rates(2, rates)
+    assert len(lines) == 3
+    for line in lines:
+        assert re.fullmatch(
+            rf"vecenv 2 envs x 15 assets, [^:]+: {RATE} env-steps/s; DummyVecEnv {RATE} env-steps/s; ratio \d+\.\d\d",
+            line,
+        ), line
+
+
 @pytest.mark.slow
 def test_bench_train_quick_reports_both_setups_and_the_ratio(ploutos, tmp_path):
-    import re
-
     store = tmp_path / "quickstart"
     result = ploutos("bench", "train", "--quick", "--set", f"data.store={store}", timeout=600)
     assert result.returncode == 0, result.stderr
@@ -94,6 +137,7 @@ def test_bench_train_quick_reports_both_setups_and_the_ratio(ploutos, tmp_path):
     }
     assert set(rates) == {"ploutos", "plain SB3"}, out
     assert all(rate > 0 for rate in rates.values()), rates
-    assert re.search(r"^ratio ploutos / plain SB3: \d+\.\d\dx \(target >= 3x\)", out, re.MULTILINE), out
-    assert "warm-up" in out and "ShmVecEnv" in out and "SubprocVecEnv" in out
+    assert re.search(r"^ratio ploutos / plain SB3: \d+\.\d\dx \(same torch threads, envs and network\)$", out,
+                     re.MULTILINE), out  # fmt: skip
+    assert "warm-up" in out and "plain SB3: DummyVecEnv" in out and out.count(" (pinned)") == 2  # same threads
     assert (store / "manifest.json").exists()  # the dataset was built in tmp_path, not in the repo

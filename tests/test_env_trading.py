@@ -290,36 +290,6 @@ def test_bench_env_runs_small():
     from ploutos.bench import env as bench
 
     results = bench.run(steps=300, repeats=1, warmup=0, n_asset=3, n_feat=4, lookback=8, n_time=200)
-    assert len(results) == 4 and all(r.rate > 0 for r in results)
+    assert len(results) == 5 and all(r.rate > 0 for r in results)
     lines = bench.format_results(results)
     assert lines[0].endswith(("PASS", "MISS")) and "steps/s" in lines[0]
-
-
-def test_chunked_preparation_does_not_change_the_path(monkeypatch):
-    from ploutos.env import trading
-
-    arrays = synthetic_arrays(120, 3, 2, seed=9)
-    prices, present = arrays.prices.copy(), arrays.present.copy()
-    prices[40:47, 1, :4] = np.nan  # a gap beyond any carry: no price, no bar
-    present[40:47, 1] = False
-    present[60:62, 2] = False  # carried bars: prices stay, no trading
-    arrays = FeatureArrays(
-        arrays.timestamps, arrays.tickers, arrays.names, arrays.values, arrays.valid, present, prices
-    )
-
-    def path():
-        env = make_env(arrays, EnvConfig(), lookback=4)
-        env.reset(seed=0)
-        env.action_space.seed(0)
-        out, done = [], False
-        while not done:
-            obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
-            assert np.isfinite(obs).all() and math.isfinite(reward)
-            out.append((reward, info["equity"], *info["weights"]))
-            done = terminated or truncated
-        return np.array(out)
-
-    whole = path()
-    monkeypatch.setattr(trading, "ROW_CHUNK", 7)
-    np.testing.assert_array_equal(path(), whole)
-    assert len(whole) == 120 - 4

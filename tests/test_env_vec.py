@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import cloudpickle
 import gymnasium as gym
@@ -289,3 +290,34 @@ def test_a_store_env_worker_loads_neither_torch_nor_polars_nor_mpi4py():
         )  # fmt: skip
     assert proc.returncode == 0, proc.stderr.decode()
     assert proc.stdout.decode().strip() == "[]"
+
+
+@pytest.mark.parametrize("ending", ["unclosed", "worker-raised"])
+def test_a_process_that_does_not_close_its_vec_env_exits_promptly(ending: str, tmp_path):
+    """Workers ignore SIGTERM (it is the trainer's to handle), so multiprocessing's exit handler could
+    wait for them forever; an unclosed ShmVecEnv shuts them down at interpreter exit instead."""
+    script = tmp_path / "forget.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "import numpy as np\n"
+        "from ploutos.env.vec import ShmVecEnv\n"
+        "from test_env_vec import factory\n"
+        "if __name__ == '__main__':\n"
+        "    venv = ShmVecEnv([factory(i) for i in range(4)], envs_per_worker=2)\n"
+        "    venv.reset()\n"
+        "    for _ in range(10):\n"
+        "        venv.step(np.stack([venv.action_space.sample() for _ in range(4)]))\n"
+        + (
+            "    try:\n        venv.get_attr('no_such_attribute')\n"
+            "    except AttributeError:\n        print('raised')\n"
+            if ending == "worker-raised"
+            else ""
+        )
+        + "    print('done', flush=True)\n"
+    )
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == (["raised", "done"] if ending == "worker-raised" else ["done"])
+    assert time.monotonic() - started < 30

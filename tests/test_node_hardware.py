@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from ploutos.cli import main
 from ploutos.config import load
+from ploutos.node import hardware
 from ploutos.node.hardware import Machine, detect, format_plan, plan
 
 NO_GPU = Machine(affinity_cpus=1, memory_gb=64.0, gpus=0, gpu_source="test")
@@ -23,7 +24,8 @@ def test_a_256_core_slurm_node_runs_8_ranks_of_31_envs():
     config = load("full", [])
     environ = {"SLURM_JOB_ID": "42", "SLURM_CPUS_ON_NODE": "256"}
     p = plan(config, environ=environ, machine=Machine(256, 900.0, 0, "test"))
-    assert (p.cpus, p.ranks, p.cpus_per_rank, p.n_envs, p.envs_per_worker, p.workers) == (256, 8, 32, 31, 1, 31)
+    assert (p.cpus, p.ranks, p.cpus_per_rank, p.n_envs, p.workers) == (256, 8, 32, 31, 0)
+    assert "the envs step in the learner's process" in _reason(p, "workers 0")  # microseconds vs milliseconds
     assert p.device == "cpu" and p.learner_threads == 8 and p.n_steps == 1024
     assert p.batch_size == 7936 and (p.n_steps * p.n_envs) % p.batch_size == 0
     assert "SLURM_CPUS_ON_NODE=256" in _reason(p, "cpus 256")
@@ -53,7 +55,8 @@ def test_slurm_cpus_per_task_when_cpus_on_node_is_missing():
 
 def test_a_laptop_with_2_cores():
     p = plan(load("quickstart", []), environ={}, cpus=2, machine=Machine(2, 8.0, 0, "test"))
-    assert (p.cpus, p.gpus, p.ranks, p.n_envs, p.workers, p.device) == (2, 0, 1, 2, 2, "cpu")
+    assert (p.cpus, p.gpus, p.ranks, p.n_envs, p.workers, p.device) == (2, 0, 1, 2, 0, "cpu")
+    assert "share a core with the learner" in _reason(p, "workers 0")
     assert p.batch_size == 256 and (p.n_steps * p.n_envs) % p.batch_size == 0
     assert "learner shares a core" in _reason(p, "n_envs 2")
     assert _reason(p, "cpus 2") == "cpus 2: 2 in the affinity mask"
@@ -110,14 +113,19 @@ def test_hardware_overrides_win():
     assert (p.cpus, p.ranks, p.cpus_per_rank, p.n_envs, p.envs_per_worker, p.workers) == (64, 2, 32, 10, 3, 4)
     assert p.learner_threads == 5
     assert p.batch_size == 250  # largest divisor of 100 * 10 not above 300
-    for key in ("cpus 64", "n_envs 10", "envs_per_worker 3", "learner_threads 5", "ranks 2"):
+    for key in ("cpus 64", "n_envs 10", "learner_threads 5", "ranks 2"):
         assert _reason(p, key).endswith("hardware." + key.split()[0].replace("ranks", "mpi_ranks"))
+    assert "hardware.envs_per_worker 3" in _reason(p, "workers 4")
+    forced = plan(load("quickstart", ["hardware.env_workers=0", "hardware.n_envs=8"]), environ={}, cpus=2)
+    assert (forced.workers, forced.envs_per_worker) == (0, 8) and _reason(forced, "workers 0").endswith("env_workers")
 
 
-def test_memory_limits_worker_processes_not_envs():
+def test_memory_limits_worker_processes_not_envs(monkeypatch):
+    # with the measured rates an env step never pays for a worker process; a machine where it does:
+    monkeypatch.setattr(hardware, "WORKER_SHARE", 0.0)
     p = plan(load("quickstart", []), environ={}, cpus=64, machine=Machine(64, 4.0, 0, "test"))
     assert p.n_envs == 63 and p.workers == 4 and p.envs_per_worker == 16
-    assert "4 GB" in _reason(p, "envs_per_worker 16")
+    assert "4 GB" in _reason(p, "workers 4") and "worth moving off the learner" in _reason(p, "workers 4")
 
 
 def test_a_batch_larger_than_the_rollout_becomes_the_rollout():
@@ -138,7 +146,10 @@ def test_every_plan_is_consistent(cpus, ranks, n_steps, batch, memory):
     p = plan(config, environ={}, cpus=cpus, machine=Machine(cpus, memory, 0, "test"))
     assert (p.n_steps * p.n_envs) % p.batch_size == 0 and 1 <= p.batch_size <= batch
     assert 1 <= p.ranks <= cpus and p.ranks * p.cpus_per_rank <= cpus
-    assert p.workers * p.envs_per_worker >= p.n_envs > (p.workers - 1) * p.envs_per_worker
+    if p.workers:
+        assert p.workers * p.envs_per_worker >= p.n_envs > (p.workers - 1) * p.envs_per_worker
+    else:
+        assert p.envs_per_worker == p.n_envs
     assert p.learner_threads >= 1 and len(p.reasons) >= 9
     text = format_plan(p)
     assert all(reason in text for reason in p.reasons)

@@ -310,13 +310,18 @@ def test_dry_run_agrees_with_the_backtest(trained_run: Path) -> None:
     replay = dry_run(policy)
     check = agreement(policy, replay)
     print(check.line())
-    assert check.ok and check.backtest_costs > 0
-    assert check.difference <= 0.05 * check.backtest_costs  # in practice far inside the tolerance
+    assert replay.limited_steps == 0 and replay.costs > 0
+    assert check.ok and check.difference <= 1e-9 * check.backtest  # one simulator: the same path
     orders, equity = write_replay(replay, trained_run)
     curve = pl.read_csv(equity)
     assert curve.height == len(replay.equity) == policy.test_rows[1] - policy.test_rows[0] + 1
     assert curve["equity"][0] == policy.config.env.initial_cash
     assert pl.read_csv(orders).height == replay.orders.height > 0
+
+    tight = load_policy(trained_run, ["paper.max_weight=0.1", "paper.max_daily_turnover=0.05"])
+    limited = dry_run(tight)
+    assert limited.limited_steps > 0 and "risk limits changed the orders" in agreement(tight, limited).line()
+    assert float(np.abs(limited.orders["notional"]).sum()) < float(np.abs(replay.orders["notional"]).sum())
 
 
 def test_once_end_to_end_and_keys_never_leak(trained_run: Path, tmp_path: Path) -> None:

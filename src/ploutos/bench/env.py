@@ -1,14 +1,20 @@
-"""``ploutos bench env``: single-env steps per second of :class:`ploutos.env.TradingEnv`.
+"""``ploutos bench env``: env steps per second of the market simulator, one env and a batch.
 
-The env trades 15 assets with 95 features and a lookback of 32 (the full config's shape) on
+The envs trade 15 assets with 95 features and a lookback of 32 (the full config's shape) on
 synthetic arrays, with random actions drawn beforehand (so that sampling is not timed); episodes
-are reset when they end, and resets are timed too. In the same run the same loop drives
-gym-anytrading's ``StocksEnv`` on its shipped GOOGL data (one asset, two features, window 32),
-and the ratio of the two rates is printed. The target is >= 100,000 steps/s for the flat
-observation (FinRL's stock env manages about 1,400 and the original project about 4,000).
+are reset when they end, and resets are timed too. In one run:
 
-Benchmarks report; they never fail: a missed target prints ``MISS`` and the exit code stays 0.
-The CLI calls :func:`main` with its arguments (``[--steps N] [--repeats N] [--quick]``).
+- ``batched 64 envs x 15 assets: N env-steps/s``: the :class:`~ploutos.env.core.MarketCore` of 64
+  envs stepping with row-index observations (each env's decision row and portfolio state: what a
+  policy that reads the window from the store needs), beside the single env's rate and the target
+  of 300,000;
+- the same core filling flat observation windows for the batch (what today's MLP policies take);
+- a single :class:`~ploutos.env.trading.TradingEnv` (gymnasium ``step``) in each layout, beside
+  gym-anytrading's ``StocksEnv`` on its shipped GOOGL data (one asset, two features, window 32).
+
+Every line is ``<subject>: <rate> <unit>[; <baseline> <rate> <unit>; ratio <r>][; target >= <t>
+<unit>: PASS|MISS]``: scripts read it. Benchmarks report; they never fail. The CLI calls
+:func:`main` with its arguments (``[--steps N] [--repeats N] [--quick]``).
 """
 
 from __future__ import annotations
@@ -23,11 +29,14 @@ import numpy as np
 from ploutos.bench.timing import Timing, time_call
 from ploutos.commandline import Parser
 from ploutos.config import EnvConfig
-from ploutos.env import TradingEnv
+from ploutos.env.core import MarketCore
+from ploutos.env.trading import TradingEnv
 from ploutos.features.arrays import FeatureArrays
 
-TARGET_STEPS_PER_S = 100_000.0
-"""Single-env steps per second the flat layout should reach."""
+TARGET_BATCHED = 300_000.0
+"""Env steps per second the batched core of 64 envs should reach with row-index observations."""
+BATCH = 64
+"""Envs of the batched lines."""
 
 
 def synthetic_arrays(n_time: int, n_asset: int, n_feat: int, *, seed: int = 0) -> FeatureArrays:
@@ -63,6 +72,7 @@ class EnvBench:
     baseline_steps: int = 0
     baseline_timing: Timing | None = None
     target: float | None = None
+    unit: str = "steps/s"
 
     @property
     def rate(self) -> float:
@@ -96,27 +106,6 @@ def _loop(env, actions: Sequence, *, seed: int = 0):
     return run
 
 
-def _loop_into(env, actions: Sequence, *, seed: int = 0):
-    """Like :func:`_loop` through :meth:`TradingEnv.advance` and :meth:`TradingEnv.observe_into` (the VecEnv path)."""
-    space = env.observation_space
-    if env.flat:
-        out = np.empty(space.shape, dtype=np.float32)
-    else:
-        out = {key: np.empty(sub.shape, dtype=np.float32) for key, sub in space.spaces.items()}
-
-    def run() -> int:
-        env.reset(seed=seed)
-        advance, observe, reset = env.advance, env.observe_into, env.reset
-        for action in actions:
-            _, terminated, truncated, _ = advance(action)
-            if terminated or truncated:
-                reset()
-            observe(out)
-        return len(actions)
-
-    return run
-
-
 def ploutos_env(layout: str, mode: str, *, n_time: int, n_asset: int, n_feat: int, lookback: int):
 
     cfg = replace(EnvConfig(), obs_layout=layout, action_mode=mode, lookback=lookback)
@@ -134,6 +123,37 @@ def anytrading_env(window: int = 32):
     return StocksEnv(df=STOCKS_GOOGL.copy(), window_size=window, frame_bound=(window, len(STOCKS_GOOGL)))
 
 
+def _batched_loop(core: MarketCore, actions: np.ndarray, *, windows: bool, seed: int = 0):
+    """The simulator stepping every env of ``core`` per action row; ended episodes restart at once.
+
+    Observations: each env's decision row and its portfolio state, plus, with ``windows``, the
+    flat ``(lookback, asset, feature)`` windows filled for the batch."""
+    n, layout = core.n_envs, core.lookback * core.n_assets * core.n_features
+    portfolio = np.empty((n, core.n_assets + 3), dtype=np.float32)
+    window = np.empty((n, layout), dtype=np.float32)
+    rngs = [np.random.default_rng(seed + i) for i in range(n)]
+
+    def restart(envs: np.ndarray) -> None:
+        starts = [core.draw_start(rngs[i]) for i in envs.tolist()]
+        core.reset(envs, np.array([t for t, _ in starts]), np.array([end for _, end in starts]))
+
+    def run() -> int:
+        restart(np.arange(n))
+        for action in actions:
+            step = core.step(action)
+            ended = np.flatnonzero(step.terminated | step.truncated)
+            if len(ended):
+                restart(ended)
+            core.portfolio_into(portfolio)
+            rows = core.rows  # the row-index observation: a policy gathers the windows itself
+            if windows:
+                core.window_into(window, asset_first=False)
+            del rows
+        return len(actions) * n
+
+    return run
+
+
 def run(
     *,
     steps: int = 100_000,
@@ -144,37 +164,55 @@ def run(
     lookback: int = 32,
     n_time: int = 4_096,
 ) -> list[EnvBench]:
-    """Time the flat and the (asset, lookback, feature) layouts (continuous actions), then discrete flat."""
+    """The batched core (row indices, then flat windows), then one TradingEnv in each layout."""
     rng = np.random.default_rng(1)
+    arrays = synthetic_arrays(n_time, n_asset, n_feat)
+    cfg = replace(EnvConfig(), lookback=lookback)
+    single = ploutos_env("flat", "continuous", n_time=n_time, n_asset=n_asset, n_feat=n_feat, lookback=lookback)
+    single_actions = list(rng.uniform(-1.0, 1.0, (steps, n_asset)).astype(np.float32))
+    single_timing = time_call(_loop(single, single_actions), repeats=repeats, warmup=warmup)
+    batch_steps = max(steps // BATCH, 1)
+    batch_actions = rng.uniform(-1.0, 1.0, (batch_steps, BATCH, n_asset))
+    results = []
+    for windows in (False, True):
+        core = MarketCore(arrays, cfg, rows=slice(0, n_time), n_envs=BATCH)
+        timing = time_call(_batched_loop(core, batch_actions, windows=windows), repeats=repeats, warmup=warmup)
+        what = "flat windows" if windows else "row indices + portfolio"
+        results.append(
+            EnvBench(
+                label=f"batched {BATCH} envs x {n_asset} assets ({what})",
+                steps=batch_steps * BATCH,
+                timing=timing,
+                baseline="single TradingEnv",
+                baseline_steps=steps,
+                baseline_timing=single_timing,
+                target=None if windows else TARGET_BATCHED,
+                unit="env-steps/s",
+            )
+        )
     baseline = anytrading_env(lookback)
     base_timing = None
     if baseline is not None:
         base_actions = rng.integers(0, 2, steps).tolist()
         base_timing = time_call(_loop(baseline, base_actions), repeats=repeats, warmup=warmup)
-    results = []
-    cases = (
-        ("flat", "continuous", "step"),
-        ("flat", "continuous", "advance+observe_into"),
-        ("asset_lookback_feature", "continuous", "step"),
-        ("flat", "discrete", "step"),
-    )
-    for layout, mode, path in cases:
+    cases = (("flat", "continuous"), ("asset_lookback_feature", "continuous"), ("flat", "discrete"))
+    for layout, mode in cases:
         env = ploutos_env(layout, mode, n_time=n_time, n_asset=n_asset, n_feat=n_feat, lookback=lookback)
         if mode == "continuous":
             actions = list(rng.uniform(-1.0, 1.0, (steps, n_asset)).astype(np.float32))
         else:
             actions = list(rng.integers(0, 3, (steps, n_asset)))
-        loop = _loop(env, actions) if path == "step" else _loop_into(env, actions)
-        timing = time_call(loop, repeats=repeats, warmup=warmup)
+        timing = single_timing if (layout, mode) == ("flat", "continuous") else time_call(
+            _loop(env, actions), repeats=repeats, warmup=warmup
+        )  # fmt: skip
         results.append(
             EnvBench(
-                label=f"env {n_asset} assets x {n_feat} features x lookback {lookback}, {layout}, {mode}, {path}",
+                label=f"single TradingEnv {n_asset} assets x {n_feat} features x lookback {lookback}, {layout}, {mode}",
                 steps=steps,
                 timing=timing,
                 baseline="gym-anytrading StocksEnv" if baseline is not None else None,
                 baseline_steps=steps,
                 baseline_timing=base_timing,
-                target=TARGET_STEPS_PER_S if (layout, mode, path) == cases[0] else None,
             )
         )
     return results
@@ -183,11 +221,11 @@ def run(
 def format_results(results: Sequence[EnvBench]) -> list[str]:
     lines = []
     for r in results:
-        line = f"{r.label}: {r.rate:,.0f} steps/s"
+        line = f"{r.label}: {r.rate:,.0f} {r.unit}"
         if r.baseline_rate is not None:
             line += f"; {r.baseline} {r.baseline_rate:,.0f} steps/s; ratio {r.rate / r.baseline_rate:.2f}"
         if r.target is not None:
-            line += f"; target >= {r.target:,.0f} steps/s: {'PASS' if r.passed else 'MISS'}"
+            line += f"; target >= {r.target:,.0f} {r.unit}: {'PASS' if r.passed else 'MISS'}"
         lines.append(line)
     return lines
 

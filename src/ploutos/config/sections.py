@@ -371,6 +371,9 @@ class HardwareConfig:
     gpus: int | None = setting(None, "GPUs to use; empty: detect.")
     mpi_ranks: int = setting(1, "Data-parallel learner ranks per node.")
     n_envs: int | None = setting(None, "Environments per rank; empty: derived from the cores.")
+    env_workers: int | None = setting(
+        None, "Env worker processes per rank; 0: the envs step in the learner's process; empty: the plan decides."
+    )
     envs_per_worker: int | None = setting(None, "Environments stepped by one worker process; empty: derived.")
     learner_threads: int | None = setting(
         None, "Torch threads of the learner; empty: derived (env workers always get 1)."
@@ -379,6 +382,7 @@ class HardwareConfig:
     def __post_init__(self) -> None:
         for key in ("cpus", "n_envs", "envs_per_worker", "learner_threads"):
             _bounded(getattr(self, key), key, 1, 65_536)
+        _bounded(self.env_workers, "env_workers", 0, 65_536)
         _bounded(self.gpus, "gpus", 0, 1_024)
         _bounded(self.mpi_ranks, "mpi_ranks", 1, 65_536)
 

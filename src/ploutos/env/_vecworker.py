@@ -1,9 +1,12 @@
 """The env-worker side of :class:`ploutos.env.vec.ShmVecEnv` (kept apart so that workers stay light).
 
-A worker imports only this module, numpy, cloudpickle and whatever its env factories need: never
-stable-baselines3 (torch: 2-3 s and hundreds of MB per process) and never mpi4py. It builds its
-envs, reports their spaces, receives the shared buffer as a file descriptor over its pipe, then
-serves small control messages; observations, actions, rewards and flags move through the buffer.
+A worker runs one :class:`~ploutos.env.batch.EnvBatch` over its slice of the envs: trading
+envs of one window step as one core, any others one after another. It imports only this module,
+the env batch (numpy, gymnasium),
+cloudpickle and whatever its env factories need; never mpi4py. It builds its envs, reports their
+spaces, receives the shared buffer as a file descriptor over its pipe, then serves small control
+messages; observations, actions, rewards and flags move through the buffer (actions of Dict or
+Tuple spaces, which have no flat layout, come with the step message).
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from typing import Any
 import cloudpickle
 import numpy as np
 
+from ploutos.env.batch import EnvBatch, is_wrapped
+
 Layout = list[tuple[str, tuple[int, ...], str, int]]
 """(name, shape, dtype string, byte offset) of each array in the shared buffer."""
 
@@ -31,17 +36,9 @@ def views(buffer: Any, layout: Layout) -> dict[str, np.ndarray]:
     }
 
 
-def is_wrapped(env: Any, wrapper: tuple[str, str]) -> bool:
-    """Whether a wrapper of class ``(module, qualname)`` or a subclass of it is among ``env``'s wrappers.
-
-    The class travels by name: unpickling it would import its module here, and SB3's ``Monitor``
-    would pull torch into every worker (seconds of start-up each).
-    """
-    while env is not None:
-        if any((cls.__module__, cls.__qualname__) == wrapper for cls in type(env).__mro__):
-            return True
-        env = getattr(env, "env", None)
-    return False
+def field(prefix: str, key: Any) -> str:
+    """The buffer name of one observation key: ``obs``, ``obs:features``, ``obs:0`` (Tuple spaces)."""
+    return prefix if key is None else f"{prefix}:{key}"
 
 
 def _error(index: int | None, err: BaseException) -> tuple[str, Any]:
@@ -53,11 +50,6 @@ def _error(index: int | None, err: BaseException) -> tuple[str, Any]:
     return "error", (index, exc, text, traceback.format_exc())
 
 
-def _write(arrays: dict[str, np.ndarray], prefix: str, keys: list[str | None], at: tuple, obs: Any) -> None:
-    for key in keys:
-        arrays[prefix if key is None else f"{prefix}:{key}"][at] = obs if key is None else obs[key]
-
-
 def run(worker: int, conn: Any, payload: bytes, first: int) -> None:  # noqa: C901 - one dispatch loop
     """Worker main: ``payload`` is the cloudpickled list of env factories for envs ``first, first + 1, ...``."""
     # Ctrl-C, and Slurm's checkpoint and termination signals (sent to every process of the job
@@ -66,53 +58,43 @@ def run(worker: int, conn: Any, payload: bytes, first: int) -> None:  # noqa: C9
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2):
         signal.signal(signum, signal.SIG_IGN)
     os.environ.setdefault("PLOUTOS_ENV_WORKER", "1")
-    index: int | None = None
     try:
-        envs = []
-        for offset, fn in enumerate(cloudpickle.loads(payload)):
-            index = first + offset
-            envs.append(fn())
-        index = None
-        conn.send(("ok", (envs[0].observation_space, envs[0].action_space)))
+        venv = EnvBatch(cloudpickle.loads(payload))
+        conn.send(("ok", (venv.observation_space, venv.action_space)))
     except BaseException as err:
-        conn.send(_error(index, err))
+        conn.send(_error(_failing_env(err, first), err))
         return
+    n = venv.num_envs
+    rows = slice(first, first + n)
     arrays: dict[str, np.ndarray] = {}
-    keys: list[str | None] = []
+
+    def slot_views(prefix: str, slot: int | None) -> dict[Any, np.ndarray]:
+        return {key: arrays[field(prefix, key)][rows] if slot is None else arrays[field(prefix, key)][slot, rows]
+                for key in venv.keys}  # fmt: skip
+
     while True:
         try:
             cmd, data = conn.recv()
         except (EOFError, OSError):  # the parent is gone
             break
-        index = None
+        index: int | None = None
         try:
             if cmd == "step":
-                actions, rewards = arrays["actions"], arrays["rewards"]
-                terminated, truncated = arrays["terminated"], arrays["truncated"]
-                infos, reset_infos = [], {}
-                for offset, env in enumerate(envs):
-                    index = row = first + offset
-                    action = actions[row].copy() if actions.ndim > 1 else actions[row]
-                    obs, reward, term, trunc, info = env.step(action)
-                    rewards[row], terminated[row], truncated[row] = reward, term, trunc
-                    info["TimeLimit.truncated"] = bool(trunc and not term)
-                    if term or trunc:
-                        _write(arrays, "terminal", keys, (row,), obs)
-                        obs, reset_infos[row] = env.reset()
-                    _write(arrays, "obs", keys, (data, row), obs)
-                    infos.append(info)
-                conn.send(("ok", (infos, reset_infos)))
+                slot, sent_actions = data
+                actions = arrays["actions"][rows] if sent_actions is None else sent_actions
+                rewards, terminated, truncated, infos, resets = venv.step_into(
+                    actions, slot_views("obs", slot), slot_views("terminal", None)
+                )
+                arrays["rewards"][rows] = rewards
+                arrays["terminated"][rows] = terminated
+                arrays["truncated"][rows] = truncated
+                conn.send(("ok", (infos, {first + i: info for i, info in resets.items()})))
             elif cmd == "reset":
-                reset_infos = []
                 slot, work = data
-                for offset, (env, (seed, options)) in enumerate(zip(envs, work, strict=True)):
-                    index = first + offset
-                    obs, info = env.reset(seed=seed, **({"options": options} if options else {}))
-                    _write(arrays, "obs", keys, (slot, index), obs)
-                    reset_infos.append(info)
-                conn.send(("ok", reset_infos))
+                seeds, options = [seed for seed, _ in work], [option for _, option in work]
+                conn.send(("ok", venv.reset_into(slot_views("obs", slot), seeds, options)))
             elif cmd == "attach":
-                layout, size, keys = data
+                layout, size = data
                 fd = recv_handle(conn)
                 try:
                     buffer = mmap.mmap(fd, size)
@@ -121,11 +103,11 @@ def run(worker: int, conn: Any, payload: bytes, first: int) -> None:  # noqa: C9
                 arrays = views(buffer, layout)
                 conn.send(("ok", None))
             elif cmd in ("env_method", "get_attr", "set_attr", "is_wrapped", "render"):
-                rows, args = data
+                targets, args = data
                 results = []
-                for row in rows:
+                for row in targets:
                     index = row
-                    env = envs[row - first]
+                    env = venv.envs[row - first]
                     if cmd == "env_method":
                         results.append(env.get_wrapper_attr(args[0])(*args[1], **args[2]))
                     elif cmd == "get_attr":
@@ -138,16 +120,20 @@ def run(worker: int, conn: Any, payload: bytes, first: int) -> None:  # noqa: C9
                         results.append(env.render())
                 conn.send(("ok", results))
             elif cmd == "close":
-                for offset, env in enumerate(envs):
-                    index = first + offset
-                    env.close()
+                venv.close()
                 conn.send(("ok", None))
                 break
             else:
                 raise ValueError(f"unknown ShmVecEnv command {cmd!r}")
         except BaseException as err:
             try:
-                conn.send(_error(index, err))
+                conn.send(_error(index if index is not None else _failing_env(err, first), err))
             except (BrokenPipeError, OSError):
                 break
     conn.close()
+
+
+def _failing_env(err: BaseException, first: int) -> int | None:
+    """The env a step or reset failed in, when the batched VecEnv's loop names it."""
+    index = getattr(err, "ploutos_env_index", None)
+    return first + index if index is not None else None

@@ -2,9 +2,12 @@
 
 SB3's ``SubprocVecEnv`` runs one env per process and pickles every observation through a pipe;
 with 45,600-float observations that copy, not the env, is the cost. Here each worker process runs
-``envs_per_worker`` envs; observations (one array per key of a ``Dict`` space), terminal
-observations, actions, rewards and the terminated/truncated flags live in one shared buffer, and
-pipes carry only tiny control messages and the ``info`` dicts.
+``envs_per_worker`` envs as one :class:`~ploutos.env.batch.EnvBatch` (trading envs of one window
+step as one array computation); observations (one array per key of a ``Dict`` or ``Tuple``
+space), terminal observations, actions, rewards and the terminated/truncated flags live in one
+shared buffer, and pipes carry only tiny control messages and the ``info`` dicts. With few cores
+the in-process :class:`~ploutos.env.batched.BatchedVecEnv` is faster (no pipes at all); the
+hardware plan chooses.
 
 The buffer is an anonymous ``memfd`` (an unlinked file in /dev/shm where memfd is missing) created
 by the parent after the workers report their spaces; its descriptor is passed to each worker over
@@ -22,6 +25,8 @@ Failures never hang: every wait watches the workers' process sentinels, so a wor
 segfaults or raises in ``step``/``reset`` becomes a :class:`VecEnvWorkerError` naming the worker,
 its pid, the env index and the original error; the vec env is then closed. Errors in
 ``env_method``/``get_attr``/``set_attr`` re-raise the env's own exception and leave the workers up.
+A vec env nobody closed is shut down at interpreter exit, so its workers never keep a process
+alive.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import signal
 import tempfile
 import threading
 import warnings
+import weakref
 from collections.abc import Callable, Sequence
 from multiprocessing import forkserver
 from multiprocessing.connection import wait
@@ -48,6 +54,7 @@ from gymnasium import spaces
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvObs, VecEnvStepReturn
 
 from ploutos.env import _vecworker
+from ploutos.env.batch import obs_keys, obs_shapes, structured
 from ploutos.errors import PloutosError
 from ploutos.node.context import worker_env
 
@@ -82,27 +89,19 @@ def _start_forkserver_deaf() -> None:
             signal.signal(signum, handler)
 
 
-def _obs_keys(space: spaces.Space) -> list[str | None]:
-    if isinstance(space, spaces.Dict):
-        return list(space.spaces.keys())
-    if isinstance(space, spaces.Tuple):
-        raise TypeError("ShmVecEnv supports Box, Discrete/MultiDiscrete/MultiBinary and Dict observations, not Tuple")
-    return [None]
+FLAT_ACTIONS = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
+"""Action spaces whose actions travel through the shared buffer; others (Dict, Tuple) come with the step message."""
 
 
 def _layout(obs_space: spaces.Space, action_space: spaces.Space, n: int) -> tuple[_vecworker.Layout, int]:
     """Arrays of the shared buffer and its size in bytes."""
     fields: list[tuple[str, tuple[int, ...], np.dtype]] = []
-    for key in _obs_keys(obs_space):
-        sub = obs_space if key is None else obs_space.spaces[key]  # type: ignore[attr-defined]
-        if sub.shape is None or sub.dtype is None:
-            raise TypeError(f"ShmVecEnv needs observation spaces with a shape and dtype, got {sub}")
+    for key, (shape, dtype) in obs_shapes(obs_space).items():
         for prefix, lead in (("obs", (2, n)), ("terminal", (n,))):  # obs: two slots, alternating per step
-            fields.append((prefix if key is None else f"{prefix}:{key}", (*lead, *sub.shape), np.dtype(sub.dtype)))
-    if not isinstance(action_space, spaces.Box | spaces.Discrete | spaces.MultiDiscrete | spaces.MultiBinary):
-        raise TypeError(f"ShmVecEnv supports Box, Discrete, MultiDiscrete and MultiBinary actions, not {action_space}")
+            fields.append((_vecworker.field(prefix, key), (*lead, *shape), dtype))
+    if isinstance(action_space, FLAT_ACTIONS):
+        fields.append(("actions", (n, *action_space.shape), np.dtype(action_space.dtype)))
     fields += [
-        ("actions", (n, *action_space.shape), np.dtype(action_space.dtype)),
         ("rewards", (n,), np.dtype(np.float32)),
         ("terminated", (n,), np.dtype(bool)),
         ("truncated", (n,), np.dtype(bool)),
@@ -184,13 +183,14 @@ class ShmVecEnv(VecEnv):
             for w, (obs_w, act_w) in found.items():
                 if obs_w != obs_space or act_w != action_space:
                     raise VecEnvWorkerError(f"ShmVecEnv worker {w} builds envs with other spaces than worker 0")
-            self.keys = _obs_keys(obs_space)
+            self.keys = obs_keys(obs_space)
+            self._flat_actions = isinstance(action_space, FLAT_ACTIONS)
             layout, size = _layout(obs_space, action_space, n)
             fd = _anonymous_fd(size)
             try:
                 self._buffer = mmap.mmap(fd, size)
                 for w, remote in enumerate(self.remotes):
-                    self._send(w, ("attach", (layout, size, self.keys)), "attaching the shared buffer")
+                    self._send(w, ("attach", (layout, size)), "attaching the shared buffer")
                     send_handle(remote, fd, self.processes[w].pid)
             finally:
                 os.close(fd)
@@ -200,6 +200,9 @@ class ShmVecEnv(VecEnv):
             raise
         self._arrays = _vecworker.views(self._buffer, layout)
         super().__init__(n, obs_space, action_space)
+        # at interpreter exit, before multiprocessing joins its children (which ignore SIGTERM): a vec
+        # env nobody closed, or one whose worker raised, must never keep the process alive
+        self._finalizer = weakref.finalize(self, _shutdown_at_exit, list(self.remotes), list(self.processes))
 
     # ------------------------------------------------------------ plumbing
 
@@ -308,7 +311,7 @@ class ShmVecEnv(VecEnv):
         self.closed = True
 
     def _by_worker(self, indices: VecEnvIndices) -> tuple[list[int], dict[int, list[int]]]:
-        rows = list(self._get_indices(indices))
+        rows = [int(row) % self.num_envs for row in self._get_indices(indices)]  # -1 is the last env
         groups: dict[int, list[int]] = {}
         for row in rows:
             groups.setdefault(self._worker_of[row], []).append(row)
@@ -327,12 +330,11 @@ class ShmVecEnv(VecEnv):
         pick: Any = self._slot if row is None else row
         copy = self.copy_obs or row is not None
 
-        def get(name: str) -> np.ndarray:
-            return self._arrays[name][pick].copy() if copy else self._arrays[name][pick]
+        def get(key: Any) -> np.ndarray:
+            array = self._arrays[_vecworker.field(prefix, key)][pick]
+            return array.copy() if copy else array
 
-        if self.keys == [None]:
-            return get(prefix)
-        return {key: get(f"{prefix}:{key}") for key in self.keys}  # type: ignore[misc]
+        return structured(self.observation_space, {key: get(key) for key in self.keys})
 
     # ------------------------------------------------------------ VecEnv API
 
@@ -352,11 +354,13 @@ class ShmVecEnv(VecEnv):
 
     def step_async(self, actions: np.ndarray) -> None:
         self._check_usable()
-        target = self._arrays["actions"]
-        target[...] = np.asarray(actions).reshape(target.shape)
+        if self._flat_actions:
+            target = self._arrays["actions"]
+            target[...] = np.asarray(actions).reshape(target.shape)
         self._slot = 1 - self._slot
-        for w in range(len(self._ranges)):
-            self._send(w, ("step", self._slot), "stepping")
+        for w, rows in enumerate(self._ranges):
+            sent = None if self._flat_actions else [actions[i] for i in rows]
+            self._send(w, ("step", (self._slot, sent)), "stepping")
         self.waiting = True
 
     def step_wait(self) -> VecEnvStepReturn:
@@ -374,6 +378,8 @@ class ShmVecEnv(VecEnv):
         return self._obs("obs"), self._arrays["rewards"].copy(), dones, infos
 
     def close(self) -> None:
+        if getattr(self, "_finalizer", None) is not None:
+            self._finalizer.detach()
         if self.closed:
             return
         if self.waiting:
@@ -415,3 +421,14 @@ class ShmVecEnv(VecEnv):
     def pids(self) -> list[int]:
         """Process ids of the workers (worker ``w`` runs envs ``w * envs_per_worker, ...``)."""
         return [int(p.pid) for p in self.processes]
+
+
+def _shutdown_at_exit(remotes: list[Any], processes: list[Any]) -> None:
+    """Close the pipes (a worker waiting for a command then exits) and kill what still runs."""
+    for remote in remotes:
+        remote.close()
+    for process in processes:
+        process.join(1.0)
+        if process.is_alive():
+            process.kill()
+            process.join(1.0)

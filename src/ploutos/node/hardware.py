@@ -8,7 +8,9 @@ its inputs (pass ``environ``, ``cpus`` and ``machine`` to test it). Every explic
 must divide the rollout (``n_steps * n_envs``).
 
 Unit of the plan: one array task = one node; ``ranks`` learner processes on it, each with
-``n_envs`` environments stepped by ``workers`` processes of ``envs_per_worker`` envs each.
+``n_envs`` environments stepped as one batch in the learner's process (``workers == 0``, the
+usual choice: a batched env step costs microseconds against the learner's milliseconds) or by
+``workers`` processes of ``envs_per_worker`` envs each.
 """
 
 from __future__ import annotations
@@ -32,6 +34,25 @@ LEARNER_MEMORY_GB = 2.0
 """Resident memory budgeted per learner rank (torch, rollout buffer, model)."""
 MAX_CPU_LEARNER_THREADS = 8
 """A PPO update of a small MLP/LSTM stops getting faster beyond about this many threads."""
+
+# Measured rates (2-core VM, numpy 2.4, torch 2.13 CPU; ploutos bench env and bench train): what the
+# plan weighs to put the envs in the learner's process or in worker processes.
+ENV_STEP_S = 1.5e-6
+"""One env step of the batched core (64 envs x 15 assets: about 90 us per vec step)."""
+WINDOW_BYTES_PER_S = 3.4e9
+"""Filling observation windows from the store (a gather and a copy)."""
+LEARNER_STEP_S = 0.78e-3
+"""PPO's forward and update per env step with a small observation (lookback 1: 984 steps/s)."""
+LEARNER_S_PER_FLOAT = 0.156e-6
+"""... and per observation float on top (45,618 floats: 126 steps/s)."""
+GPU_LEARNER_SPEEDUP = 10.0
+"""Assumed, not measured here (no GPU on the machines this was measured on): a GPU learner's speedup."""
+PIPE_ROUNDTRIP_S = 500e-6
+"""A vec step through worker processes: the wake-ups of a pipe round trip."""
+MIN_CORES_FOR_WORKERS = 4
+"""Below this many cores per rank workers would share the learner's cores."""
+WORKER_SHARE = 0.25
+"""Env workers pay for their pipes when env steps would take at least this share of the time."""
 
 
 class PlanWarning(UserWarning):
@@ -161,6 +182,17 @@ def _largest_divisor_at_most(number: int, limit: int) -> int:
     return best
 
 
+def env_step_seconds(floats: int) -> float:
+    """One env step in the learner's process: the core, and the observation window filled."""
+    return ENV_STEP_S + 4 * floats / WINDOW_BYTES_PER_S
+
+
+def learner_step_seconds(floats: int, device: str) -> float:
+    """The learner's time per env step (forward pass and its share of the update)."""
+    cpu = LEARNER_STEP_S + LEARNER_S_PER_FLOAT * floats
+    return cpu / GPU_LEARNER_SPEEDUP if device == "cuda" else cpu
+
+
 def observation_floats(config: Config) -> int:
     """Floats in one observation: the (lookback, asset, feature) window and the portfolio state."""
     n_assets = len(config.data.tickers)
@@ -263,7 +295,7 @@ def plan(
         n_envs = cpus_per_rank
         reasons.append(f"n_envs {n_envs}: one per core; with {cpus_per_rank} cpus per rank the learner shares a core")
 
-    # worker processes, bounded by cores and memory
+    # where the envs step: the learner's process, or worker processes (bounded by cores and memory)
     worker_cores = max(1, cpus_per_rank - 1) if cpus_per_rank >= 4 else cpus_per_rank
     max_workers, limit_why = worker_cores, f"{worker_cores} cores for env workers"
     if machine.memory_gb is not None:
@@ -274,18 +306,43 @@ def plan(
                 f"{machine.memory_gb:g} GB / {ranks} ranks leaves room for {max_workers} workers "
                 f"of {WORKER_MEMORY_GB:g} GB after {LEARNER_MEMORY_GB:g} GB for the learner"
             )
-    if hw.envs_per_worker is not None:
-        envs_per_worker = min(hw.envs_per_worker, n_envs)
-        reasons.append(f"envs_per_worker {envs_per_worker}: hardware.envs_per_worker")
-    else:
-        envs_per_worker = math.ceil(n_envs / max_workers)
+    floats = observation_floats(config)
+    env_s, learner_s = env_step_seconds(floats), learner_step_seconds(floats, device)
+    share = env_s / (env_s + learner_s)
+    rates = (
+        f"an env step costs {env_s * 1e6:.1f} us against the learner's {learner_s * 1e3:.2f} ms per step "
+        f"({share:.1%} of the time; measured rates, ploutos bench env and bench train)"
+    )
+    if hw.env_workers is not None:
+        workers = min(hw.env_workers, n_envs)
+        reasons.append(f"workers {workers}: hardware.env_workers")
+    elif hw.envs_per_worker is not None:
+        workers = math.ceil(n_envs / min(hw.envs_per_worker, n_envs))
+        reasons.append(f"workers {workers}: hardware.envs_per_worker {hw.envs_per_worker} for {n_envs} envs")
+    elif cpus_per_rank < MIN_CORES_FOR_WORKERS:
+        workers = 0
         reasons.append(
-            f"envs_per_worker {envs_per_worker}: {n_envs} envs over at most {max_workers} workers ({limit_why})"
+            f"workers 0, the envs step in the learner's process: with {cpus_per_rank} cpu(s) per rank a worker "
+            f"would share a core with the learner and add a pipe round trip (~{PIPE_ROUNDTRIP_S * 1e6:.0f} us) to "
+            f"every vec step; {rates}"
         )
-    workers = math.ceil(n_envs / envs_per_worker)
-    reasons.append(f"workers {workers} per rank: ceil({n_envs} envs / {envs_per_worker} per worker)")
-    if workers > worker_cores:
-        warnings.append(f"{workers} env workers per rank on {worker_cores} cores: they will time-share")
+    elif share < WORKER_SHARE:
+        workers = 0
+        reasons.append(
+            f"workers 0, the envs step in the learner's process: {rates}; less than the {WORKER_SHARE:.0%} that "
+            "would pay for worker processes and their pipes"
+        )
+    else:
+        workers = max(1, min(max_workers, n_envs))
+        reasons.append(f"workers {workers}: {rates}; worth moving off the learner ({limit_why})")
+    if workers:
+        envs_per_worker = min(hw.envs_per_worker or math.ceil(n_envs / workers), n_envs)
+        workers = math.ceil(n_envs / envs_per_worker)
+        reasons.append(f"envs_per_worker {envs_per_worker}: {n_envs} envs over {workers} worker process(es)")
+        if workers > worker_cores:
+            warnings.append(f"{workers} env workers per rank on {worker_cores} cores: they will time-share")
+    else:
+        envs_per_worker = n_envs
 
     # learner threads
     if hw.learner_threads is not None:
@@ -297,7 +354,7 @@ def plan(
     elif cpus_per_rank <= 2:
         learner_threads = 1
         reasons.append(
-            f"learner_threads 1: with {cpus_per_rank} cpu(s) per rank the learner shares its cores with env workers; "
+            f"learner_threads 1: with {cpus_per_rank} cpu(s) per rank the learner shares its cores with the envs; "
             "a second thread spins against them (measured 6x slower updates on 2 cores)"
         )
     else:
@@ -329,7 +386,6 @@ def plan(
     reasons.append(f"n_steps {ppo.n_steps}: ppo.n_steps")
 
     # memory of the rollout buffers: n_steps x n_envs observations per rank
-    floats = observation_floats(config)
     rollout_gb = ppo.n_steps * n_envs * ranks * floats * 4 / 1e9
     reasons.append(
         f"rollout buffers {rollout_gb:.3g} GB per node: {ppo.n_steps} steps x {n_envs} envs x {ranks} rank(s) x "
@@ -367,7 +423,12 @@ def format_plan(hardware_plan: HardwarePlan) -> str:
     lines = [
         f"node      {p.cpus} cpus, {p.gpus} gpu(s), {memory} available",
         f"ranks     {p.ranks} x {p.cpus_per_rank} cpus, learner on {p.device} with {p.learner_threads} thread(s)",
-        f"envs      {p.n_envs} per rank in {p.workers} worker(s) of {p.envs_per_worker} env(s), 1 thread each",
+        f"envs      {p.n_envs} per rank, "
+        + (
+            f"in {p.workers} worker(s) of {p.envs_per_worker} env(s), 1 thread each"
+            if p.workers
+            else "stepped as one batch in the learner's process"
+        ),
         f"ppo       n_steps {p.n_steps}, batch_size {p.batch_size}, rollout {p.rollout} per rank",
         "why:",
         *(f"  - {reason}" for reason in p.reasons),

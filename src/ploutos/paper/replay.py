@@ -1,36 +1,36 @@
 """``ploutos paper --dry-run``: replay the local dataset over the latest fold's test window.
 
-The same :class:`~ploutos.paper.runner.Decider` and :func:`~ploutos.paper.runner.plan_orders` as the
-live loop decide on each bar's close; a simulated broker fills the whole-unit orders at the next
-bar's open and charges the env's cost model (:func:`ploutos.env.costs.total_cost` on the fill bar).
-Orders go to ``RUN_DIR/paper/dry_run_orders.csv``, the equity at every close to
-``dry_run_equity.csv``.
+The live loop's decision path decides on each bar's close: the features of the bars as paper
+trading computes them (:func:`~ploutos.paper.runner.normalized_features`), the observation as
+:class:`~ploutos.paper.runner.Decider` builds it from the portfolio, the ensemble's action, and
+the ``paper.*`` risk limits (weights clipped to ``max_weight``, a day's notional within
+``max_daily_turnover``, no orders after the drawdown halt). The fills, at the next bar's open
+with every cost, come from the simulator that training and evaluation use
+(:class:`~ploutos.env.core.MarketCore`): fill and cost code exists once. Orders go to
+``RUN_DIR/paper/dry_run_orders.csv``, the equity at every close to ``dry_run_equity.csv``.
 
-Against :func:`ploutos.train.evaluate.evaluate` of the same ensemble on the same rows the paths
-differ only where live trading must differ from the env: the order quantity is fixed at the
-decision bar's close (the env sizes it at the fill bar's open), it is whole units, and the risk
-limits of ``paper.*`` apply. With the limits wide open the final equities agree within the costs
-the backtest paid (:func:`agreement`).
+With the limits open the replay and :func:`ploutos.train.evaluate.evaluate` of the same ensemble
+on the same rows are the same path: their final equities agree to 1e-9 (:func:`agreement`).
+Live orders differ from both by their sizing (whole units at the decision close).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-from ploutos.env import costs
-from ploutos.env.trading import forward_fill
+from ploutos.env.core import MarketCore
 from ploutos.errors import PloutosError
 from ploutos.features.arrays import FeatureArrays
 from ploutos.features.pipeline import load_bars
 from ploutos.files import atomic_path
 from ploutos.paper import risk
 from ploutos.paper.broker import client_order_id
-from ploutos.paper.runner import Decider, Policy, normalized_features, plan_orders
+from ploutos.paper.runner import Decider, Policy, normalized_features
 from ploutos.train.evaluate import evaluate
 
 
@@ -47,6 +47,8 @@ class Replay:
     """The normalized features replayed (for comparing with the backtest)."""
     rows: slice
     """The evaluation rows (``Fold.eval_rows(lookback)``)."""
+    limited_steps: int = 0
+    """Bars where a ``paper.*`` risk limit changed the orders (clipped, scaled down, or halted)."""
 
     @property
     def final_equity(self) -> float:
@@ -67,61 +69,39 @@ def eval_rows(policy: Policy, arrays: FeatureArrays) -> slice:
 def dry_run(policy: Policy, bars: pl.DataFrame | None = None) -> Replay:
     """Replay ``bars`` (default: the run's dataset) bar by bar through the live decision path."""
     config = policy.config
-    env, tickers = config.env, list(policy.tickers)
+    limits, tickers = config.paper, list(policy.tickers)
     arrays = normalized_features(load_bars(config) if bars is None else bars, policy)
     rows = eval_rows(policy, arrays)
-    prices = arrays.prices
-    close = forward_fill(prices[:, :, 3])
+    sim = MarketCore(arrays, replace(config.env, bankruptcy_equity=0.0), rows=rows, evaluation=True)
+    sim.reset(0, *sim.draw_start(np.random.default_rng(0)))
     decider = Decider(policy)
-    initial = cash = equity = peak = float(env.initial_cash)
-    units, dd, used, day, halted = np.zeros(len(tickers)), 0.0, 0.0, "", ""
-    first = rows.start + env.lookback - 1
-    marks_t, marks_eq, marks_cash, orders, paid = [arrays.timestamps[first]], [equity], [cash], [], 0.0
-    for t in range(first, rows.stop - 1):
+    used, day, halted, limited, paid = 0.0, "", "", 0, 0.0
+    marks_t, marks_eq, marks_cash, orders = [arrays.timestamps[sim.rows[0]]], [sim.initial], [sim.initial], []
+    while sim.active[0]:
+        t = int(sim.rows[0])
         bar = arrays.timestamps[t].astype("datetime64[us]").astype(datetime)
         if f"{bar:%Y-%m-%d}" != day:
             day, used = f"{bar:%Y-%m-%d}", 0.0
-        halted = halted or risk.halt_reason(equity, peak, config.paper)
-        weights = units * close[t] / equity if equity > 0 else np.zeros(len(tickers))
-        observation = decider.observation(arrays.values, t, weights, cash, equity, initial, dd)
+        equity, cash = float(sim.equity[0]), float(sim.cash[0])
+        halted = halted or risk.halt_reason(equity, float(sim.peak[0]), limits)
+        observation = decider.observation(
+            arrays.values, t, sim.weights[0], cash, equity, sim.initial, float(sim.drawdown[0])
+        )
+        budget = 0.0 if halted else max(limits.max_daily_turnover - used, 0.0) * equity
         action = decider.decide(observation)
-        planned = {}
-        if not halted:
-            tradeable = arrays.valid[t] & np.isfinite(close[t]) & (close[t] > 0)
-            zeros = np.zeros(len(tickers))
-            planned = plan_orders(config, action, tickers, units, zeros, close[t], tradeable, equity, used)
-        o, h, lo, c, v = (prices[t + 1, :, i] for i in range(5))
-        for ticker, qty in planned.items():
-            a = tickers.index(ticker)
-            used += abs(qty) * close[t, a] / equity
-            if not (arrays.present[t + 1, a] and np.isfinite(o[a]) and o[a] > 0):
-                continue  # no bar to fill in: the DAY order never fills
-            notional = abs(qty) * o[a]
-            cost = float(
-                costs.total_cost(
-                    np.array([notional]),
-                    np.array([qty < 0]),
-                    h[a : a + 1],
-                    lo[a : a + 1],
-                    c[a : a + 1],
-                    v[a : a + 1],
-                    o[a : a + 1],
-                    env,
-                )[0]
-            )
-            cash -= qty * o[a] + cost
-            units[a] += qty
-            paid += cost
-            fill = arrays.timestamps[t + 1].astype("datetime64[us]").astype(datetime)
-            coid = client_order_id(policy.run_hash, bar, ticker)
-            orders.append((bar, fill, ticker, coid, qty, float(o[a]), qty * float(o[a]), cost))
-        equity = cash + float(np.nansum(units * close[t + 1]))
-        peak = max(peak, equity)
-        dd = risk.drawdown(equity, peak)
-        marks_t.append(arrays.timestamps[t + 1])
-        marks_eq.append(equity)
-        marks_cash.append(cash)
-    columns = ["bar", "fill_time", "ticker", "client_order_id", "qty", "price", "notional", "cost"]
+        step = sim.step(action[None], max_weight=limits.max_weight, notional_budget=np.array([budget]))
+        limited += int(step.limited[0] or bool(halted))
+        used += float(step.notional[0]) / equity if equity > 0 else 0.0
+        paid += float(step.costs[0])
+        fill = arrays.timestamps[int(step.fill_rows[0])].astype("datetime64[us]").astype(datetime)
+        for a in np.flatnonzero(step.traded[0]):
+            qty, price = float(step.traded[0, a]), float(step.fill_prices[0, a])
+            coid = client_order_id(policy.run_hash, bar, tickers[a])
+            orders.append((bar, fill, tickers[a], coid, qty, price, qty * price))
+        marks_t.append(arrays.timestamps[int(step.fill_rows[0])])
+        marks_eq.append(float(step.equity[0]))
+        marks_cash.append(float(step.cash[0]))
+    columns = ["bar", "fill_time", "ticker", "client_order_id", "qty", "price", "notional"]
     frame = pl.DataFrame(orders, schema=columns, orient="row") if orders else pl.DataFrame(schema=columns)
     return Replay(
         timestamps=np.array(marks_t, dtype="datetime64[us]"),
@@ -132,6 +112,7 @@ def dry_run(policy: Policy, bars: pl.DataFrame | None = None) -> Replay:
         halted=halted,
         arrays=arrays,
         rows=rows,
+        limited_steps=limited,
     )
 
 
@@ -154,8 +135,8 @@ def write_replay(replay: Replay, run_dir: Path) -> tuple[Path, Path]:
 class Agreement:
     dry_run: float
     backtest: float
-    backtest_costs: float
-    """Costs the backtest paid: the tolerance (see :func:`agreement`)."""
+    limited_steps: int
+    """Bars where the risk limits changed the replay's orders: the paths may differ there."""
 
     @property
     def difference(self) -> float:
@@ -163,25 +144,24 @@ class Agreement:
 
     @property
     def ok(self) -> bool:
-        return self.difference <= self.backtest_costs + 1e-9 * abs(self.backtest)
+        """The same path when no limit bound (to 1e-9); with limits, any difference is theirs."""
+        return self.limited_steps > 0 or self.difference <= 1e-9 * max(abs(self.backtest), 1.0)
 
     def line(self) -> str:
-        verdict = "within" if self.ok else "OUTSIDE"
-        return (
-            f"dry-run final equity {self.dry_run:,.2f} vs backtest {self.backtest:,.2f}: difference "
-            f"{self.difference:,.4f}, {verdict} the backtest's costs {self.backtest_costs:,.2f}"
-        )
+        head = f"dry-run final equity {self.dry_run:,.2f} vs backtest {self.backtest:,.2f}"
+        head += f": difference {self.difference:.3g}"
+        if self.limited_steps:
+            return f"{head}; the paper.* risk limits changed the orders of {self.limited_steps} bar(s)"
+        verdict = "the same path" if self.ok else "DIFFERENT paths"
+        return f"{head}, {verdict} (no risk limit bound; fills and costs come from one simulator)"
 
 
 def agreement(policy: Policy, replay: Replay) -> Agreement:
     """The replay's final equity against ``train.evaluate.evaluate`` of the same ensemble and rows.
 
-    Tolerance: the total costs the backtest paid. The two differ only in how each order is sized
-    (at the decision close in whole units vs at the fill open in fractions), which moves each
-    trade's notional by about the close-to-open gap; the error that leaves is second order in the
-    trade size, while the costs are first order in it, so a path that stays within its costs
-    traded the same way. A policy that never trades has zero costs and must then agree exactly.
+    Both decide with the same ensemble on the same features and fill through the same simulator;
+    where no risk limit bound they are one path and must agree to 1e-9.
     """
     config = policy.config
     result = evaluate(policy.actor, replay.arrays, config.env, replay.rows, config.data.bars_per_year)
-    return Agreement(replay.final_equity, float(result.policy.equity[-1]), float(result.policy.costs.sum()))
+    return Agreement(replay.final_equity, float(result.policy.equity[-1]), replay.limited_steps)

@@ -131,7 +131,9 @@ def _train(
     run, stats = RunLayout.of(config), built.get("stats")
     norm = (stats.center, stats.scale) if stats is not None else None
     files = TrainingFiles(run.checkpoint(fold.index, member), run.tensorboard(fold.index, member))
-    training = MemberTraining(config, fold, member, ranks, store_name, store_hash, layout, norm, files, progress)
+    training = MemberTraining(
+        config, fold, member, ranks, store_name, store_hash, layout, norm, files, progress, arrays
+    )
     try:
         training.run()
         outcome = TaskOutcome(

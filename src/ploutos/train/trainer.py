@@ -19,6 +19,7 @@ runs the whole task: the node's feature store, this, then the task files):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import time
@@ -31,12 +32,15 @@ import numpy as np
 import torch
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import KVWriter, Logger, TensorBoardOutputFormat
-from stable_baselines3.common.vec_env import VecMonitor
+from stable_baselines3.common.vec_env import VecEnv, VecMonitor
 
 from ploutos.config import Config, config_hash
+from ploutos.env.batched import BatchedVecEnv
 from ploutos.env.factory import StoreEnvFactory
+from ploutos.env.trading import TradingEnv
 from ploutos.env.vec import ShmVecEnv
 from ploutos.errors import ConfigError, PloutosError
+from ploutos.features.arrays import FeatureArrays
 from ploutos.node.hardware import HardwarePlan
 from ploutos.progress import progress_bar
 from ploutos.train.checkpoint import Checkpoint, PreemptionFlag, capture_rng, restore_rng
@@ -152,12 +156,26 @@ class _TaskCallback(BaseCallback):
         self.task.rollout_done()
 
 
+def make_venv(
+    config: Config, fold: Fold, layout: HardwarePlan, arrays: FeatureArrays, store_name: str, store_hash: str
+) -> VecEnv:
+    """The rank's envs over the fold's training rows, where the plan puts them: stepped as one core in
+    this process (``layout.workers == 0``), or by worker processes that map the node store by name."""
+    rows, bars = (fold.train.start, fold.train.stop), config.data.bars_per_year
+    if layout.workers == 0:
+        make = functools.partial(TradingEnv, arrays, config.env, rows=slice(*rows), bars_per_year=bars)
+        return BatchedVecEnv([make] * layout.n_envs, copy_obs=False)
+    factory = StoreEnvFactory(store_name, store_hash, config.env, rows, bars)
+    return ShmVecEnv([factory] * layout.n_envs, envs_per_worker=layout.envs_per_worker, copy_obs=False)
+
+
 class MemberTraining:
     """The state of one member's training on one rank; :meth:`run` trains it to the config's total."""
 
     def __init__(
         self, config: Config, fold: Fold, member: int, ranks: RankGroup, store_name: str, store_hash: str,
         layout: HardwarePlan, norm: tuple[np.ndarray, np.ndarray] | None, files: TrainingFiles, progress: bool,
+        arrays: FeatureArrays,
     ) -> None:  # fmt: skip
         self.config, self.fold, self.member, self.ranks, self.layout = config, fold, member, ranks, layout
         self.files = files
@@ -171,12 +189,7 @@ class MemberTraining:
         self.flag = PreemptionFlag().install()
         self.curve: dict[str, list[float]] = {}
         self.resumed, self.wall_offset = 0, 0.0
-        factory = StoreEnvFactory(
-            store_name, store_hash, config.env, (fold.train.start, fold.train.stop), config.data.bars_per_year
-        )
-        self.venv = VecMonitor(
-            ShmVecEnv([factory] * layout.n_envs, envs_per_worker=layout.envs_per_worker, copy_obs=False)
-        )
+        self.venv = VecMonitor(make_venv(config, fold, layout, arrays, store_name, store_hash))
         self.model: Any = None
         self.replicas: list[dict[str, str]] = []
         """Every rank's :meth:`replica_fingerprint` at the end (on rank 0)."""

@@ -61,3 +61,16 @@ def no_segment_outlives_the_suite():
     while (left := sorted({p.name for p in shm_dir.glob("ploutos_*")} - before)) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not left, f"segments left in {shm_dir} after the test suite: {left}"
+
+
+@pytest.fixture(scope="session")
+def quickstart_arrays(tmp_path_factory: pytest.TempPathFactory):
+    """The quickstart config (its store in a temporary folder) and its EURUSD bars as observation arrays."""
+    from ploutos.config import load
+    from ploutos.data.build import build_dataset
+    from ploutos.features.pipeline import load_bars, observation_arrays
+
+    store = tmp_path_factory.mktemp("quickstart-data") / "store"
+    config = load("quickstart", [f"data.store={store}"])
+    build_dataset(config.data, progress=False)
+    return config, observation_arrays(load_bars(config), config)

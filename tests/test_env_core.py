@@ -44,6 +44,10 @@ CONFIGS = {
         COSTLY, obs_layout="asset_lookback_feature", action_mode="continuous", reward="dsr",
         drawdown_penalty=0.1, turnover_penalty=0.01, long_only=True,
     ),
+    "flat-continuous-dsr-trading-rules": replace(
+        COSTLY, obs_layout="flat", action_mode="continuous", reward="dsr", rebalance_band=0.05,
+        max_weight_change=0.3, decide_every=3, borrow_bps_per_year=2_000.0, cost_profile="crypto",
+    ),
     "dict-discrete-log-bankrupt": replace(
         COSTLY, obs_layout="asset_lookback_feature", action_mode="discrete", reward="log_return",
         bankruptcy_equity=0.999,
@@ -153,7 +157,7 @@ def test_vec_envs_agree_with_the_old_env_step_for_step(name: str, kind: str):
 
 def test_the_core_exposes_rows_and_portfolio_without_building_windows():
     cfg = CONFIGS["flat-continuous-log"]
-    core = MarketCore(ARRAYS, cfg, rows=ROWS, n_envs=64)
+    core = MarketCore(ARRAYS, cfg, rows=ROWS, n_envs=64, bars_per_year=24 * 365)
     rng = np.random.default_rng(0)
     starts = [core.draw_start(np.random.default_rng(i)) for i in range(64)]
     core.reset(np.arange(64), np.array([t for t, _ in starts]), np.array([e for _, e in starts]))

@@ -15,7 +15,14 @@ from ploutos.config import EnvConfig
 from ploutos.env import TradingEnv
 from ploutos.features.arrays import FeatureArrays
 
-FREE = replace(EnvConfig(), commission_bps=0.0, half_spread_bps=0.0, slippage_vol_mult=0.0, impact_coef=0.0)
+FREE = replace(
+    EnvConfig(),
+    commission_bps=0.0,
+    half_spread_bps=0.0,
+    slippage_range_mult=0.0,
+    impact_coef=0.0,
+    borrow_bps_per_year=0.0,
+)
 
 
 def hand_arrays(open_, close, *, present=None, high=None, low=None, volume=None, n_feat=2) -> FeatureArrays:
@@ -121,8 +128,7 @@ def test_short_position_and_gross_exposure_is_scaled_to_one():
 
 
 def test_costs_are_charged_on_the_fill_bar():
-    cfg = replace(FREE, commission_bps=1.0, half_spread_bps=2.0, slippage_vol_mult=0.1, impact_coef=0.2)
-    cfg = replace(cfg, sec_fee_per_million=30.0)
+    cfg = replace(FREE, commission_bps=1.0, half_spread_bps=2.0, slippage_range_mult=0.1, sec_fee_per_million=30.0)
     arrays = hand_arrays(
         [100, 100, 100, 100], [100, 100, 100, 100], high=[100, 104, 101, 100], low=[100, 98, 99, 100],
         volume=[1e5, 2e4, 5e4, 1e5],
@@ -130,13 +136,15 @@ def test_costs_are_charged_on_the_fill_bar():
     env = make_env(arrays, cfg, lookback=1, initial_cash=10_000.0)
     env.reset(seed=0)
     _, _, _, _, info = env.step(np.array([0.5], dtype=np.float32))  # buy 5,000 at bar 1
-    buy = 5_000 * 3e-4 + 0.1 * 6 / 100 * 5_000 + 0.2 * math.sqrt(5_000 / (2e4 * 100)) * 5_000
+    buy = 5_000 * 3e-4 + 0.1 * 6 / 100 * 5_000
     assert info["costs"] == pytest.approx(buy, rel=1e-12)
     assert info["equity"] == pytest.approx(10_000.0 - buy, rel=1e-13)
     assert info["turnover"] == pytest.approx(0.5, rel=1e-12)
+    np.testing.assert_allclose(info["cost_parts"], [0.5, 1.0, 30.0, 0.0, 0.0, 0.0], rtol=1e-12)
     _, _, _, _, info = env.step(np.array([0.0], dtype=np.float32))  # sell those 50 units at bar 2
-    sell = 5_000 * 3e-4 + 0.1 * 2 / 100 * 5_000 + 0.2 * math.sqrt(5_000 / (5e4 * 100)) * 5_000 + 30e-6 * 5_000
+    sell = 5_000 * 3e-4 + 0.1 * 2 / 100 * 5_000 + 30e-6 * 5_000
     assert info["costs"] == pytest.approx(sell, rel=1e-12)
+    assert info["cost_parts"][-1] == pytest.approx(30e-6 * 5_000, rel=1e-12)
     assert info["equity"] == pytest.approx(10_000.0 - buy - sell, rel=1e-13)
 
 
@@ -156,16 +164,21 @@ def test_log_rewards_sum_to_the_log_of_final_over_initial_equity():
 def test_dsr_reward_matches_a_reference_on_the_equity_curve():
     from test_env_reward import reference_dsr
 
-    env = make_env(SMALL, EnvConfig(), evaluation=True, lookback=8, reward="dsr", dsr_eta=0.05)
+    env = make_env(SMALL, EnvConfig(), evaluation=True, lookback=32, reward="dsr", dsr_eta=0.05, dsr_clip=1.5)
     env.reset(seed=0)
     env.action_space.seed(0)
+    # the warm start: mean squared one-bar return of the assets over the 20 bars up to the first decision
+    close = np.asarray(SMALL.prices[:, :, 3], dtype=float)
+    t0 = env.lookback - 1
+    b0 = float(np.mean((close[t0 - 19 : t0 + 1] / close[t0 - 20 : t0] - 1.0) ** 2))
     equity, rewards = [EnvConfig().initial_cash], []
     for _ in range(100):
         _, reward, *_, info = env.step(env.action_space.sample())
         rewards.append(reward)
         equity.append(info["equity"])
     returns = [b / a - 1.0 for a, b in zip(equity[:-1], equity[1:], strict=True)]
-    assert rewards == pytest.approx(reference_dsr(returns, 0.05), rel=1e-9, abs=1e-12)
+    assert rewards == pytest.approx(reference_dsr(returns, 0.05, b0=b0, clip=1.5), rel=1e-9, abs=1e-12)
+    assert max(map(abs, rewards)) == 1.5  # the bound is reached, and holds
 
 
 def test_penalties_are_subtracted():

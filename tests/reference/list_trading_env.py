@@ -16,7 +16,7 @@ from gymnasium import spaces
 
 from ploutos.config import EnvConfig
 from ploutos.env import costs
-from ploutos.env.reward import DifferentialSharpe
+from ploutos.env.reward import DifferentialSharpe, warm_second_moment
 
 if TYPE_CHECKING:  # the features package imports polars, which env workers do not need
     from ploutos.features.arrays import FeatureArrays
@@ -144,7 +144,13 @@ class ListTradingEnv(gym.Env):
         self._initial = float(cfg.initial_cash)
         self._floor = max(cfg.bankruptcy_equity * self._initial, 0.0)
         self._fee_rate = cfg.sec_fee_per_million * 1e-6
-        self._dsr = DifferentialSharpe(cfg.dsr_eta) if cfg.reward == "dsr" else None
+        self._dsr = DifferentialSharpe(cfg.dsr_eta, cfg.dsr_clip) if cfg.reward == "dsr" else None
+        # written against the rules, not the kernel: window-wide estimates, then per-asset Python floats
+        window = np.asarray(arrays.prices[start:stop], dtype=np.float64)
+        self._warm_b = warm_second_moment(forward_fill(window[..., 3]), cfg.dsr_eta)
+        self._impact_window = costs.impact_factor(window, cfg)
+        self._borrow = costs.borrow_rate_per_bar(cfg, bars_per_year)
+        self._band, self._max_change = cfg.rebalance_band, cfg.max_weight_change
         self._dd_pen, self._to_pen = cfg.drawdown_penalty, cfg.turnover_penalty
         # portfolio state (float64); episode arrays are filled by reset
         self._units = [0.0] * n_asset
@@ -176,7 +182,7 @@ class ListTradingEnv(gym.Env):
         self._cash = self._equity = self._peak = self._initial
         self._drawdown = 0.0
         if self._dsr is not None:
-            self._dsr.reset()
+            self._dsr.reset(float(self._warm_b[t0 - self.row_start]))
         self._t, self._k, self._end = t0, 0, end
         self._episode_ready = True
         info = {
@@ -247,6 +253,15 @@ class ListTradingEnv(gym.Env):
         # units to trade: (target weight * equity at the open / open - units) where the asset trades, else 0
         trades = map(sub, map(mul, map(mul, w, inv_open), repeat(scale)), units)
         trades = list(trades) if mask is None else list(map(mul, trades, mask))
+        if (self._k % self.cfg.decide_every) != 0:
+            trades = [0.0] * self.n_assets
+        elif eq_open > 0.0 and (self._band > 0.0 or self._max_change):
+            for a, units_traded in enumerate(trades):
+                change = units_traded * open_[a] / eq_open
+                if abs(change) <= self._band:
+                    trades[a] = 0.0
+                elif self._max_change and abs(change) > self._max_change:
+                    trades[a] = math.copysign(self._max_change, change) * eq_open * inv_open[a]
         values = list(map(mul, trades, open_))
         notionals = list(map(abs, values))
         notional_sum = sum(notionals)
@@ -260,6 +275,9 @@ class ListTradingEnv(gym.Env):
         else:
             cost = 0.0
         held = list(map(mul, units, self._c_close[r]))
+        financing = self._borrow * sum(-value for value in held if value < 0.0)
+        cost += financing
+        cash -= financing
         equity = cash + sum(held)
         eq_before = self._equity
         self._cash, self._equity, self._k, self._t = cash, equity, k, self._t + 1
@@ -392,7 +410,8 @@ class ListTradingEnv(gym.Env):
         self._c_close = np.where(np.isfinite(close_f), close_f, 0.0).tolist()
         self._c_inv_open = inv_open.tolist()
         self._c_rate = (costs.linear_rate(high, low, close, self.cfg) * tradeable).tolist()
-        self._c_impact = (costs.impact_factor(volume, open_, self.cfg) * tradeable).tolist()
+        first = self._t0 + k - self.row_start
+        self._c_impact = (self._impact_window[first : first + stop - k] * tradeable).tolist()
         # None for a bar where every asset trades (the common case): no mask to apply
         every = tradeable.all(axis=1)
         if every.all():

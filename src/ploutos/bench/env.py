@@ -175,7 +175,7 @@ def run(
     batch_actions = rng.uniform(-1.0, 1.0, (batch_steps, BATCH, n_asset))
     results = []
     for windows in (False, True):
-        core = MarketCore(arrays, cfg, rows=slice(0, n_time), n_envs=BATCH)
+        core = MarketCore(arrays, cfg, rows=slice(0, n_time), n_envs=BATCH, bars_per_year=24 * 365)
         timing = time_call(_batched_loop(core, batch_actions, windows=windows), repeats=repeats, warmup=warmup)
         what = "flat windows" if windows else "row indices + portfolio"
         results.append(

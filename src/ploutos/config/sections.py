@@ -14,7 +14,7 @@ from __future__ import annotations
 import difflib
 import re
 import zoneinfo
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from functools import cache
 from typing import Literal, TypeVar
@@ -242,6 +242,38 @@ class FeaturesConfig:
 
 
 @dataclass(frozen=True)
+class CostRates:
+    """The cost settings an env trades with, once the profile and the config's overrides are resolved."""
+
+    commission_bps: float
+    """Commission, bp of traded notional."""
+    half_spread_bps: float
+    """Half the bid-ask spread, bp of traded notional."""
+    slippage_range_mult: float
+    """Slippage per unit of notional as a multiple of the fill bar's relative range ``(high - low) / close``."""
+    impact_coef: float
+    """``Y`` of the square-root law ``Y * sigma * sqrt(units / average volume)`` per unit of notional; 0: off."""
+    borrow_bps_per_year: float
+    """Financing of short positions, bp of short notional per year."""
+
+
+COST_PROFILES: dict[str, CostRates] = {
+    # FX majors on an ECN: ~$2 per $100k a side, EURUSD spread ~0.9 bp; the volume column of FX data is a tick
+    # count, not units traded, so square-root impact has nothing to stand on and is off; rollover is not modelled.
+    "fx": CostRates(commission_bps=0.2, half_spread_bps=0.5, slippage_range_mult=0.02, impact_coef=0.0,
+                    borrow_bps_per_year=0.0),
+    # Liquid US equities and ETFs: ~$0.005 a share on a $100 share, 1-2 bp spreads on large caps, Y ~ 1 (Toth et
+    # al. 2011), general-collateral borrow ~0.5 % a year.
+    "equity": CostRates(commission_bps=0.5, half_spread_bps=1.0, slippage_range_mult=0.05, impact_coef=1.0,
+                        borrow_bps_per_year=50.0),
+    # Crypto on a major exchange: 0.1 % taker fee, a few bp of spread, perpetual funding ~10 % a year for shorts.
+    "crypto": CostRates(commission_bps=10.0, half_spread_bps=2.0, slippage_range_mult=0.05, impact_coef=1.0,
+                        borrow_bps_per_year=1000.0),
+}  # fmt: skip
+"""Cost defaults per asset class; an env field set in the config overrides its profile value."""
+
+
+@dataclass(frozen=True)
 class EnvConfig:
     lookback: int = setting(32, "Bars of features in one observation.")
     action_mode: Literal["continuous", "discrete"] = setting(
@@ -249,11 +281,35 @@ class EnvConfig:
     )
     long_only: bool = setting(False, "Restrict target weights to [0, 1] instead of [-1, 1].")
     initial_cash: float = setting(100_000.0, "Cash at the start of an episode.")
-    commission_bps: float = setting(0.5, "Commission in basis points of traded notional.")
-    half_spread_bps: float = setting(1.0, "Half the bid-ask spread in basis points, paid on every fill.")
-    slippage_vol_mult: float = setting(0.05, "Slippage as this multiple of the bar's realized volatility.")
-    impact_coef: float = setting(
-        0.1, "Square-root market impact coefficient (times sqrt of traded share of bar volume)."
+    rebalance_band: float = setting(
+        0.0, "No trade in an asset while |target - current weight| is at most this (weight units, 0 to 2)."
+    )
+    max_weight_change: float | None = setting(
+        None, "Largest change of an asset's weight at one decision (partial adjustment); empty: no limit."
+    )
+    decide_every: int = setting(
+        1, "Bars between decisions; on the bars between, the action is ignored and positions are held."
+    )
+    cost_profile: Literal["fx", "equity", "crypto"] = setting(
+        "equity", "Asset class whose cost defaults apply (COST_PROFILES in config/sections.py)."
+    )
+    commission_bps: float | None = setting(None, "Commission, bp of traded notional; empty: the profile's.")
+    half_spread_bps: float | None = setting(
+        None, "Half the bid-ask spread, bp of traded notional, paid on every fill; empty: the profile's."
+    )
+    slippage_range_mult: float | None = setting(
+        None, "Slippage as this multiple of the fill bar's relative range (high - low) / close; empty: the profile's."
+    )
+    impact_coef: float | None = setting(
+        None,
+        "Y of the square-root law: impact per unit of notional Y * bar volatility * sqrt(units traded / average bar "
+        "volume); 0: off; empty: the profile's (off for fx, whose volume is a tick count).",
+    )
+    impact_window: int = setting(
+        100, "Bars before the fill over which impact's volatility and average volume are measured."
+    )
+    borrow_bps_per_year: float | None = setting(
+        None, "Financing of short positions, bp of short notional a year, accrued every bar; empty: the profile's."
     )
     sec_fee_per_million: float = setting(
         0.0, "Regulatory fee on sells in currency per million of sell notional (US SEC Section 31: 27.80 in 2024)."
@@ -262,8 +318,13 @@ class EnvConfig:
         "log_return", "Reward: log return of equity, or the Moody-Saffell differential Sharpe ratio."
     )
     dsr_eta: float = setting(0.01, "Adaptation rate of the differential Sharpe ratio's moving moments.")
+    dsr_clip: float = setting(10.0, "The differential Sharpe ratio of a step is clipped to [-dsr_clip, dsr_clip].")
     drawdown_penalty: float = setting(0.0, "Weight of the drawdown penalty subtracted from the reward.")
-    turnover_penalty: float = setting(0.0, "Weight of the turnover penalty subtracted from the reward.")
+    turnover_penalty: float = setting(
+        0.0,
+        "Reward minus this times the step's turnover, sum |change of weight| over assets (traded notional over "
+        "equity: 1.0 for going from cash to fully invested, 2.0 for a flip from short to long).",
+    )
     episode_bars: int = setting(1024, "Training episodes are truncated after this many bars.")
     bankruptcy_equity: float = setting(
         0.5, "An episode terminates when equity falls below this share of the initial cash."
@@ -275,14 +336,38 @@ class EnvConfig:
     def __post_init__(self) -> None:
         _bounded(self.lookback, "lookback", 1, 10_000)
         _require(0 < self.initial_cash <= 1e15, "initial_cash", "must be > 0 and at most 1e15")
-        for key in ("commission_bps", "half_spread_bps", "slippage_vol_mult", "impact_coef", "sec_fee_per_million"):
-            _require(getattr(self, key) >= 0, key, "costs cannot be negative")
+        for key in (
+            "commission_bps", "half_spread_bps", "slippage_range_mult", "impact_coef", "borrow_bps_per_year",
+            "sec_fee_per_million",
+        ):  # fmt: skip
+            value = getattr(self, key)
+            _require(value is None or value >= 0, key, "costs cannot be negative")
+        _bounded(self.impact_window, "impact_window", 2, 1_000_000)
+        _require(0 <= self.rebalance_band < 2, "rebalance_band", "must be in [0, 2): weights change by at most 2")
+        _require(
+            self.max_weight_change is None or 0 < self.max_weight_change <= 2,
+            "max_weight_change",
+            "must be in (0, 2], or empty for no limit",
+        )
+        _bounded(self.decide_every, "decide_every", 1, 100_000)
         _require(0 < self.dsr_eta < 1, "dsr_eta", "must be between 0 and 1")
+        _require(self.dsr_clip > 0, "dsr_clip", "must be > 0")
         _require(
             self.drawdown_penalty >= 0 and self.turnover_penalty >= 0, "drawdown_penalty", "penalties must be >= 0"
         )
         _bounded(self.episode_bars, "episode_bars", 2, 100_000_000)
         _require(0 <= self.bankruptcy_equity < 1, "bankruptcy_equity", "must be a share in [0, 1)")
+
+    @property
+    def costs(self) -> CostRates:
+        """The profile's cost rates with every field the config sets in their place."""
+        profile = COST_PROFILES[self.cost_profile]
+        return CostRates(
+            **{
+                f.name: getattr(self, f.name) if getattr(self, f.name) is not None else getattr(profile, f.name)
+                for f in fields(CostRates)
+            }
+        )
 
 
 @dataclass(frozen=True)
@@ -302,6 +387,9 @@ class PPOConfig:
     vf_coef: float = setting(0.5, "Value loss coefficient.")
     max_grad_norm: float = setting(0.5, "Gradient clipping norm.")
     net_arch: tuple[int, ...] = setting((64, 64), "Hidden layer sizes of the policy and value networks.")
+    log_std_init: float = setting(
+        0.0, "Initial log standard deviation of the Gaussian policy (continuous actions): exploration noise."
+    )
     lstm_hidden: int = setting(64, "LSTM hidden size for recurrent_ppo.")
     checkpoint_every: int = setting(50_000, "Environment steps between checkpoints (also written on SIGTERM/SIGUSR2).")
     device: Literal["auto", "cpu", "cuda"] = setting(
@@ -322,6 +410,7 @@ class PPOConfig:
         _require(0 < self.gamma <= 1, "gamma", "must be in (0, 1]")
         _require(0 <= self.gae_lambda <= 1, "gae_lambda", "must be in [0, 1]")
         _require(self.clip_range > 0, "clip_range", "must be > 0")
+        _require(-20 <= self.log_std_init <= 5, "log_std_init", "must be in [-20, 5]")
         _require(all(1 <= width <= 65_536 for width in self.net_arch), "net_arch", "layer sizes must be 1 to 65536")
         _require(len(self.net_arch) <= 64, "net_arch", "at most 64 layers")
 
@@ -338,10 +427,33 @@ class WalkForwardConfig:
     )
     embargo_bars: int = setting(24, "Bars dropped between train and test so that no label or feature straddles them.")
     max_folds: int | None = setting(None, "Keep only the latest this-many folds; empty: every fold that fits.")
+    validation_months: int = setting(
+        1,
+        "The last months of each training window, embargoed from the rows trained on, that choose the model; 0: none.",
+    )
+    validate_every: int = setting(
+        4096, "Environment steps (over every rank) between evaluations on the validation window."
+    )
+    select_by: Literal["sharpe", "total_return", "last"] = setting(
+        "sharpe", "Validation metric that picks the kept checkpoint (flat counts as Sharpe 0); last: the final model."
+    )
+    patience: int = setting(
+        0, "Stop training after this many validations without a better metric; 0: train to total_timesteps."
+    )
 
     def __post_init__(self) -> None:
         months = 12 * MAX_SPAN_YEARS
         _bounded(self.train_months, "train_months", 1, months)
+        _bounded(self.validation_months, "validation_months", 0, months)
+        _require(
+            self.validation_months < self.train_months,
+            "validation_months",
+            f"{self.validation_months} must be less than train_months {self.train_months}: nothing would be left to "
+            "train on",
+            ("train_months",),
+        )
+        _bounded(self.validate_every, "validate_every", 1, 10**12)
+        _bounded(self.patience, "patience", 0, 1_000_000)
         _bounded(self.test_months, "test_months", 1, months)
         _bounded(self.step_months, "step_months", 1, months)
         _bounded(self.embargo_bars, "embargo_bars", 0, 1_000_000)

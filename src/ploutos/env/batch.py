@@ -82,7 +82,7 @@ def shared_core(envs: Sequence[gym.Env]) -> MarketCore | None:
     if not all(type(env) is TradingEnv for env in envs) or not all(first.same_window(env) for env in envs):
         return None
     core = MarketCore(first.arrays, first.cfg, rows=slice(first.row_start, first.row_stop), n_envs=len(envs),
-                      evaluation=first.evaluation)  # fmt: skip
+                      evaluation=first.evaluation, bars_per_year=first.bars_per_year)  # fmt: skip
     for index, env in enumerate(envs):
         env.join(core, index)
     return core

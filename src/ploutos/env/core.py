@@ -25,7 +25,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ploutos.config import EnvConfig
-from ploutos.env import costs, kernel
+from ploutos.env import costs, kernel, reward
 from ploutos.features.arrays import FeatureArrays
 
 MIN_EPISODE_BARS = 8
@@ -47,6 +47,7 @@ class Step(NamedTuple):
     weights: np.ndarray
     turnover: np.ndarray
     costs: np.ndarray
+    """Cash paid in costs (every component) at the step."""
     drawdown: np.ndarray
     fill_rows: np.ndarray
     """The row each env filled at and marked (its new decision row)."""
@@ -58,14 +59,21 @@ class Step(NamedTuple):
     """Traded notional at the fill, in cash."""
     limited: np.ndarray
     """Whether ``max_weight`` or ``notional_budget`` changed the env's trades."""
+    cost_parts: np.ndarray
+    """``(n, 6)`` the costs by component (:data:`ploutos.env.costs.COMPONENTS`), summing to ``costs``."""
 
 
 class MarketCore:
-    """``n_envs`` portfolios trading all assets of ``arrays`` over the time rows ``rows``."""
+    """``n_envs`` portfolios trading all assets of ``arrays`` over the time rows ``rows``.
+
+    ``bars_per_year`` accrues the yearly borrow cost of shorts per bar; it must be given when that
+    cost is not 0.
+    """
 
     def __init__(
-        self, arrays: FeatureArrays, cfg: EnvConfig, *, rows: slice, n_envs: int = 1, evaluation: bool = False
-    ) -> None:
+        self, arrays: FeatureArrays, cfg: EnvConfig, *, rows: slice, n_envs: int = 1, evaluation: bool = False,
+        bars_per_year: int = 0,
+    ) -> None:  # fmt: skip
         n_time, n_asset, n_feat = arrays.values.shape
         start, stop, step = rows.indices(n_time)
         if step != 1:
@@ -93,6 +101,10 @@ class MarketCore:
         self.initial = float(cfg.initial_cash)
         self._floor = max(cfg.bankruptcy_equity * self.initial, 0.0)
         self._fee_half = cfg.sec_fee_per_million * 1e-6 * 0.5
+        rates = cfg.costs
+        self._commission, self._spread = rates.commission_bps * 1e-4, rates.half_spread_bps * 1e-4
+        self._borrow = costs.borrow_rate_per_bar(cfg, bars_per_year)
+        self._max_change = cfg.max_weight_change or 0.0
         self._prepare_prices()
         # portfolio state, float64
         self.units = np.zeros((n_envs, n_asset))
@@ -103,6 +115,8 @@ class MarketCore:
         self.weights = np.zeros((n_envs, n_asset))
         self.dsr_a = np.zeros(n_envs)
         self.dsr_b = np.zeros(n_envs)
+        self.since = np.zeros(n_envs, dtype=np.int64)
+        """Steps each env has taken in its episode (decisions fall on multiples of ``decide_every``)."""
         self.rows = np.full(n_envs, self.first_decision, dtype=np.int64)
         """Each env's decision row: the last bar it has seen (absolute, into the arrays)."""
         self.ends = np.full(n_envs, stop - 1, dtype=np.int64)
@@ -131,7 +145,9 @@ class MarketCore:
         self.units[index] = 0.0
         self.weights[index] = 0.0
         self.cash[index] = self.equity[index] = self.peak[index] = self.initial
-        self.drawdown[index] = self.dsr_a[index] = self.dsr_b[index] = 0.0
+        self.drawdown[index] = self.dsr_a[index] = 0.0
+        self.dsr_b[index] = self._warm_b[np.asarray(t0) - self.row_start]
+        self.since[index] = 0
         self.rows[index], self.ends[index] = t0, end
         self.active[index] = True
 
@@ -163,19 +179,22 @@ class MarketCore:
         budget = _NO_BUDGET if notional_budget is None else np.asarray(notional_budget, dtype=np.float64).reshape(n)
         rewards, terminated, truncated = np.empty(n), np.empty(n, dtype=np.bool_), np.empty(n, dtype=np.bool_)
         turnover, cost, notional, limited = np.empty(n), np.empty(n), np.empty(n), np.empty(n, dtype=np.bool_)
+        cost_parts = np.empty((n, len(costs.COMPONENTS)))
         traded, fill_prices = np.empty((n, self.n_assets)), np.empty((n, self.n_assets))
         kernel.step_envs(
             envs, actions, self._bar, self.row_start, self.discrete, self._levels, self.w_low,
             -1.0 if max_weight is None else float(max_weight), budget,
             self.rows, self.ends, self.units, self.cash, self.equity, self.peak, self.drawdown, self.weights,
-            self.dsr_a, self.dsr_b, self.active,
-            self._fee_half, self._floor, self.initial, self.cfg.reward == "dsr", self.cfg.dsr_eta,
+            self.dsr_a, self.dsr_b, self.since, self.active,
+            self._commission, self._spread, self._fee_half, self._borrow, self.cfg.rebalance_band, self._max_change,
+            self.cfg.decide_every,
+            self._floor, self.initial, self.cfg.reward == "dsr", self.cfg.dsr_eta, self.cfg.dsr_clip,
             self.cfg.drawdown_penalty, self.cfg.turnover_penalty,
-            rewards, terminated, truncated, turnover, cost, notional, limited, traded, fill_prices,
+            rewards, terminated, truncated, turnover, cost, cost_parts, notional, limited, traded, fill_prices,
         )  # fmt: skip
         return Step(
             rewards, terminated, truncated, self.equity[envs], self.cash[envs], self.weights[envs], turnover, cost,
-            self.drawdown[envs], self.rows[envs], traded, fill_prices, notional, limited,
+            self.drawdown[envs], self.rows[envs], traded, fill_prices, notional, limited, cost_parts,
         )  # fmt: skip
 
     def _envs(self, index: np.ndarray | slice | int | None) -> np.ndarray:
@@ -212,7 +231,7 @@ class MarketCore:
         """
         window = slice(self.row_start, self.row_stop)
         prices = np.asarray(self.arrays.prices[window], dtype=np.float64)
-        open_, high, low, close, volume = (prices[..., i] for i in range(5))
+        open_, high, low, close = (prices[..., i] for i in range(4))
         close_f = forward_fill(close)
         open_f = np.where(np.isfinite(open_), open_, np.vstack([close_f[:1], close_f[:-1]]))
         tradeable = np.asarray(self.arrays.present[window]) & np.isfinite(open_) & (open_ > 0)
@@ -222,16 +241,18 @@ class MarketCore:
                 [
                     np.where(np.isfinite(open_f), open_f, 0.0),
                     inv_open,
-                    costs.linear_rate(high, low, close, self.cfg) * tradeable,
-                    costs.impact_factor(volume, open_, self.cfg) * tradeable,
+                    costs.slippage_rate(high, low, close, self.cfg) * tradeable,
+                    costs.impact_factor(prices, self.cfg) * tradeable,
                     np.where(np.isfinite(close_f), close_f, 0.0),
                     tradeable.astype(np.float64),
                 ],
                 axis=1,
             )
         )
-        """``(W, 6, A)``: per window row, the open, 1/open, linear cost rate, impact factor, close and
+        """``(W, 6, A)``: per window row, the open, 1/open, slippage rate, impact factor, close and
         1.0 where the asset trades; one gather per step fetches all six for every env."""
+        self._warm_b = reward.warm_second_moment(close_f, self.cfg.dsr_eta)
+        """Per window row, the differential Sharpe ratio's ``B`` for an episode that starts there."""
 
 
 _NO_BUDGET = np.empty(0)

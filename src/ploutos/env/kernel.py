@@ -20,20 +20,23 @@ from numba import njit
 
 from ploutos.env.reward import DSR_MIN_VARIANCE
 
-OPEN, INV_OPEN, RATE, IMPACT, CLOSE, TRADES = range(6)
+OPEN, INV_OPEN, SLIP, IMPACT, CLOSE, TRADES = range(6)
 """Rows of the per-bar table ``bar[w, field, asset]`` the core prepares for its window."""
+COMMISSION, SPREAD, SLIPPAGE, MARKET_IMPACT, FINANCING, FEES = range(6)
+"""Columns of ``cost_parts`` (:data:`ploutos.env.costs.COMPONENTS`)."""
 
 
 @njit(cache=True)
 def step_envs(  # noqa: PLR0913 - one flat signature is what a compiled kernel takes
     envs, actions, bar, row_start, discrete, levels, w_low, max_weight, budget,  # inputs
-    rows, ends, units, cash, equity, peak, drawdown, weights, dsr_a, dsr_b, active,  # state, updated
-    fee_half, floor, initial, dsr, eta, dd_pen, to_pen,  # settings
-    rewards, terminated, truncated, turnover, costs, notional_out, limited, traded, fill_prices,  # outputs
+    rows, ends, units, cash, equity, peak, drawdown, weights, dsr_a, dsr_b, since, active,  # state, updated
+    commission_rate, spread_rate, fee_half, borrow_rate, band, max_change, decide_every,  # costs, action rules
+    floor, initial, dsr, eta, dsr_clip, dd_pen, to_pen,  # settings
+    rewards, terminated, truncated, turnover, costs, cost_parts, notional_out, limited, traded, fill_prices,  # out
 ):  # fmt: skip
     """Step the envs ``envs``: fill ``actions[k]`` for env ``envs[k]`` at the next open, mark the next
-    close, charge costs and compute rewards; outputs are indexed by ``k``. ``max_weight`` < 0 and
-    an empty ``budget`` mean no such limit."""
+    close, charge costs and compute rewards; outputs are indexed by ``k``. ``max_weight`` < 0,
+    ``max_change`` <= 0 and an empty ``budget`` mean no such limit."""
     n_assets = units.shape[1]
     w = np.empty(n_assets)
     for k in range(envs.shape[0]):
@@ -44,6 +47,7 @@ def step_envs(  # noqa: PLR0913 - one flat signature is what a compiled kernel t
         for a in range(n_assets):
             held_at_open += units[e, a] * bar[b, OPEN, a]
         eq_open = cash[e] + held_at_open
+        deciding = since[e] % decide_every == 0
         # target weights
         is_limited = False
         if discrete:
@@ -71,13 +75,20 @@ def step_envs(  # noqa: PLR0913 - one flat signature is what a compiled kernel t
                         is_limited = True
                     w[a] = min(max(x, -max_weight), max_weight)
                 scale = eq_open
-        # trades, scaled into the notional budget
+        # trades: towards the target, outside the band, at most max_change of weight, on decision bars
         planned = 0.0
         for a in range(n_assets):
             ok = bar[b, TRADES, a]
-            if discrete and int(actions[k, a]) == 1:
+            if (discrete and int(actions[k, a]) == 1) or not deciding:
                 ok = 0.0  # hold
-            traded[k, a] = (w[a] * bar[b, INV_OPEN, a] * scale - units[e, a]) * ok
+            target = w[a] * bar[b, INV_OPEN, a] * scale
+            if eq_open > 0.0 and (band > 0.0 or max_change > 0.0):
+                step = (target - units[e, a]) * bar[b, OPEN, a] / eq_open  # the weight change it asks for
+                if abs(step) <= band:
+                    ok = 0.0
+                elif max_change > 0.0 and abs(step) > max_change:
+                    target = units[e, a] + math.copysign(max_change, step) * eq_open * bar[b, INV_OPEN, a]
+            traded[k, a] = (target - units[e, a]) * ok
             planned += abs(traded[k, a] * bar[b, OPEN, a])
         if budget.shape[0] > 0 and planned > budget[k]:
             factor = max(budget[k], 0.0) / planned if planned > 0.0 else 1.0
@@ -87,7 +98,7 @@ def step_envs(  # noqa: PLR0913 - one flat signature is what a compiled kernel t
         # fill and costs
         notional_sum = 0.0
         value_sum = 0.0
-        linear = 0.0
+        slippage = 0.0
         impact = 0.0
         for a in range(n_assets):
             price = bar[b, OPEN, a]
@@ -96,15 +107,26 @@ def step_envs(  # noqa: PLR0913 - one flat signature is what a compiled kernel t
             notional = abs(value)
             notional_sum += notional
             value_sum += value
-            linear += notional * bar[b, RATE, a]
+            slippage += notional * bar[b, SLIP, a]
             impact += notional * math.sqrt(notional) * bar[b, IMPACT, a]
-        cost = linear + impact
-        cost += fee_half * (notional_sum - value_sum)  # the fee on sell notional
-        new_cash = cash[e] - (value_sum + cost)
+        fees = fee_half * (notional_sum - value_sum)  # the fee on sell notional
         held = 0.0
+        short = 0.0
         for a in range(n_assets):
             units[e, a] += traded[k, a]
-            held += units[e, a] * bar[b, CLOSE, a]
+            value = units[e, a] * bar[b, CLOSE, a]
+            held += value
+            if value < 0.0:
+                short -= value
+        financing = borrow_rate * short
+        cost_parts[k, COMMISSION] = notional_sum * commission_rate
+        cost_parts[k, SPREAD] = notional_sum * spread_rate
+        cost_parts[k, SLIPPAGE] = slippage
+        cost_parts[k, MARKET_IMPACT] = impact
+        cost_parts[k, FINANCING] = financing
+        cost_parts[k, FEES] = fees
+        cost = notional_sum * (commission_rate + spread_rate) + slippage + impact + fees + financing
+        new_cash = cash[e] - (value_sum + cost)
         new_equity = new_cash + held
         # marks and rewards
         previous = equity[e]
@@ -129,9 +151,10 @@ def step_envs(  # noqa: PLR0913 - one flat signature is what a compiled kernel t
             mean, second = dsr_a[e], dsr_b[e]
             d_mean, d_second = r - mean, r * r - second
             var = second - mean * mean
-            reward = (
-                (second * d_mean - 0.5 * mean * d_second) / (var * math.sqrt(var)) if var > DSR_MIN_VARIANCE else 0.0
-            )
+            reward = 0.0
+            if var > DSR_MIN_VARIANCE:
+                reward = (second * d_mean - 0.5 * mean * d_second) / (var * math.sqrt(var))
+                reward = min(max(reward, -dsr_clip), dsr_clip)
             dsr_a[e] = mean + eta * d_mean
             dsr_b[e] = second + eta * d_second
         else:
@@ -145,6 +168,7 @@ def step_envs(  # noqa: PLR0913 - one flat signature is what a compiled kernel t
         notional_out[k] = notional_sum
         limited[k] = is_limited
         rows[e] = fill
+        since[e] += 1
         truncated[k] = fill >= ends[e] and not terminated[k]
         active[e] = not (terminated[k] or truncated[k])
 

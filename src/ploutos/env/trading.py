@@ -13,6 +13,7 @@ from gymnasium import spaces
 
 from ploutos.config import EnvConfig
 from ploutos.env.core import MIN_EPISODE_BARS, PORTFOLIO_FIELDS, MarketCore
+from ploutos.env.costs import COMPONENTS
 from ploutos.features.arrays import FeatureArrays
 
 __all__ = ["MIN_EPISODE_BARS", "PORTFOLIO_FIELDS", "TradingEnv"]
@@ -27,12 +28,20 @@ class TradingEnv(gym.Env):
     asset 0 sell (target weight ``-1/A``, or 0 when ``long_only``), 1 hold (no trade, the position
     is kept), 2 buy (target ``+1/A``).
 
+    **Trading rules** (the same for training, evaluation, backtests and paper replay), applied per
+    asset to the weight change ``d = target - current weight`` (at the open, before the fill):
+    no trade while ``|d| <= rebalance_band``; ``d`` is cut to ``+-max_weight_change``; and only
+    every ``decide_every``-th step of an episode is a decision: on the steps between, the action
+    is ignored and every position is held. These make trading a choice the policy has to mean:
+    a Gaussian policy's noise alone no longer moves money.
+
     **Timing.** The action of the step that observed bar ``t`` (after its close) is filled at the
     open of bar ``t+1``: target units are ``w * equity_at_open / open``; the position is then
     marked to bar ``t+1``'s close. Assets without a real bar at ``t+1`` (``present`` false) do not
     trade; their target is ignored and their position kept (valued at the last known price). Costs
-    (:mod:`ploutos.env.costs`: commission, half spread, slippage on the fill bar's range,
-    square-root impact on its volume, regulatory fee on sells) are paid from cash at the fill.
+    (:mod:`ploutos.env.costs`, rates from the config's cost profile: commission, half spread,
+    slippage on the fill bar's range, volatility-scaled square-root impact on the average volume,
+    regulatory fee on sells; every bar, the borrow cost of shorts) are paid from cash.
     Cash, units, equity, peak equity and drawdown are float64.
 
     **Observation** (float32, no NaN: features are 0 where not valid). With ``L = lookback``,
@@ -72,7 +81,8 @@ class TradingEnv(gym.Env):
     ``rows`` has been marked).
 
     **Info** (reset and every step): ``equity`` (float), ``cash`` (float), ``weights`` ((A,)
-    float64 after the step), ``turnover`` (float), ``costs`` (float, cash paid this step),
+    float64 after the step), ``turnover`` (float, buys plus sells over equity), ``costs`` (float,
+    cash paid this step), ``cost_parts`` ((6,) the same by :data:`~ploutos.env.costs.COMPONENTS`),
     ``drawdown`` (float), ``timestamp`` (numpy datetime64 of the bar marked last).
 
     ``bars_per_year`` is kept as :attr:`bars_per_year` for annualizing the episode's statistics.
@@ -90,7 +100,9 @@ class TradingEnv(gym.Env):
         self, arrays: FeatureArrays, cfg: EnvConfig, *, rows: slice, bars_per_year: int, evaluation: bool = False
     ) -> None:
         super().__init__()
-        self.core = MarketCore(arrays, cfg, rows=rows, n_envs=1, evaluation=evaluation)
+        self.core = MarketCore(
+            arrays, cfg, rows=rows, n_envs=1, evaluation=evaluation, bars_per_year=int(bars_per_year)
+        )
         self.index = 0
         self._at = slice(0, 1)
         self.cfg, self.arrays = cfg, arrays
@@ -163,6 +175,7 @@ class TradingEnv(gym.Env):
             "weights": np.zeros(self.n_assets),
             "turnover": 0.0,
             "costs": 0.0,
+            "cost_parts": np.zeros(len(COMPONENTS)),
             "drawdown": 0.0,
             "timestamp": self.timestamp,
         }
@@ -180,6 +193,7 @@ class TradingEnv(gym.Env):
             "weights": step.weights[0].copy(),
             "turnover": float(step.turnover[0]),
             "costs": float(step.costs[0]),
+            "cost_parts": step.cost_parts[0].copy(),
             "drawdown": float(step.drawdown[0]),
             "timestamp": self.arrays.timestamps[int(step.fill_rows[0])],
         }

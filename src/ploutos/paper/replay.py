@@ -72,7 +72,13 @@ def dry_run(policy: Policy, bars: pl.DataFrame | None = None) -> Replay:
     limits, tickers = config.paper, list(policy.tickers)
     arrays = normalized_features(load_bars(config) if bars is None else bars, policy)
     rows = eval_rows(policy, arrays)
-    sim = MarketCore(arrays, replace(config.env, bankruptcy_equity=0.0), rows=rows, evaluation=True)
+    sim = MarketCore(
+        arrays,
+        replace(config.env, bankruptcy_equity=0.0),
+        rows=rows,
+        evaluation=True,
+        bars_per_year=config.data.bars_per_year,
+    )
     sim.reset(0, *sim.draw_start(np.random.default_rng(0)))
     decider = Decider(policy)
     used, day, halted, limited, paid = 0.0, "", "", 0, 0.0

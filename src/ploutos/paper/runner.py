@@ -304,9 +304,15 @@ def plan_orders(
     equity: float,
     used: float,
 ) -> dict[str, float]:
-    """Whole-unit orders (signed) that move ``held + pending`` to the risk-limited target weights."""
+    """Whole-unit orders (signed) that move ``held + pending`` to the risk-limited target weights, under the
+    env's trading rules (no trade within ``rebalance_band``, at most ``max_weight_change`` per bar)."""
     current = np.where(np.isfinite(price), held * price / equity, 0.0) if equity > 0 else np.zeros(len(held))
     weights = risk.clip_weights(risk.target_weights(action, current, config.env), config.paper)
+    change = weights - current
+    if config.env.max_weight_change:
+        change = np.clip(change, -config.env.max_weight_change, config.env.max_weight_change)
+    weights = np.where(np.abs(weights - current) <= config.env.rebalance_band, current, current + change)
+    tradeable = tradeable & (weights != current)
     with np.errstate(divide="ignore", invalid="ignore"):
         target = np.where(tradeable, np.trunc(weights * equity / price), held + pending)
     delta = np.where(tradeable, target - held - pending, 0.0)

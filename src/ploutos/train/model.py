@@ -37,7 +37,7 @@ def build_model(config: Config, venv: Any, layout: HardwarePlan, seed: int | Non
     """A fresh PPO / RecurrentPPO with the config's hyperparameters on ``venv``."""
     ppo = config.ppo
     arch = list(ppo.net_arch)
-    policy_kwargs: dict[str, Any] = {"net_arch": {"pi": arch, "vf": arch}}
+    policy_kwargs: dict[str, Any] = {"net_arch": {"pi": arch, "vf": arch}, "log_std_init": ppo.log_std_init}
     if ppo.algo == "recurrent_ppo":
         policy_kwargs["lstm_hidden_size"] = ppo.lstm_hidden
     return algorithm(config)(

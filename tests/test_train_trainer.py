@@ -252,3 +252,51 @@ def test_a_task_being_trained_is_refused_to_a_second_process(ploutos, dataset, t
         first.send_signal(signal.SIGTERM)  # checkpoints and exits 3
         first.communicate(timeout=120)
     assert first.returncode == 3 and not lock.exists()  # the holder's exit releases it
+
+
+def test_the_kept_model_is_the_best_validated_checkpoint(ploutos, dataset, tmp_path):
+    """Validation every rollout; the task file records the curve and the choice, and the saved model (which the test
+    window was evaluated with) trades the validation window to exactly the chosen score."""
+    from ploutos.config import load
+    from ploutos.results.layout import RunLayout
+    from ploutos.train.artifacts import load_policy
+    from ploutos.train.evaluate import run_policy
+    from ploutos.train.folds import fold_features
+    from ploutos.train.selection import score_of
+
+    extra = {"walkforward.validate_every": ROLLOUT, "walkforward.max_folds": 1}
+    settings = _settings(dataset, tmp_path / "results", 4 * ROLLOUT, **extra)
+    done = ploutos("train", "--fold", "0", "--member", "0", "--no-progress", *settings)
+    assert done.returncode == 0, done.stderr
+    run = tmp_path / "results" / "quickstart"
+    with h5py.File(run / "tasks" / "fold0_member0.h5", "r") as h5:
+        validation = h5["validation"]
+        timesteps, scores = validation["timesteps"][:], validation["score"][:]
+        chosen = validation.attrs["chosen_timesteps"]
+        fold = dict(h5["fold"].attrs)
+    assert list(timesteps) == [ROLLOUT, 2 * ROLLOUT, 3 * ROLLOUT, 4 * ROLLOUT]
+    assert chosen == timesteps[int(np.argmax(scores))]
+    assert fold["train_rows"][1] <= fold["validation_rows"][0] - fold["embargo_bars"]
+    assert fold["validation_rows"][1] <= fold["test_rows"][0] - fold["embargo_bars"]
+
+    layout = RunLayout(run)
+    config = load(layout.config_file)
+    arrays, fold_plan, _ = fold_features(config, 0)
+    policy = load_policy(layout.model(0, 0), layout.recorded_hash())
+    rows, bars_per_year = fold_plan.validation_rows(config.env.lookback), config.data.bars_per_year
+    replayed = run_policy(policy, arrays, config.env, rows, bars_per_year).metrics(bars_per_year).as_dict()
+    assert score_of(replayed, "sharpe") == pytest.approx(scores.max(), abs=1e-9)
+
+
+def test_patience_stops_a_member_early(ploutos, dataset, tmp_path):
+    # a band nothing crosses: always flat, so no validation is ever better than the first
+    extra = {"walkforward.validate_every": ROLLOUT, "walkforward.patience": 1, "walkforward.max_folds": 1}
+    extra["env.rebalance_band"] = 1.99
+    settings = _settings(dataset, tmp_path / "results", 8 * ROLLOUT, **extra)
+    done = ploutos("train", "--fold", "0", "--member", "0", "--no-progress", *settings)
+    assert done.returncode == 0, done.stderr
+    result = tmp_path / "results" / "quickstart" / "tasks" / "fold0_member0.h5"
+    with h5py.File(result, "r") as h5:
+        assert h5["validation"].attrs["stopped_early"]
+        assert h5["validation"].attrs["chosen_timesteps"] == ROLLOUT
+        assert _attrs(result, "provenance")["timesteps"] < 8 * ROLLOUT

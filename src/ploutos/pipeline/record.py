@@ -28,6 +28,7 @@ def evaluate_fold(actor: Actor, arrays: FeatureArrays, fold: Fold, config: Confi
 def _result(
     config: Config, fold: Fold, member: int | None, arrays: FeatureArrays, stats: NormStats | None,
     evaluation: FoldEvaluation, record: dict[str, Any], training: dict[str, Any],
+    validation: dict[str, Any] | None = None,
 ) -> TaskResult:  # fmt: skip
     return TaskResult(
         fold=fold.index,
@@ -43,6 +44,7 @@ def _result(
         norm_scale=stats.scale if stats is not None else [],
         evaluation=evaluation,
         training=training,
+        validation=validation or {},
     )
 
 
@@ -71,7 +73,8 @@ def record_member(
         replica_rollouts=[replica["rollout"] for replica in trained.replicas],
     )
     result = run.result(fold.index, member)
-    write_task_result(result, _result(config, fold, member, arrays, stats, evaluation, record, trained.curve))
+    task = _result(config, fold, member, arrays, stats, evaluation, record, trained.curve, trained.validation)
+    write_task_result(result, task)
     run.checkpoint(fold.index, member).unlink(missing_ok=True)  # the result is final; a rerun skips the task
     ensemble = evaluate_ensemble(config, fold, arrays, stats, record) if fold_complete(config, fold.index) else None
     return result, ensemble

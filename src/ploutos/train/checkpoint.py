@@ -62,6 +62,10 @@ class Checkpoint:
     resumed: int = 0
     """How many times the task was resumed before this checkpoint."""
     wall_seconds: float = 0.0
+    selection: dict[str, Any] = field(default_factory=dict)
+    """The validation curve and choice so far (:meth:`ploutos.train.selection.Selection.state`)."""
+    best_policy: dict[str, torch.Tensor] | None = None
+    """The best validated policy weights so far (None before a validation)."""
     """Training time spent before this checkpoint, over every attempt."""
 
     def save(self, path: Path) -> None:
@@ -77,12 +81,15 @@ class Checkpoint:
             "curve": self.curve,
             "resumed": self.resumed,
             "wall_seconds": self.wall_seconds,
+            "selection": self.selection,
         }
         tensors = {
             "policy": self.policy,
             "optimizer": self.optimizer,
             "torch_rng": [state["torch"] for state in self.rank_rng],
         }
+        if self.best_policy is not None:
+            tensors["best_policy"] = self.best_policy
         write_artifact(path, meta, tensors)
 
     @staticmethod
@@ -113,6 +120,8 @@ class Checkpoint:
                 curve={key: [float(v) for v in values] for key, values in meta["curve"].items()},
                 resumed=int(meta["resumed"]),
                 wall_seconds=float(meta["wall_seconds"]),
+                selection=dict(meta.get("selection") or {}),
+                best_policy=tensors.get("best_policy"),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise CheckpointError(

@@ -7,11 +7,16 @@ lasts ``test_months``; its training window ends where the test window starts and
 test windows tile without gaps, so the out-of-sample curves of consecutive folds can be stitched.
 The last ``embargo_bars`` rows before each test window are dropped from training, so that no
 feature or reward computed near the boundary lets the agent see into the test window.
+
+With ``validation_months`` the last months of the training window are its validation window:
+the agent never trains on them (``embargo_bars`` rows between its last training row and the
+validation window are dropped too); they choose which checkpoint is kept, so that the test window
+is evaluated once, at the end, and chooses nothing.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -47,7 +52,11 @@ class Fold:
     test_end: np.datetime64
     """Calendar end of the test window (exclusive); may lie a few days past the last bar."""
     embargo: int
-    """Rows dropped from the end of the training window."""
+    """Rows dropped from the end of the training window (and before the validation window, if any)."""
+    validation: slice = field(default_factory=lambda: slice(0, 0))
+    """Time rows [start, stop) of the validation window (empty without ``validation_months``)."""
+    validation_start: np.datetime64 | None = None
+    """Calendar start of the validation window; None without one."""
 
     @property
     def train_bars(self) -> int:
@@ -58,6 +67,15 @@ class Fold:
     def test_bars(self) -> int:
         """Rows in the out-of-sample window."""
         return self.test.stop - self.test.start
+
+    @property
+    def validation_bars(self) -> int:
+        """Rows in the validation window."""
+        return self.validation.stop - self.validation.start
+
+    def validation_rows(self, lookback: int) -> slice:
+        """Rows of the validation env: ``lookback`` rows of history, then the validation window."""
+        return slice(self.validation.start - lookback, self.validation.stop)
 
     def eval_rows(self, lookback: int) -> slice:
         """Rows of the evaluation env: ``lookback`` rows of history, then the test window.
@@ -78,7 +96,11 @@ class Fold:
         def iso(moment: np.datetime64) -> str:
             return f"{np.datetime_as_string(moment, unit='s')}Z"
 
-        return {
+        validation = {
+            "validation_start": iso(self.validation_start) if self.validation_start is not None else "",
+            "validation_rows": [self.validation.start, self.validation.stop],
+        }
+        return validation | {
             "train_start": iso(self.train_start),
             "train_end": iso(self.train_end),
             "test_start": iso(self.test_start),
@@ -127,13 +149,25 @@ def plan_folds(
     folds = []
     for index, (train_start, test_start, test_end) in enumerate(windows):
         lo, hi = (int(i) for i in np.searchsorted(times, [train_start, test_start], side="left"))
-        stop = max(lo, hi - wf.embargo_bars)
+        validation, validation_start = slice(0, 0), None
+        end = hi  # where the rows trained on end, before their embargo
+        if wf.validation_months:
+            validation_start = _months_from(test_start, -wf.validation_months)
+            end = max(lo, int(np.searchsorted(times, validation_start, side="left")))
+            validation = slice(end, max(end, hi - wf.embargo_bars))
+        stop = max(lo, end - wf.embargo_bars)
         train, test = slice(lo, stop), slice(hi, int(np.searchsorted(times, test_end, side="left")))
         where = f"walkforward: fold {index} ({_day(train_start)} .. {_day(test_start)})"
         if stop - lo < need:
+            held_out = f" and the validation's {wf.validation_months} month(s)" if wf.validation_months else ""
             raise ConfigError(
                 f"{where} trains on {stop - lo} rows ({hi - lo} in the window minus walkforward.embargo_bars "
-                f"{wf.embargo_bars}) but needs >= {need} ({why})"
+                f"{wf.embargo_bars}{held_out}) but needs >= {need} ({why})"
+            )
+        if wf.validation_months and validation.stop - validation.start < 2:
+            raise ConfigError(
+                f"{where}: the validation window ({wf.validation_months} month(s) minus walkforward.embargo_bars "
+                f"{wf.embargo_bars}) holds {_count(validation.stop - validation.start, 'row')}; it needs >= 2"
             )
         if test.stop - test.start < 2:
             raise ConfigError(
@@ -142,18 +176,22 @@ def plan_folds(
             )
         if test.start - lookback < 0:  # implied by the training check; kept so eval_rows can never fail
             raise ConfigError(f"{where}: env.lookback {lookback} reaches before the first row")
-        folds.append(Fold(index, train, test, train_start, test_start, test_start, test_end, hi - stop))
+        fold = Fold(index, train, test, train_start, test_start, test_start, test_end, wf.embargo_bars,
+                    validation, validation_start)  # fmt: skip
+        folds.append(fold if wf.validation_months else replace(fold, embargo=hi - stop))
     return folds
 
 
 def format_plan(folds: list[Fold], members: int) -> str:
     """A plain-text table of the folds, then the number of training tasks (fold x member)."""
-    header = ("fold", "train start -> end", "train bars", "embargo bars", "test start -> end", "test bars")
+    header = ("fold", "train start -> end", "train bars", "validation bars", "embargo bars", "test start -> end",
+              "test bars")  # fmt: skip
     rows = [
         (
             str(f.index),
             f"{_day(f.train_start)} -> {_day(f.train_end)}",
             str(f.train_bars),
+            str(f.validation_bars),
             str(f.embargo),
             f"{_day(f.test_start)} -> {_day(f.test_end)}",
             str(f.test_bars),
@@ -162,7 +200,7 @@ def format_plan(folds: list[Fold], members: int) -> str:
     ]
     widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
     # numbers right-aligned, date ranges left-aligned, as a reader scans them
-    align = ("r", "l", "r", "r", "l", "r")
+    align = ("r", "l", "r", "r", "r", "l", "r")
     lines = [
         "  ".join(
             cell.rjust(w) if a == "r" else cell.ljust(w) for cell, w, a in zip(row, widths, align, strict=True)

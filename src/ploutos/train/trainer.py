@@ -47,6 +47,7 @@ from ploutos.train.checkpoint import Checkpoint, PreemptionFlag, capture_rng, re
 from ploutos.train.distributed import RankGroup
 from ploutos.train.folds import Fold
 from ploutos.train.model import build_model, member_seed
+from ploutos.train.selection import Selection, Validator
 
 CURVE_KEYS = {
     "time/total_timesteps": "timesteps",
@@ -106,6 +107,8 @@ class TrainedMember:
     """The training curve (:data:`CURVE_COLUMNS`)."""
     replicas: list[dict[str, str]]
     """Every rank's parameter and rollout digests."""
+    validation: dict[str, Any]
+    """The validation curve and the chosen checkpoint (empty without a validation window)."""
 
 
 class CurveWriter(KVWriter):
@@ -149,7 +152,7 @@ class _TaskCallback(BaseCallback):
         torch.set_num_threads(1)
 
     def _on_step(self) -> bool:
-        return not self.task.stopping
+        return not (self.task.stopping or self.task.stopped_early)
 
     def _on_rollout_end(self) -> None:
         torch.set_num_threads(self.task.layout.learner_threads)
@@ -185,6 +188,10 @@ class MemberTraining:
         self.norm = norm
         """The fold's normalization center and scale (rank 0 built them; None on other ranks)."""
         self.stopping = False
+        self.stopped_early = False
+        """Validation patience ran out: the member is done before ``total_timesteps``."""
+        self.arrays = arrays
+        self.validator = Validator(config, fold, arrays)
         self.started_iso = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         self.flag = PreemptionFlag().install()
         self.curve: dict[str, list[float]] = {}
@@ -236,6 +243,9 @@ class MemberTraining:
             self.curve = {key: list(values) for key, values in checkpoint.curve.items()}
             self.resumed, self.wall_offset = checkpoint.resumed + 1, checkpoint.wall_seconds
             self.last_checkpoint = checkpoint.timesteps
+            if checkpoint.selection:
+                selection = Selection.from_state(checkpoint.selection, checkpoint.best_policy)
+                self.validator = Validator(self.config, self.fold, self.arrays, selection)
         self.ranks.average_before_step(self.model.policy.optimizer, list(self.model.policy.parameters()))
         formats: list[KVWriter] = [CurveWriter(self.curve, self.ranks.size, self.wall_offset)]
         if self.ranks.is_root:
@@ -253,6 +263,10 @@ class MemberTraining:
                 self.model.logger.dump(self.model.num_timesteps)  # the last update's losses
         if not self.stopping:
             self.replicas = self.ranks.gather(self.replica_fingerprint()) or []
+            if self.ranks.is_root and self.validator.enabled:
+                if self.validator.last != self.timesteps:
+                    self.validator.validate(self.model, self.timesteps)  # the final weights are a candidate
+                self.validator.keep_best(self.model)
 
     def run(self) -> None:
         """Start (or resume) and train to the total; :class:`Preempted` after a signal's checkpoint."""
@@ -279,6 +293,7 @@ class MemberTraining:
             layout=self.layout,
             curve=self.curve,
             replicas=self.replicas,
+            validation=self.validator.record(),
         )
 
     def replica_fingerprint(self) -> dict[str, str]:
@@ -296,6 +311,11 @@ class MemberTraining:
         steps = self.timesteps
         if steps == 0 or self.stopping:
             return
+        if self.validator.due(steps):
+            if self.ranks.is_root:
+                self.validator.validate(self.model, steps)
+            self.validator.last = steps
+            self.stopped_early = bool(self.ranks.broadcast(self.validator.exhausted if self.ranks.is_root else None))
         preempted = self.ranks.any(self.flag.raised)
         if preempted or steps - self.last_checkpoint >= self.config.ppo.checkpoint_every:
             self.save_checkpoint()
@@ -331,6 +351,8 @@ class MemberTraining:
                 curve={key: list(values) for key, values in self.curve.items()},
                 resumed=self.resumed,
                 wall_seconds=self.wall_seconds,
+                selection=self.validator.selection.state(),
+                best_policy=self.validator.selection.best_policy,
             ).save(self.checkpoint_path)
         self.last_checkpoint = self.timesteps
 

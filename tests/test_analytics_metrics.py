@@ -8,7 +8,20 @@ import time
 import numpy as np
 import pytest
 
-from ploutos.analytics.metrics import Bootstrap, Metrics, block_bootstrap, compute_metrics, returns_of
+from ploutos.analytics.metrics import (
+    Bootstrap,
+    Metrics,
+    block_bootstrap,
+    compute_metrics,
+    cost_breakdown,
+    deflated_sharpe,
+    expected_max_sharpe,
+    gross_returns,
+    moments,
+    p_at_least,
+    probabilistic_sharpe,
+    returns_of,
+)
 
 # Returns +10 %, -10 %, +10 %, 0 on 4 bars; 8 bars a year so that annualizing is not a no-op.
 EQUITY = np.array([100.0, 110.0, 99.0, 108.9, 108.9])
@@ -52,8 +65,10 @@ def test_hand_computed_small_curve():
         "cost_drag",
         "psr",
         "n_bars",
+        "gross_return",
     }
     assert d["sharpe"] == m.sharpe and d["n_bars"] == 4
+    assert m.gross_return == pytest.approx(m.total_return, rel=1e-12)  # no costs: nothing to give back
 
 
 def test_turnover_and_cost_drag_are_annualized():
@@ -269,3 +284,86 @@ def test_bootstrap_bad_arguments(kwargs, match):
         block_bootstrap(_iid(10), 1764, **kwargs)
     with pytest.raises(ValueError):
         block_bootstrap(np.array([0.01]), 1764)
+
+
+# ------------------------------------------------------------------------------------------------
+# gross return, cost breakdown, significance
+# ------------------------------------------------------------------------------------------------
+
+
+def test_gross_return_gives_each_steps_costs_back():
+    equity = np.array([100.0, 99.0, 100.5, 100.5])
+    costs = np.array([1.0, 0.5, 0.0])
+    np.testing.assert_allclose(gross_returns(equity, costs), [0.0, 2.0 / 99.0, 0.0], atol=1e-15)
+    m = compute_metrics(equity, BPY, costs=costs)
+    assert m.total_return == pytest.approx(0.005)
+    assert m.gross_return == pytest.approx(101.0 / 99.0 - 1.0)  # (99 + 1) / 100 = 1, then (100.5 + 0.5) / 99
+    assert m.gross_return > m.total_return
+
+
+def test_gross_return_of_a_dead_account_stops_at_death():
+    equity = np.array([100.0, -5.0, 10.0])
+    m = compute_metrics(equity, BPY, costs=np.array([5.0, 0.0]))
+    assert m.gross_return == pytest.approx(-1.0)  # (-5 + 5) / 100 - 1; the bar after death earns nothing
+
+
+def test_cost_breakdown_sums_to_the_cost_drag():
+    equity = np.array([100.0, 110.0, 99.0, 108.9, 108.9])
+    parts = np.array([[1.0, 0.5, 0.0], [0.0, 0.2, 0.1], [0.3, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    shares = cost_breakdown(equity, parts, BPY)
+    assert shares.shape == (3,)
+    assert shares[0] == pytest.approx((1.0 / 100 + 0.3 / 99) / 4 * BPY)
+    drag = compute_metrics(equity, BPY, costs=parts.sum(axis=1)).cost_drag
+    assert shares.sum() == pytest.approx(drag, rel=1e-12)
+    with pytest.raises(ValueError, match="one row per step"):
+        cost_breakdown(equity, parts[:3], BPY)
+
+
+def test_p_at_least_counts_ties_as_at_least():
+    samples = np.array([-0.1, 0.0, 0.05, 0.1, np.nan])
+    assert p_at_least(0.05, samples) == pytest.approx(0.5)  # 0.05 and 0.1 of the four finite samples
+    assert p_at_least(1.0, samples) == 0.0 and p_at_least(-1.0, samples) == 1.0
+    assert math.isnan(p_at_least(0.0, np.array([]))) and math.isnan(p_at_least(math.nan, samples))
+
+
+def test_deflated_sharpe_reproduces_bailey_and_lopez_de_prado_2014():
+    """Their numerical example: 100 trials whose annualized Sharpe ratios vary by 0.5, the best at an
+    annualized 2.5 over 1,250 daily returns of skew -3 and kurtosis 10: SR* = 0.1132 a day, DSR = 0.9004."""
+    sr_star = expected_max_sharpe(0.5 / 250, 100)
+    assert sr_star == pytest.approx(0.1132, abs=5e-5)
+    dsr = probabilistic_sharpe(2.5 / math.sqrt(250), sr_star, 1250, -3.0, 10.0)
+    assert dsr == pytest.approx(0.9004, abs=5e-5)
+    # by hand: z = (0.158114 - 0.113172) * sqrt(1249) / sqrt(1 + 3 * 0.158114 + 9 / 4 * 0.025) = 1.28382
+    assert dsr == pytest.approx(0.5 * (1 + math.erf(1.28382 / math.sqrt(2))), abs=1e-5)
+
+
+def test_one_trial_selects_nothing_and_more_trials_deflate_more():
+    assert expected_max_sharpe(0.01, 1) == 0.0 and expected_max_sharpe(0.01, 0) == 0.0
+    assert expected_max_sharpe(0.0, 50) == 0.0  # identical trials: no selection bias
+    assert math.isnan(expected_max_sharpe(math.nan, 5))
+    assert 0 < expected_max_sharpe(0.01, 2) < expected_max_sharpe(0.01, 10) < expected_max_sharpe(0.01, 1000)
+    r = np.random.default_rng(3).normal(0.02, 0.1, 500)
+    psr = compute_metrics(np.concatenate([[1.0], np.cumprod(1 + r)]), BPY).psr
+    assert deflated_sharpe(r, np.array([0.2])) == pytest.approx(psr, rel=1e-12)  # N = 1: DSR = PSR
+    assert deflated_sharpe(r, np.array([0.2, np.nan])) == pytest.approx(psr, rel=1e-12)  # NaN trials do not count
+    trials = np.array([0.2, -0.1, 0.05, 0.0, 0.12])
+    assert deflated_sharpe(r, trials) < psr
+    assert deflated_sharpe(r, np.concatenate([trials, trials])) < deflated_sharpe(r, trials)
+
+
+def test_deflated_sharpe_uses_the_returns_moments_and_the_trials_variance():
+    r = np.random.default_rng(5).standard_t(4, 800) * 0.01 + 0.001
+    trials = np.array([0.05, -0.02, 0.01, 0.08, 0.0, -0.04])
+    skew, kurt = moments(r)
+    assert kurt > 3  # fat tails, as drawn
+    sr = r.mean() / r.std(ddof=1)
+    expected = probabilistic_sharpe(sr, expected_max_sharpe(trials.var(ddof=1), 6), 800, skew, kurt)
+    assert deflated_sharpe(r, trials) == pytest.approx(expected, rel=1e-12)
+
+
+def test_deflated_sharpe_is_nan_without_variance_or_returns():
+    assert math.isnan(deflated_sharpe(np.zeros(50), np.array([0.1, 0.2])))
+    assert math.isnan(deflated_sharpe(np.array([0.01]), np.array([0.1, 0.2])))
+    assert math.isnan(deflated_sharpe(np.array([0.01, np.nan, 0.02]), np.array([0.1, 0.2])))
+    assert math.isnan(probabilistic_sharpe(math.nan, 0.0, 100, 0.0, 3.0))
+    assert math.isnan(probabilistic_sharpe(0.1, 0.0, 1, 0.0, 3.0))

@@ -11,15 +11,15 @@ import h5py
 import numpy as np
 import pytest
 
-from ploutos.analytics.evaluation import FoldEvaluation
-from ploutos.analytics.metrics import compute_metrics
+from ploutos.analytics.evaluation import COST_COMPONENTS, FoldEvaluation
+from ploutos.analytics.metrics import compute_metrics, deflated_sharpe, expected_max_sharpe, returns_of
 from ploutos.bench.env import synthetic_arrays
 from ploutos.cli import main
 from ploutos.config import Config, EnvConfig, config_hash, dump, load
 from ploutos.data.build import build_dataset
 from ploutos.errors import ConfigError, PloutosError
 from ploutos.pipeline.run import aggregate_run
-from ploutos.results.aggregate import METRICS, SUMMARY_SCHEMA, aggregate
+from ploutos.results.aggregate import METRICS, SUMMARY_SCHEMA, aggregate, format_folds, verdict
 from ploutos.results.hdf5 import TIME_UNIT, TaskResult, read_metrics, write_task_result
 from ploutos.results.layout import RunLayout
 from ploutos.train.evaluate import Ensemble, evaluate
@@ -122,7 +122,7 @@ def test_a_complete_run(run: RunLayout):
     assert (summary.folds, summary.members, summary.members_ok, summary.ensembles_ok) == (3, 2, 6, 3)
     assert summary.complete and summary.missing == () and summary.path == run.summary
     with h5py.File(run.summary, "r", locking=False) as h5:
-        assert h5.attrs["complete"] and h5.attrs["schema_version"] == 1
+        assert h5.attrs["complete"] and h5.attrs["schema_version"] == 2
         assert (h5.attrs["folds"], h5.attrs["members"], h5.attrs["run"]) == (3, 2, "agg-test")
         assert h5.attrs["config_hash"] == run.recorded_hash()
         assert h5["config"][()].decode() == run.config_file.read_text()
@@ -149,10 +149,13 @@ def test_every_schema_entry_is_in_the_file(run: RunLayout):
     aggregate(run.root)
     with h5py.File(run.summary, "r", locking=False) as h5:
         for key in SUMMARY_SCHEMA:
-            for name in ("buy_and_hold", "equal_weight"):
+            stitched = key.startswith("/oos")  # flat is 1.0 throughout: not stitched
+            for name in ("buy_and_hold", "equal_weight", *(() if stitched else ("flat",))):
                 for metric in METRICS:
-                    path = key.replace("<metric>", metric).replace("<name>", name)
-                    assert path == "/" or path in h5, path
+                    for component in COST_COMPONENTS:
+                        path = key.replace("<metric>", metric).replace("<name>", name)
+                        path = path.replace("<component>", component)
+                        assert path == "/" or path in h5, path
         assert set(h5["tasks"]) == {"fold", "member", "status", "reason"}
         assert set(h5["oos/metrics"].attrs) == set(METRICS)
 
@@ -194,6 +197,84 @@ def test_the_stitched_curve(run: RunLayout, evaluations):
     for key in METRICS:
         assert_same(float(measured[key]), float(expected[key]))
     assert bench_measured["total_return"] == pytest.approx(oos["buy_and_hold"][-1] - 1.0)
+
+
+def test_baselines_significance_and_costs(run: RunLayout, evaluations):
+    aggregate(run.root)
+    with h5py.File(run.summary, "r", locking=False) as h5:
+        tables = {key: h5[key][()] for key in ("ensemble/p_random", "metrics/p_random", "ensemble/gross_return")}
+        flat = {metric: h5[f"benchmarks/flat/{metric}"][()] for metric in METRICS}
+        random = {metric: h5[f"benchmarks/random_turnover/{metric}"][()] for metric in METRICS}
+        seed_returns = h5["benchmarks/random_turnover/seed_returns"][()]
+        costs = {name: h5[f"ensemble/costs/{name}"][()] for name in COST_COMPONENTS}
+        dsr, dsr_attrs = h5["ensemble/deflated_sharpe"][()], dict(h5["ensemble/deflated_sharpe"].attrs)
+    assert seed_returns.shape == (3, 200)
+    for fold in range(3):
+        ensemble = evaluations[(fold, None)]
+        assert tables["ensemble/p_random"][fold] == ensemble.p_random
+        assert tables["ensemble/gross_return"][fold] == ensemble.metrics["policy"].gross_return
+        for member in range(MEMBERS):
+            assert tables["metrics/p_random"][fold, member] == evaluations[(fold, member)].p_random
+        assert flat["total_return"][fold] == 0.0 and flat["turnover"][fold] == 0.0
+        for metric in METRICS:  # the ensemble's own random policies, not a member's
+            assert_same(random[metric][fold], ensemble.random.metrics.as_dict()[metric])
+        np.testing.assert_array_equal(seed_returns[fold], ensemble.random.total_return)
+        for name in COST_COMPONENTS:
+            assert costs[name][fold] == ensemble.cost_breakdown[name]
+    # trials: the 9 task files' per-bar Sharpe ratios; the returns: each fold ensemble's own
+    bars = run_config(run.root.parent).data.bars_per_year
+    trials = np.array([e.metrics["policy"].sharpe for e in evaluations.values()]) / math.sqrt(bars)
+    assert dsr_attrs["n_trials"] == 9
+    assert dsr_attrs["sharpe_variance"] == pytest.approx(trials.var(ddof=1), rel=1e-12)
+    assert dsr_attrs["expected_max_sharpe"] == pytest.approx(expected_max_sharpe(trials.var(ddof=1), 9), rel=1e-12)
+    for fold in range(3):
+        ensemble = evaluations[(fold, None)]
+        expected = deflated_sharpe(returns_of(ensemble.policy.equity), trials)
+        assert dsr[fold] == pytest.approx(expected, rel=1e-12)
+        assert dsr[fold] < ensemble.metrics["policy"].psr  # 9 trials deflate
+
+
+def test_missing_tasks_are_nan_in_the_new_tables_and_leave_the_trials(run: RunLayout, evaluations):
+    run.result(1, None).unlink()
+    run.result(2, 0).unlink()
+    aggregate(run.root)
+    with h5py.File(run.summary, "r", locking=False) as h5:
+        for key in (
+            "ensemble/p_random",
+            "ensemble/deflated_sharpe",
+            "ensemble/gross_return",
+            "benchmarks/random_turnover/total_return",
+            *(f"ensemble/costs/{c}" for c in COST_COMPONENTS),
+        ):
+            values = h5[key][()]
+            assert np.isnan(values[1]) and np.isfinite(values[[0, 2]]).all(), key
+        assert np.isnan(h5["benchmarks/random_turnover/seed_returns"][1]).all()
+        assert np.isnan(h5["metrics/p_random"][2, 0]) and np.isfinite(h5["metrics/p_random"][2, 1])
+        # flat comes from a member's file when the ensemble's is missing
+        assert h5["benchmarks/flat/total_return"][1] == 0.0
+        assert h5["ensemble/deflated_sharpe"].attrs["n_trials"] == 7
+    assert "fold 1: no ensemble result, nothing to test" in format_folds(run.summary).splitlines()
+
+
+@pytest.mark.parametrize(
+    ("psr", "p_random", "expected"),
+    [
+        (0.99, 0.01, "fold 2: the ensemble beats flat (Sharpe 1.50, p = 0.010) and a random policy with its "
+                     "turnover (p = 0.010) at p < 0.05"),
+        (0.99, 0.43, "fold 2: the ensemble beats flat (Sharpe 1.50, p = 0.010) but not a random policy with its "
+                     "turnover (p = 0.430) at p < 0.05"),
+        (0.09, 0.02, "fold 2: the ensemble does not beat flat (Sharpe 1.50, p = 0.910) but beats a random policy "
+                     "with its turnover (p = 0.020) at p < 0.05"),
+        (0.09, 0.43, "fold 2: the ensemble does not beat flat (Sharpe 1.50, p = 0.910) nor a random policy with "
+                     "its turnover (p = 0.430) at p < 0.05"),
+        (0.95, 0.05, "fold 2: the ensemble does not beat flat (Sharpe 1.50, p = 0.050) nor a random policy with "
+                     "its turnover (p = 0.050) at p < 0.05"),  # p < 0.05 is strict
+        (math.nan, math.nan, "fold 2: the ensemble does not beat flat (Sharpe 1.50, p = n/a) nor a random policy "
+                             "with its turnover (p = n/a) at p < 0.05"),
+    ],
+)  # fmt: skip
+def test_verdict_sentences(psr, p_random, expected):
+    assert verdict(2, 1.5, psr, p_random) == expected
 
 
 def test_a_missing_member_is_listed_and_nan_and_nothing_is_touched(run: RunLayout):
@@ -287,12 +368,15 @@ def test_the_cli_prints_the_counts_and_a_fold_table(run: RunLayout, capsys):
         f"{run.summary}: 5 of 6 member task(s) and 2 of 3 ensemble(s) ok; "
         "missing: fold1_member0 (no task file), fold1_ensemble (no task file)"
     )
-    assert lines[1].split() == ["fold", "return", "sharpe", "max", "dd", "b&h", "return"]
+    assert lines[1].split() == ["fold", "return", "gross", "sharpe", "dsr", "max", "dd", "b&h", "return"]
     assert [line.split()[0] for line in lines[2:6]] == ["0", "1", "2", "stitched"]
-    assert lines[3].split()[1:4] == ["nan", "nan", "nan"]
-    total = read(run.summary, "ensemble/total_return")
-    assert float(lines[2].split()[1]) == pytest.approx(total[0], abs=5e-5)
-    assert lines[-1] == "stitched without fold(s) 1 (ensemble not ok)"
+    assert lines[3].split()[1:6] == ["nan"] * 5
+    for column, key in enumerate(("total_return", "gross_return", "sharpe", "deflated_sharpe"), 1):
+        assert float(lines[2].split()[column]) == pytest.approx(read(run.summary, f"ensemble/{key}")[0], abs=5e-5)
+    assert lines[6] == "stitched without fold(s) 1 (ensemble not ok)"
+    assert lines[7].startswith("fold 0: the ensemble ") and lines[7].endswith(" at p < 0.05")
+    assert lines[8] == "fold 1: no ensemble result, nothing to test"
+    assert lines[9].startswith("fold 2: the ensemble ") and len(lines) == 10
 
 
 def test_aggregating_twice_gives_the_same_file(run: RunLayout):
@@ -398,3 +482,8 @@ def test_the_results_readme_documents_the_summary_schema():
     section = readme.split("\n## summary.h5\n", 1)[1].split("\n## ", 1)[0]
     rows = [line for line in section.splitlines() if line.startswith("| `")]
     assert rows == [f"| `{key}` | {content} |" for key, content in SUMMARY_SCHEMA.items()]
+
+
+def test_a_flat_ensemble_is_named_as_such():
+    sentence = verdict(1, math.nan, math.nan, 1.0)
+    assert sentence.startswith("fold 1: the ensemble's equity never moved") and "beats neither" in sentence

@@ -33,7 +33,9 @@ BARS_PER_YEAR = 252 * 7
 ARRAYS = synthetic_arrays(240, 3, 4, seed=11)
 CFG = replace(EnvConfig(), lookback=8)
 ROWS = slice(100, 240)
-SHOWN = ("total_return", "annual_return", "sharpe", "sortino", "max_drawdown", "psr", "turnover", "cost_drag")
+SHOWN = ("total_return", "gross_return", "annual_return", "sharpe", "sortino", "max_drawdown", "psr", "turnover",
+         "cost_drag")  # fmt: skip
+STRATEGIES = ["policy", "buy_and_hold", "equal_weight", "flat", "random_turnover"]
 
 
 class Tilted:
@@ -98,8 +100,8 @@ def test_a_written_file_is_complete_and_holds_every_schema_key(member_file: Path
     with h5py.File(member_file, "r") as h5:
         for key in SCHEMA:
             assert key in h5, key
-        assert h5.attrs["schema_version"] == SCHEMA_VERSION
-        assert set(h5["metrics"]) == {"policy", "buy_and_hold", "equal_weight"}
+        assert h5.attrs["schema_version"] == SCHEMA_VERSION == 2
+        assert set(h5["metrics"]) == set(STRATEGIES)
     assert [name for name in sorted(Path(member_file).parent.iterdir())] == [member_file]  # no temporary left
 
 
@@ -178,7 +180,7 @@ def test_read_metrics_round_trips_including_nan(tmp_path: Path, evaluation: Fold
     path = tmp_path / "nan.h5"
     write_task_result(path, task_result(flat))
     read = read_metrics(path)
-    assert set(read) == {"policy", "buy_and_hold", "equal_weight"}
+    assert set(read) == set(STRATEGIES)
     for name, metrics in flat.metrics.items():
         expected = metrics.as_dict()
         assert set(read[name]) == set(expected)
@@ -278,18 +280,66 @@ def test_read_metrics_without_metrics_is_a_result_error(member_file: Path):
 
 def test_format_metrics_has_a_line_per_shown_metric(member_file: Path, evaluation: FoldEvaluation):
     text = format_metrics(member_file)
-    header, *lines = text.splitlines()
-    assert header.split() == ["policy", "buy_and_hold", "equal_weight"]
+    header, *lines, chance = text.splitlines()
+    assert header.split() == STRATEGIES
     assert [line.split()[0] for line in lines] == list(SHOWN)
     for line in lines:
         key, *values = line.split()
-        assert len(values) == 3
-        for column, value in zip(("policy", "buy_and_hold", "equal_weight"), values, strict=True):
+        assert len(values) == len(STRATEGIES)
+        for column, value in zip(STRATEGIES, values, strict=True):
             expected = getattr(evaluation.metrics[column], key)
             if math.isnan(expected):
                 assert value == "nan"
             else:
                 assert float(value) == pytest.approx(expected, abs=5e-5)
+    assert chance.startswith(f"p_random      {evaluation.p_random:.4f}: share of 200 random policies")
+
+
+def test_baselines_costs_and_validation_round_trip(tmp_path: Path, evaluation: FoldEvaluation):
+    validation = {
+        "timesteps": [4096, 8192, 12288],
+        "sharpe": np.array([-0.5, 0.3, 0.1]),
+        "chosen_timesteps": 8192,
+        "metric": "sharpe",
+        "early_stopped": False,
+        "labels": ["a", "b"],
+        "settings": {"every": 4096},
+    }
+    path = tmp_path / "task.h5"
+    write_task_result(path, task_result(evaluation, validation=validation))
+    assert missing_fields(path) == []
+    random = evaluation.random
+    with h5py.File(path, "r") as h5:
+        group = h5["validation"]
+        np.testing.assert_array_equal(group["timesteps"][()], [4096, 8192, 12288])
+        np.testing.assert_array_equal(group["sharpe"][()], [-0.5, 0.3, 0.1])
+        assert [v.decode() for v in group["labels"][()]] == ["a", "b"]
+        assert group.attrs["chosen_timesteps"] == 8192 and group.attrs["metric"] == "sharpe"
+        assert not group.attrs["early_stopped"] and group.attrs["settings"] == '{"every": 4096}'
+        np.testing.assert_array_equal(h5["benchmarks/flat/equity"][()], CFG.initial_cash)
+        stored = h5["benchmarks/random_turnover"]
+        for key in ("total_return", "gross_return", "turnover"):
+            np.testing.assert_array_equal(stored[key][()], getattr(random, key))
+        assert stored.attrs["seeds"] == 200 and stored.attrs["p_random"] == evaluation.p_random
+        assert stored.attrs["probability"] == random.probability and stored.attrs["passes"] == random.passes
+        assert stored.attrs["median_turnover"] == pytest.approx(np.median(random.turnover))
+        parts = h5["test/cost_parts"]
+        np.testing.assert_array_equal(parts[()], evaluation.policy.cost_parts)
+        assert [c.decode() if isinstance(c, bytes) else c for c in parts.attrs["components"]] == list(
+            evaluation.cost_breakdown
+        )
+        assert dict(h5["cost_breakdown"].attrs) == evaluation.cost_breakdown
+        assert sum(evaluation.cost_breakdown.values()) == pytest.approx(h5["metrics/policy"].attrs["cost_drag"])
+    read = read_metrics(path)
+    assert read["random_turnover"] == evaluation.random.metrics.as_dict()
+    assert read["policy"]["gross_return"] == evaluation.metrics["policy"].gross_return
+
+
+def test_an_ensemble_has_an_empty_validation_group(tmp_path: Path, evaluation: FoldEvaluation):
+    path = tmp_path / "ensemble.h5"
+    write_task_result(path, task_result(evaluation, member=None))
+    with h5py.File(path, "r") as h5:
+        assert len(h5["validation"]) == 0 and len(h5["validation"].attrs) == 0
 
 
 def test_the_results_readme_documents_every_schema_entry():

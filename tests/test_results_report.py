@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
-from ploutos.analytics.evaluation import FoldEvaluation
+from ploutos.analytics.evaluation import COST_COMPONENTS, FoldEvaluation
 from ploutos.analytics.metrics import compute_metrics
 from ploutos.bench.env import synthetic_arrays
 from ploutos.cli import main
@@ -27,9 +27,10 @@ ARRAYS = synthetic_arrays(240, 3, 4, seed=11)
 CFG = replace(EnvConfig(), lookback=8)
 TESTS = [(40, 107), (107, 174), (174, 240)]  # test rows of folds 0..2; they tile like a walk-forward plan
 MEMBERS = 2
+DSR = (0.25, 0.5, 0.75)  # what aggregate would have computed; the report only shows it
 PNGS = ("oos_equity.png", "fold_equity.png", "metric_distributions.png", "training_curves.png")
 METRICS = ("total_return", "annual_return", "volatility", "sharpe", "sortino", "calmar", "max_drawdown")
-METRICS += ("win_rate", "turnover", "cost_drag", "psr", "n_bars")
+METRICS += ("win_rate", "turnover", "cost_drag", "psr", "n_bars", "gross_return")
 
 
 class Fixed:
@@ -68,8 +69,9 @@ def write_task(layout: RunLayout, fold: int, member: int, evaluation: FoldEvalua
     write_task_result(layout.result(fold, result.member), result)
 
 
-def write_summary(layout: RunLayout, evaluations: dict, missing: set[int]) -> None:
-    """A summary.h5 of the layout `ploutos aggregate` writes; folds in ``missing`` have no task at all."""
+def write_summary(layout: RunLayout, evaluations: dict, missing: set[int], legacy: bool = False) -> None:
+    """A summary.h5 of the layout `ploutos aggregate` writes; folds in ``missing`` have no task at all.
+    ``legacy``: as version 1 wrote it, without baselines, significance and costs."""
     folds, strings = len(TESTS), h5py.string_dtype()
     rows = [(f, m) for f in range(folds) for m in [*range(MEMBERS), -1]]
     status = ["missing" if f in missing else "ok" for f, _ in rows]
@@ -81,7 +83,8 @@ def write_summary(layout: RunLayout, evaluations: dict, missing: set[int]) -> No
         if f in missing:
             continue
         ens = evaluations[(f, -1)]
-        paths = {"ensemble": ens.policy, **ens.benchmarks}
+        paths = {"ensemble": ens.policy, "buy_and_hold": ens.benchmarks["buy_and_hold"]}
+        paths["equal_weight"] = ens.benchmarks["equal_weight"]
         skip = 1 if times else 0  # a fold's first point is the previous fold's last bar
         times.append(ens.policy.timestamps[skip:])
         fold_of.append(np.full(len(ens.policy.timestamps) - skip, f))
@@ -90,7 +93,8 @@ def write_summary(layout: RunLayout, evaluations: dict, missing: set[int]) -> No
             curves[key].append(curve[skip:])
             level[key] = curve[-1]
     with h5py.File(layout.summary, "w") as h5:
-        h5.attrs.update({"schema_version": 1, "run": "report-test", "config_hash": "c0ffee", "folds": folds})
+        h5.attrs.update({"schema_version": 1 if legacy else 2, "run": "report-test", "config_hash": "c0ffee"})
+        h5.attrs["folds"] = folds
         h5.attrs.update({"members": MEMBERS, "complete": not missing, "created": "2024-01-01T00:00:00Z"})
         tasks = h5.create_group("tasks")
         tasks["fold"], tasks["member"] = [f for f, _ in rows], [m for _, m in rows]
@@ -105,9 +109,17 @@ def write_summary(layout: RunLayout, evaluations: dict, missing: set[int]) -> No
             h5[f"metrics/{key}"] = np.where(np.array(ok)[:, None], table, np.nan)
             h5[f"ensemble/{key}"] = [evaluations[(f, -1)].metrics["policy"].as_dict()[key] if ok[f] else np.nan
                                      for f in range(folds)]  # fmt: skip
-            for bench in ("buy_and_hold", "equal_weight"):
+            benches = ("buy_and_hold", "equal_weight") + (() if legacy else ("flat", "random_turnover"))
+            for bench in benches:
                 h5[f"benchmarks/{bench}/{key}"] = [evaluations[(f, -1)].metrics[bench].as_dict()[key] if ok[f]
                                                    else np.nan for f in range(folds)]  # fmt: skip
+        if not legacy:
+            ok = [f not in missing for f in range(folds)]
+            h5["ensemble/p_random"] = [evaluations[(f, -1)].p_random if ok[f] else np.nan for f in range(folds)]
+            h5["ensemble/deflated_sharpe"] = [DSR[f] if ok[f] else np.nan for f in range(folds)]
+            for name in COST_COMPONENTS:
+                h5[f"ensemble/costs/{name}"] = [evaluations[(f, -1)].cost_breakdown[name] if ok[f] else np.nan
+                                                for f in range(folds)]  # fmt: skip
         oos = h5.create_group("oos")
         oos["timestamps"] = np.concatenate(times).astype("datetime64[us]").astype(np.int64)
         oos["fold"] = np.concatenate(fold_of).astype(np.int64)
@@ -121,13 +133,13 @@ def write_summary(layout: RunLayout, evaluations: dict, missing: set[int]) -> No
             oos.create_group(where).attrs.update({**stats, "psr": np.nan} if key == "equal_weight" else stats)
 
 
-def make_run(root: Path, evaluations: dict, missing: set[int] = frozenset()) -> RunLayout:
+def make_run(root: Path, evaluations: dict, missing: set[int] = frozenset(), legacy: bool = False) -> RunLayout:
     layout = RunLayout(root)
     layout.tasks.mkdir(parents=True)
     for (fold, member), evaluation in evaluations.items():
         if fold not in missing:
             write_task(layout, fold, member, evaluation)
-    write_summary(layout, evaluations, missing)
+    write_summary(layout, evaluations, missing, legacy)
     return layout
 
 
@@ -174,6 +186,42 @@ def test_the_report_writes_four_pngs_and_summary_md(reported):
         assert f"]({name})" in md, name
     assert "stitched from the test windows only of 3 of 3 fold(s)" in md and "no look-ahead" in md
     assert "## Missing or failed tasks\n\nnone\n" in md
+
+
+def test_the_report_says_per_fold_whether_the_ensemble_beats_flat_and_chance(reported, evaluations):
+    layout, _ = reported
+    md = (layout.root / "report" / "summary.md").read_text()
+    section = md.split("\n## Baselines and significance\n", 1)[1].split("\n## ", 1)[0]
+    assert "1 - PSR(0)" in section and "p_random" in section
+    bullets = [line[2:] for line in section.splitlines() if line.startswith("- fold ")]
+    assert len(bullets) == 3
+    for fold, line in enumerate(bullets):
+        ens = evaluations[(fold, -1)]
+        p_flat, p_random = 1 - ens.metrics["policy"].psr, ens.p_random
+        assert line.startswith(f"fold {fold}: the ensemble ") and line.endswith(" at p < 0.05")
+        assert f"(Sharpe {ens.metrics['policy'].sharpe:.2f}, p = {p_flat:.3f})" in line
+        assert f"turnover (p = {p_random:.3f})" in line
+        assert ("does not beat flat" in line) == (not p_flat < 0.05)
+        assert ("beats a random" in line or " and a random" in line) == (p_random < 0.05)
+    header = "| fold | net return | gross return | flat return | random median return | p (flat) | p (random) "
+    assert header + "| deflated Sharpe |" in section
+    ens = evaluations[(1, -1)]
+    policy, random = ens.metrics["policy"], ens.metrics["random_turnover"]
+    row = (f"| 1 | {policy.total_return:.2%} | {policy.gross_return:.2%} | 0.00% | {random.total_return:.2%} | "
+           f"{1 - policy.psr:.3f} | {ens.p_random:.3f} | 0.500 |")  # fmt: skip
+    assert row in section
+    assert "| fold | commission | spread | slippage | impact | financing | fees | cost drag | turnover |" in section
+    cells = " | ".join(f"{ens.cost_breakdown[name]:.2%}" for name in COST_COMPONENTS)
+    assert f"| 1 | {cells} | {policy.cost_drag:.2%} | {policy.turnover:.2f} |" in section
+
+
+def test_a_summary_without_the_baselines_still_reports(tmp_path: Path, evaluations):
+    layout = make_run(tmp_path / "run", evaluations, missing={2}, legacy=True)
+    md = write_report(layout.root)[-1].read_text()
+    section = md.split("\n## Baselines and significance\n", 1)[1].split("\n## ", 1)[0]
+    assert "p (random) = n/a" not in section and "(p = n/a) at p < 0.05" in section
+    assert "- fold 2: no ensemble result, nothing to test" in section
+    assert "| fold | commission" not in section  # no cost breakdown to show
 
 
 def test_rerunning_overwrites_cleanly(reported):

@@ -9,7 +9,6 @@ import pytest
 
 from ploutos.analytics.evaluation import BENCHMARKS, Evaluation
 from ploutos.analytics.metrics import compute_metrics
-from ploutos.config import EnvConfig
 from ploutos.features.arrays import FeatureArrays
 from ploutos.train.evaluate import (
     HOLD,
@@ -21,9 +20,10 @@ from ploutos.train.evaluate import (
     run_policy,
 )
 from ploutos.train.folds import Fold
+from test_env_trading import FREE as FRICTIONLESS
 
 BARS_PER_YEAR = 252 * 7
-FREE = replace(EnvConfig(), lookback=8, commission_bps=0.0, half_spread_bps=0.0, slippage_vol_mult=0.0, impact_coef=0.0)
+FREE = replace(FRICTIONLESS, lookback=8)
 ROWS = slice(50, 250)
 
 
@@ -381,8 +381,8 @@ def test_ensemble_carries_each_members_state():
 def test_evaluate_returns_policy_benchmarks_metrics_and_bootstrap():
     actor = Constant(np.array([0.3, 0.2, -0.1], dtype=np.float32))
     result = evaluate(actor, ARRAYS, FREE, ROWS, BARS_PER_YEAR, seed=3)
-    assert set(result.benchmarks) == set(BENCHMARKS) == {"buy_and_hold", "equal_weight"}
-    assert set(result.metrics) == {"policy", *BENCHMARKS}
+    assert set(result.benchmarks) == set(BENCHMARKS) == {"buy_and_hold", "equal_weight", "flat"}
+    assert set(result.metrics) == {"policy", *BENCHMARKS, "random_turnover"}
     assert isinstance(result.policy, Evaluation)
     alone = run_policy(Constant(actor.action), ARRAYS, FREE, ROWS, BARS_PER_YEAR)
     np.testing.assert_array_equal(result.policy.equity, alone.equity)

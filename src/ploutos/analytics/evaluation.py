@@ -6,14 +6,21 @@ writes and reads them. Neither needs the other, only these records.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from ploutos.analytics.metrics import Bootstrap, Metrics, compute_metrics
+from ploutos.analytics.metrics import Bootstrap, Metrics, compute_metrics, p_at_least
+from ploutos.env.costs import COMPONENTS
 
-BENCHMARKS = ("buy_and_hold", "equal_weight")
-"""The benchmarks every policy is evaluated beside, in this order."""
+BENCHMARKS = ("buy_and_hold", "equal_weight", "flat")
+"""The single-path benchmarks every policy is evaluated beside, in this order."""
+STITCHED = ("buy_and_hold", "equal_weight")
+"""The benchmarks whose curves are chained across folds (flat is 1.0 throughout)."""
+RANDOM = "random_turnover"
+"""The random policy with the evaluated policy's own turnover (many seeds, see :class:`RandomBaseline`)."""
+COST_COMPONENTS: tuple[str, ...] = tuple(COMPONENTS)
+"""The cost components of :attr:`Evaluation.cost_parts`, in column order (from the env's cost model)."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +41,8 @@ class Evaluation:
     """(N,) traded notional over equity at each fill."""
     costs: np.ndarray
     """(N,) cash paid in costs at each fill."""
+    cost_parts: np.ndarray = field(default_factory=lambda: np.zeros((0, len(COST_COMPONENTS))))
+    """(N, C) the costs of each fill by component (:data:`COST_COMPONENTS`), in cash; rows sum to ``costs``."""
 
     @property
     def trades(self) -> dict[str, np.ndarray]:
@@ -56,11 +65,51 @@ class Evaluation:
 
 
 @dataclass(frozen=True)
+class RandomBaseline:
+    """``S`` random policies trading with the evaluated policy's turnover, through the same env and costs.
+
+    Each seed redraws its target with probability :attr:`probability` per bar and keeps it
+    otherwise; the probability is calibrated so that the seeds' median realized turnover is the
+    policy's (:mod:`ploutos.train.evaluate`). Their net total returns are the null distribution a
+    policy's own return is ranked in: :attr:`FoldEvaluation.p_random`.
+    """
+
+    probability: float
+    """Per-bar probability that a seed draws a new target, after calibration."""
+    target_turnover: float
+    """The policy's annualized turnover that the calibration aimed at."""
+    passes: int
+    """Runs over the window the calibration took (the last one is kept)."""
+    seed: int
+    """Seed of the generator of the draws (the same draws for every pass: common random numbers)."""
+    turnover: np.ndarray
+    """(S,) each seed's annualized turnover, as :attr:`Metrics.turnover`."""
+    total_return: np.ndarray
+    """(S,) each seed's net total return."""
+    gross_return: np.ndarray
+    """(S,) each seed's total return before costs."""
+    metrics: Metrics
+    """The median over the seeds of every metric (NaN seeds left out)."""
+
+    @property
+    def seeds(self) -> int:
+        return int(self.total_return.size)
+
+
+@dataclass(frozen=True)
 class FoldEvaluation:
     """A policy and its benchmarks on one test window, with metrics and the bootstrap of the policy."""
 
     policy: Evaluation
     benchmarks: dict[str, Evaluation]
     metrics: dict[str, Metrics]
-    """``policy`` and every benchmark."""
+    """``policy``, every benchmark of :data:`BENCHMARKS` and :data:`RANDOM` (medians over its seeds)."""
     bootstrap: Bootstrap
+    random: RandomBaseline
+    cost_breakdown: dict[str, float]
+    """The policy's annualized share of equity paid per cost component; sums to its ``cost_drag``."""
+
+    @property
+    def p_random(self) -> float:
+        """Share of the random-turnover paths whose net total return is at least the policy's."""
+        return p_at_least(self.metrics["policy"].total_return, self.random.total_return)

@@ -13,18 +13,25 @@ Conventions:
   with ``nanmean`` and nothing crashes at the end of a long run.
 * Once equity reaches zero or below the account is dead: later returns are 0 and the
   annualized return is -1.
+* Significance: the probabilistic Sharpe ratio (PSR) of Bailey & Lopez de Prado (2012) and their
+  deflated Sharpe ratio (DSR, 2014), which is the PSR against the Sharpe ratio the best of ``N``
+  trials of pure noise would be expected to show (:func:`expected_max_sharpe`).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
+from statistics import NormalDist
 
 import numpy as np
 
 _NOISE = 1e-12
 """A per-bar return std or a drawdown below this is floating-point noise (a constant-growth
 curve built with cumprod wobbles by ~1e-16) and counts as exactly zero."""
+EULER_GAMMA = 0.5772156649015329
+"""The Euler-Mascheroni constant, in the expected maximum of ``N`` Gaussian Sharpe ratios."""
+_NORMAL = NormalDist()
 
 
 @dataclass(frozen=True)
@@ -46,13 +53,20 @@ class Metrics:
     win_rate: float
     """Share of bars with ``r > 0`` among bars with ``r != 0`` (bars with exposure)."""
     turnover: float
-    """Annualized one-way traded notional over equity: ``sum(turnover) / N * bars_per_year``."""
+    """Annualized traded notional over equity, buys plus sells (two-way: a round trip of the whole equity is 2):
+    ``sum(turnover) / N * bars_per_year``."""
     cost_drag: float
     """Annualized share of equity paid in costs: ``sum(costs / equity[:-1]) / N * bars_per_year``."""
     psr: float
-    """Probabilistic Sharpe ratio against 0 (Bailey & Lopez de Prado 2012) of the per-bar Sharpe."""
+    """Probabilistic Sharpe ratio against 0 (Bailey & Lopez de Prado 2012) of the per-bar Sharpe;
+    ``1 - psr`` is the p-value of "the Sharpe ratio is above 0" (beating flat)."""
     n_bars: int
     """N, the number of returns."""
+    gross_return: float = math.nan
+    """Total return before costs: per bar ``(equity[t+1] + costs[t]) / equity[t] - 1`` (the step's
+    costs given back), compounded; 0 after equity reached <= 0. What the trades earned, so that a
+    policy that loses only to costs shows it. (Last, with a default, so that older callers that
+    build a :class:`Metrics` by keyword keep working.)"""
 
     def as_dict(self) -> dict[str, float]:
         """Every field by name (``n_bars`` stays an int), e.g. for HDF5 attributes or a table row."""
@@ -97,20 +111,79 @@ def _annualize_growth(total_return: float, n: int, bars_per_year: int) -> float:
     return math.expm1(exponent) if exponent < 700 else math.nan
 
 
-def _psr(r: np.ndarray, sr: float) -> float:
-    """Bailey & Lopez de Prado's PSR(0) of the per-bar Sharpe ``sr`` with sample skew and kurtosis."""
+def moments(r: np.ndarray) -> tuple[float, float]:
+    """Sample skewness and (non-excess, 3 for a Gaussian) kurtosis of ``r``; NaN without variance."""
+    r = np.asarray(r, dtype=np.float64)
     dev = r - r.mean()
-    m2 = float(np.mean(dev**2))
-    if not math.isfinite(sr) or m2 <= 0:
+    m2 = float(np.mean(dev**2)) if r.size else 0.0
+    if m2 <= 0:
+        return math.nan, math.nan
+    return float(np.mean(dev**3)) / m2**1.5, float(np.mean(dev**4)) / m2**2
+
+
+def probabilistic_sharpe(sr: float, benchmark: float, n: int, skew: float, kurtosis: float) -> float:
+    """PSR: the probability that the true per-bar Sharpe exceeds ``benchmark``, given the observed
+    per-bar ``sr`` over ``n`` returns of that ``skew`` and (non-excess) ``kurtosis`` (Bailey & Lopez
+    de Prado 2012): ``Z[(sr - benchmark) sqrt(n - 1) / sqrt(1 - skew sr + (kurtosis - 1) / 4 sr^2)]``.
+    NaN when an input is not finite or the variance term is not positive."""
+    if not all(math.isfinite(x) for x in (sr, benchmark, skew, kurtosis)) or n < 2:
         return math.nan
-    skew = float(np.mean(dev**3)) / m2**1.5
-    kurt = float(np.mean(dev**4)) / m2**2
     # kurt >= 1 + skew^2 for any sample, so this is >= (1 - skew * sr / 2)^2 >= 0; 0 is degenerate.
-    var = 1.0 - skew * sr + (kurt - 1.0) / 4.0 * sr**2
+    var = 1.0 - skew * sr + (kurtosis - 1.0) / 4.0 * sr**2
     if var <= 0:
         return math.nan
-    z = sr * math.sqrt(r.size - 1) / math.sqrt(var)
-    return 0.5 * (1.0 + math.erf(z / math.sqrt(2.0)))
+    return _NORMAL.cdf((sr - benchmark) * math.sqrt(n - 1) / math.sqrt(var))
+
+
+def expected_max_sharpe(variance: float, n_trials: int) -> float:
+    """``SR*``: the Sharpe ratio the best of ``n_trials`` strategies without skill is expected to show,
+    when their Sharpe ratios vary with ``variance`` across trials (Bailey & Lopez de Prado 2014):
+    ``sqrt(variance) * ((1 - gamma) Z^-1(1 - 1/N) + gamma Z^-1(1 - 1/(N e)))``, gamma Euler's.
+    One trial selected nothing: 0. NaN when the variance is not finite."""
+    if n_trials <= 1:
+        return 0.0
+    if not math.isfinite(variance) or variance < 0:
+        return math.nan
+    n = float(n_trials)
+    quantiles = _NORMAL.inv_cdf(1.0 - 1.0 / n), _NORMAL.inv_cdf(1.0 - 1.0 / (n * math.e))
+    return math.sqrt(variance) * ((1.0 - EULER_GAMMA) * quantiles[0] + EULER_GAMMA * quantiles[1])
+
+
+def deflated_sharpe(returns: np.ndarray, trial_sharpes: np.ndarray) -> float:
+    """DSR of per-bar ``returns``: their PSR against :func:`expected_max_sharpe` of the trials.
+
+    ``trial_sharpes`` are the per-bar Sharpe ratios of every strategy tried in the research that
+    produced this one (itself included); their variance uses ``ddof=1``. Trials whose Sharpe is
+    NaN (no variance: a policy that never traded) are left out of both the count and the variance.
+    Skew, kurtosis and ``n`` are those of ``returns``. With one trial (or none) it is the PSR(0).
+    """
+    r = np.asarray(returns, dtype=np.float64)
+    trials = np.asarray(trial_sharpes, dtype=np.float64)
+    trials = trials[np.isfinite(trials)]
+    if r.size < 2 or not np.all(np.isfinite(r)):
+        return math.nan
+    std = float(r.std(ddof=1))
+    if std < _NOISE:
+        return math.nan
+    variance = float(trials.var(ddof=1)) if trials.size > 1 else 0.0
+    skew, kurtosis = moments(r)
+    benchmark = expected_max_sharpe(variance, trials.size)
+    return probabilistic_sharpe(float(r.mean()) / std, benchmark, r.size, skew, kurtosis)
+
+
+def _psr(r: np.ndarray, sr: float) -> float:
+    """Bailey & Lopez de Prado's PSR(0) of the per-bar Sharpe ``sr`` with sample skew and kurtosis."""
+    skew, kurtosis = moments(r)
+    return probabilistic_sharpe(sr, 0.0, r.size, skew, kurtosis)
+
+
+def gross_returns(equity: np.ndarray, costs: np.ndarray) -> np.ndarray:
+    """Per-bar returns before costs, ``(equity[t+1] + costs[t]) / equity[t] - 1``; 0 once equity is <= 0."""
+    equity = _check_equity(equity)
+    costs = _check_per_step(costs, equity.size - 1, "costs")
+    alive = np.logical_and.accumulate(equity[:-1] > 0)
+    ratio = np.divide(equity[1:] + costs, equity[:-1], out=np.ones(equity.size - 1), where=alive)
+    return ratio - 1.0
 
 
 def compute_metrics(
@@ -158,7 +231,32 @@ def compute_metrics(
         cost_drag=float(cost_share.sum()) / n * bars_per_year,
         psr=_psr(r, sharpe / scale),
         n_bars=n,
+        gross_return=float(np.prod(1.0 + gross_returns(equity, costs)) - 1.0),
     )
+
+
+def cost_breakdown(equity: np.ndarray, parts: np.ndarray, bars_per_year: int) -> np.ndarray:
+    """Annualized share of equity paid in each cost component: ``parts`` (N, C) in cash -> (C,),
+    ``sum(parts[:, c] / equity[:-1]) / N * bars_per_year``, the same measure as ``cost_drag`` (the
+    components sum to it)."""
+    equity = _check_equity(equity)
+    parts = np.asarray(parts, dtype=np.float64)
+    n = equity.size - 1
+    if parts.ndim != 2 or parts.shape[0] != n:
+        raise ValueError(f"cost parts must have shape ({n}, C), one row per step, got {parts.shape}")
+    alive = (equity[:-1] > 0)[:, None]
+    share = np.divide(parts, equity[:-1, None], out=np.zeros(parts.shape), where=alive)
+    return share.sum(axis=0) / n * bars_per_year
+
+
+def p_at_least(value: float, samples: np.ndarray) -> float:
+    """The share of ``samples`` that are at least ``value``: the one-sided p-value of ``value`` against
+    the distribution the samples come from (e.g. random policies); NaN without samples or value."""
+    samples = np.asarray(samples, dtype=np.float64)
+    samples = samples[np.isfinite(samples)]
+    if not samples.size or not math.isfinite(value):
+        return math.nan
+    return float(np.mean(samples >= value))
 
 
 @dataclass(frozen=True)

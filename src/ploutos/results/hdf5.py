@@ -19,11 +19,12 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ploutos.analytics.evaluation import Evaluation, FoldEvaluation
+from ploutos.analytics.evaluation import COST_COMPONENTS, RANDOM, Evaluation, FoldEvaluation
 from ploutos.errors import PloutosError
 from ploutos.files import atomic_path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: flat and random-turnover baselines, gross return, cost breakdown, validation."""
 TIME_UNIT = "us since 1970-01-01 UTC"
 
 SCHEMA: dict[str, str] = {
@@ -41,19 +42,34 @@ SCHEMA: dict[str, str] = {
     "/training": "one (K,) dataset per training-curve column: timesteps, wall_seconds, ep_rew_mean, ep_len_mean, "
     "policy_gradient_loss, value_loss, entropy_loss, approx_kl, clip_fraction, explained_variance, fps "
     "(empty for an ensemble)",
+    "/validation": "the validation curve (timesteps, metric values) and the chosen checkpoint (attrs chosen_timesteps, "
+    "metric, ...); empty for an ensemble",
     "/test/timestamps": "(N+1,) int64: the bar before the test window, then every bar marked",
     "/test/equity": "(N+1,) policy equity at each close",
     "/test/weights": "(N+1, A) policy weights at each close",
     "/test/units": "(N+1, A) units held",
     "/test/turnover": "(N,) traded notional / equity at each fill",
     "/test/costs": "(N,) costs paid at each fill",
+    "/test/cost_parts": "(N, C) the costs of each step by component, in cash (attr components: commission, spread, "
+    "slippage, impact, financing, fees); rows sum to /test/costs",
     "/test/trades": "group of (K,) datasets step, asset, timestamp, units, price, notional: every non-zero fill",
     "/benchmarks/buy_and_hold/equity": "(N+1,) equity of buying 1/A of every asset at the first fill",
     "/benchmarks/equal_weight/equity": "(N+1,) equity of 1/A in every asset rebalanced at every bar",
+    "/benchmarks/flat/equity": "(N+1,) equity of never trading: the initial cash throughout",
+    "/benchmarks/random_turnover": "attrs seeds (S), probability (per-bar redraw probability after calibration), "
+    "target_turnover (the policy's, annualized), median_turnover, passes, seed, p_random (share of seeds whose net "
+    "total return is at least the policy's)",
+    "/benchmarks/random_turnover/total_return": "(S,) each random seed's net total return",
+    "/benchmarks/random_turnover/gross_return": "(S,) each random seed's total return before costs",
+    "/benchmarks/random_turnover/turnover": "(S,) each random seed's annualized turnover",
     "/metrics/policy": "attrs: total_return, annual_return, volatility, sharpe, sortino, calmar, max_drawdown, "
-    "win_rate, turnover, cost_drag, psr, n_bars",
+    "win_rate, turnover, cost_drag, psr, n_bars, gross_return",
     "/metrics/buy_and_hold": "attrs: the same metrics",
     "/metrics/equal_weight": "attrs: the same metrics",
+    "/metrics/flat": "attrs: the same metrics",
+    "/metrics/random_turnover": "attrs: the median over the random seeds of each metric",
+    "/cost_breakdown": "attrs commission, spread, slippage, impact, financing, fees: the policy's annualized share of "
+    "equity paid in each (sum(part / equity) / N * bars per year); they sum to its cost_drag",
     "/bootstrap": "(S,) samples per statistic (sharpe, total_return, annual_return, max_drawdown); attrs block, "
     "confidence, <statistic>_low, <statistic>_high",
 }
@@ -84,6 +100,9 @@ class TaskResult:
     evaluation: FoldEvaluation
     training: Mapping[str, Any] = field(default_factory=dict)
     """Training curve columns of equal length (empty for an ensemble)."""
+    validation: Mapping[str, Any] = field(default_factory=dict)
+    """The validation curve and the chosen checkpoint: sequences become datasets, scalars attributes
+    (empty for an ensemble)."""
 
     @property
     def kind(self) -> str:
@@ -103,6 +122,39 @@ def _attrs(target: h5py.AttributeManager, values: Mapping[str, Any]) -> None:
         target[key] = "" if value is None else value
 
 
+def _mapping(group: h5py.Group, values: Mapping[str, Any]) -> None:
+    """Sequences and arrays as datasets (text as UTF-8 strings), everything else as attributes."""
+    scalars = {}
+    for key, value in values.items():
+        if isinstance(value, (list, tuple, np.ndarray)):
+            data = np.asarray(value)
+            if data.dtype.kind in "USO":
+                group.create_dataset(key, data=[str(v) for v in data.ravel()], dtype=h5py.string_dtype())
+            else:
+                group.create_dataset(key, data=data)
+        else:
+            scalars[key] = value.item() if isinstance(value, np.generic) else value
+    _attrs(group.attrs, scalars)
+
+
+def _write_random(group: h5py.Group, evaluation: FoldEvaluation) -> None:
+    random = evaluation.random
+    _attrs(
+        group.attrs,
+        {
+            "seeds": random.seeds,
+            "probability": random.probability,
+            "target_turnover": random.target_turnover,
+            "median_turnover": float(np.median(random.turnover)),
+            "passes": random.passes,
+            "seed": random.seed,
+            "p_random": evaluation.p_random,
+        },
+    )
+    for key in ("total_return", "gross_return", "turnover"):
+        group.create_dataset(key, data=np.asarray(getattr(random, key), dtype=np.float64))
+
+
 def _write_path(group: h5py.Group, path: Evaluation, *, full: bool) -> None:
     times = group.create_dataset("timestamps", data=_time(path.timestamps))
     times.attrs["unit"] = TIME_UNIT
@@ -110,6 +162,8 @@ def _write_path(group: h5py.Group, path: Evaluation, *, full: bool) -> None:
     group.create_dataset("turnover", data=path.turnover)
     group.create_dataset("costs", data=path.costs)
     if full:
+        parts = group.create_dataset("cost_parts", data=np.asarray(path.cost_parts, dtype=np.float64))
+        parts.attrs["components"] = list(COST_COMPONENTS)
         group.create_dataset("weights", data=path.weights)
         group.create_dataset("units", data=path.units)
         trades = group.create_group("trades")
@@ -145,14 +199,17 @@ def write_task_result(path: Path, result: TaskResult) -> None:
         training = h5.create_group("training")
         for key, column in result.training.items():
             training.create_dataset(key, data=np.asarray(column))
+        _mapping(h5.create_group("validation"), result.validation)
         evaluation = result.evaluation
         _write_path(h5.create_group("test"), evaluation.policy, full=True)
         benchmarks = h5.create_group("benchmarks")
         for name, bench in evaluation.benchmarks.items():
             _write_path(benchmarks.create_group(name), bench, full=False)
+        _write_random(benchmarks.create_group(RANDOM), evaluation)
         metrics = h5.create_group("metrics")
         for name, values in evaluation.metrics.items():
             _attrs(metrics.create_group(name).attrs, values.as_dict())
+        _attrs(h5.create_group("cost_breakdown").attrs, evaluation.cost_breakdown)
         boot = h5.create_group("bootstrap")
         boot.attrs["block"] = evaluation.bootstrap.block
         boot.attrs["confidence"] = evaluation.bootstrap.confidence
@@ -228,11 +285,19 @@ def read_attrs(path: Path, group: str = "/") -> dict[str, Any]:
 
 
 def format_metrics(path: Path) -> str:
-    """The test-window metrics of a task file: policy against the benchmarks, one row per metric."""
+    """The test-window metrics of a task file: policy against the benchmarks, one row per metric, and
+    where the policy's net return ranks among the random policies with its turnover."""
     metrics = read_metrics(path)
     columns = ["policy", *[name for name in metrics if name != "policy"]]
-    shown = ("total_return", "annual_return", "sharpe", "sortino", "max_drawdown", "psr", "turnover", "cost_drag")
-    lines = [f"{'':<14}" + "".join(f"{name:>14}" for name in columns)]
+    shown = ("total_return", "gross_return", "annual_return", "sharpe", "sortino", "max_drawdown", "psr", "turnover",
+             "cost_drag")  # fmt: skip
+    lines = [f"{'':<14}" + "".join(f"{name:>16}" for name in columns)]
     for key in shown:
-        lines.append(f"{key:<14}" + "".join(f"{metrics[name].get(key, float('nan')):>14.4f}" for name in columns))
+        lines.append(f"{key:<14}" + "".join(f"{metrics[name].get(key, float('nan')):>16.4f}" for name in columns))
+    random = read_attrs(path, f"benchmarks/{RANDOM}") if RANDOM in metrics else {}
+    if "p_random" in random:
+        lines.append(
+            f"p_random      {float(random['p_random']):.4f}: share of {int(random['seeds'])} random policies with the "
+            "policy's turnover whose net total return is at least the policy's"
+        )
     return "\n".join(lines)

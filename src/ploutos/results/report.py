@@ -22,8 +22,10 @@ from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
+from ploutos.analytics.evaluation import COST_COMPONENTS, RANDOM
 from ploutos.errors import PloutosError
 from ploutos.files import atomic_path
+from ploutos.results.aggregate import SIGNIFICANCE, verdicts
 from ploutos.results.layout import RunLayout
 
 DPI = 100
@@ -39,6 +41,7 @@ OOS_ROWS = (  # (metric, label, format) of the out-of-sample table
     ("sortino", "Sortino", "num"),
     ("max_drawdown", "max drawdown", "pct"),
     ("psr", "PSR", "prob"),
+    ("gross_return", "return before costs", "pct"),
     ("turnover", "turnover (annual, x equity)", "num"),
     ("cost_drag", "cost drag (annual)", "pct"),
 )
@@ -63,7 +66,8 @@ class Summary:
     members_ok: np.ndarray  # (F,) member tasks with status ok
     missing: list[str]
     metrics: dict[str, np.ndarray]  # (F, M) per member
-    ensemble: dict[str, np.ndarray]  # (F,)
+    ensemble: dict[str, np.ndarray]  # (F,), with p_random and deflated_sharpe when the summary has them
+    costs: dict[str, np.ndarray]  # component -> (F,) the ensemble's annualized cost share; empty in older summaries
     benchmarks: dict[str, dict[str, np.ndarray]]  # name -> metric -> (F,)
     oos_time: np.ndarray  # (N,) datetime64[us]
     oos_fold: np.ndarray
@@ -101,6 +105,7 @@ def read_summary(path: Path) -> Summary:
                 missing=_text(h5["missing"][()]) if "missing" in h5 else [],
                 metrics=_floats(h5["metrics"]),
                 ensemble=_floats(h5["ensemble"]),
+                costs=_floats(h5["ensemble/costs"]) if "ensemble/costs" in h5 else {},
                 benchmarks={name: _floats(group) for name, group in h5["benchmarks"].items()},
                 oos_time=oos["timestamps"][()].astype("datetime64[us]"),
                 oos_fold=oos["fold"][()].astype(np.int64),
@@ -303,10 +308,48 @@ def summary_markdown(s: Summary) -> str:
             f"{_fmt(ens['max_drawdown'], 'pct')} | {_fmt(hold[f], 'pct')} | {s.members_ok[f]}/{s.members} |"
         )
     lines += ["", "![Test equity per fold](fold_equity.png)", "", "![Metrics across members](metric_distributions.png)"]
+    lines += significance_markdown(s)
     lines += ["", "## Missing or failed tasks", ""]
     lines += [f"- {line}" for line in s.missing] or ["none"]
     lines += ["", "## Training", "", "![Training curves](training_curves.png)", ""]
     return "\n".join(lines)
+
+
+def significance_markdown(s: Summary) -> list[str]:
+    """The baselines section: the verdicts, the numbers behind them, and where the costs went."""
+    nan = np.full(s.folds, np.nan)
+    random = s.benchmarks.get(RANDOM, {})
+    flat = s.benchmarks.get("flat", {})
+    lines = [
+        "", "## Baselines and significance", "",
+        f"The ensemble beats flat at p < {SIGNIFICANCE:g} when 1 - PSR(0) of its net returns is below "
+        f"{SIGNIFICANCE:g}, and beats chance when fewer than {SIGNIFICANCE:.0%} of the random policies that "
+        "trade as much as it does (same env, same costs) made at least its net return (p_random). The deflated "
+        "Sharpe ratio is the PSR against the best Sharpe ratio expected from as many trials without skill as the "
+        "run evaluated (every member and ensemble).", "",
+    ]  # fmt: skip
+    sharpe, psr, p_random = (s.ensemble.get(key, nan) for key in ("sharpe", "psr", "p_random"))
+    lines += [f"- {line}" for line in verdicts(sharpe, psr, p_random, s.gaps)]
+    lines += ["", "| fold | net return | gross return | flat return | random median return | p (flat) | p (random) "
+              "| deflated Sharpe |", "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    ens = {key: s.ensemble.get(key, nan) for key in ("total_return", "gross_return", "psr", "p_random")}
+    dsr = s.ensemble.get("deflated_sharpe", nan)
+    for f in range(s.folds):
+        lines.append(
+            f"| {f} | {_fmt(ens['total_return'][f], 'pct')} | {_fmt(ens['gross_return'][f], 'pct')} | "
+            f"{_fmt(flat.get('total_return', nan)[f], 'pct')} | {_fmt(random.get('total_return', nan)[f], 'pct')} | "
+            f"{_fmt(1.0 - ens['psr'][f], 'prob')} | {_fmt(ens['p_random'][f], 'prob')} | {_fmt(dsr[f], 'prob')} |"
+        )
+    if s.costs:
+        names = [name for name in COST_COMPONENTS if name in s.costs]
+        lines += ["", "Costs of the ensemble, annualized share of equity (they sum to the cost drag):", ""]
+        lines += ["| fold | " + " | ".join(names) + " | cost drag | turnover |"]
+        lines += ["| ---: |" + " ---: |" * (len(names) + 2)]
+        drag, turnover = s.ensemble.get("cost_drag", nan), s.ensemble.get("turnover", nan)
+        for f in range(s.folds):
+            cells = [_fmt(s.costs[name][f], "pct") for name in names]
+            lines.append(f"| {f} | {' | '.join(cells)} | {_fmt(drag[f], 'pct')} | {_fmt(turnover[f])} |")
+    return lines
 
 
 def write_report(run_dir: Path) -> list[Path]:

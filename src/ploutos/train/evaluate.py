@@ -1,14 +1,29 @@
-"""Out-of-sample evaluation: a policy, an ensemble and two benchmarks over a fold's test window.
+"""Out-of-sample evaluation: a policy, an ensemble and its baselines over a fold's test window.
 
-Everything here trades through the same :class:`~ploutos.env.trading.TradingEnv` as training,
-with the same costs, over ``Fold.eval_rows(lookback)``: the first decision is taken on the last
-bar before the test window and filled at the open of its first bar, so consecutive folds' curves
-join. Evaluation never stops early: the bankruptcy rule is off, a policy that loses everything
-shows it.
+Everything here trades through the same env core (:class:`~ploutos.env.core.MarketCore`) as
+training, with the same costs, over ``Fold.eval_rows(lookback)``: the first decision is taken on
+the last bar before the test window and filled at the open of its first bar, so consecutive
+folds' curves join. Evaluation never stops early: the bankruptcy rule is off, a policy that loses
+everything shows it.
 
 - **policy**: the member (or the ensemble) acts deterministically.
 - **buy_and_hold**: ``1/A`` of equity in every asset at the first fill, then no trade.
 - **equal_weight**: ``1/A`` in every asset, rebalanced at every bar.
+- **flat**: never trades; equity stays at the initial cash. The policy beats it at level ``a``
+  when ``1 - PSR(0) < a`` (the PSR of its net returns, :class:`~ploutos.analytics.metrics.Metrics`).
+- **random_turnover**: ``S`` (default 200) random policies that trade as much as the policy did,
+  stepped as ``S`` envs of one core. A seed starts all cash; at every bar it draws a new target
+  with probability ``p`` (uniform in the action box: weights in ``[w_low, 1]``, scaled by the env
+  to gross 1 like any action; with discrete actions a uniform choice per asset) and otherwise
+  sends its previous target again, as a policy holding a view would. ``p`` is calibrated so that
+  the seeds' median realized (annualized) turnover is the policy's: pass after pass over the same
+  draws (common random numbers, so the median moves with ``p`` alone), ``p`` is scaled by
+  ``target / realized`` and kept inside the bracket the passes so far have established (bisection
+  when the scaled step leaves it), until the median is within :data:`TURNOVER_TOLERANCE` or after
+  :data:`MAX_PASSES` passes; the closest pass is kept. A policy that trades more than a redraw at
+  every bar gets ``p = 1``; one that never trades gets ``p = 0`` (the seeds are flat). The share of
+  seeds whose net total return is at least the policy's is ``p_random``: a small value says the
+  policy's return is not what its turnover buys by chance.
 
 An ensemble is a policy of its own: each member sees the same observation (the ensemble's own
 portfolio), and their target weights are averaged (``combine: mean``) or, with discrete actions,
@@ -18,20 +33,30 @@ ensemble and is not done here.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import replace
-from typing import Any, Protocol
+from dataclasses import fields, replace
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
-from ploutos.analytics.evaluation import Evaluation, FoldEvaluation
-from ploutos.analytics.metrics import block_bootstrap
+from ploutos.analytics.evaluation import COST_COMPONENTS, RANDOM, Evaluation, FoldEvaluation, RandomBaseline
+from ploutos.analytics.metrics import Metrics, block_bootstrap, compute_metrics, cost_breakdown
 from ploutos.config import EnvConfig
+from ploutos.env.core import MarketCore
 from ploutos.env.trading import TradingEnv
 from ploutos.features.arrays import FeatureArrays
 
 HOLD = 1
 """The discrete action that keeps a position."""
+RANDOM_SEEDS = 200
+"""Random-turnover seeds per evaluation: ``p_random`` moves in steps of ``1 / RANDOM_SEEDS``."""
+MIN_RANDOM_SEEDS = 100
+"""Fewer seeds than this would make ``p_random < 0.05`` rest on a handful of paths."""
+TURNOVER_TOLERANCE = 0.02
+"""The calibration stops once the seeds' median turnover is within this share of the policy's."""
+MAX_PASSES = 16
+"""Passes over the window the calibration may take (each steps every seed once over it)."""
 
 
 class Actor(Protocol):
@@ -63,7 +88,10 @@ class Ensemble:
         stacked = np.stack(actions)
         if self.combine == "vote":
             return _majority(stacked), new_states
-        return stacked.mean(axis=0).astype(np.float32), new_states
+        # each member's target weights, as the env would hold them alone (gross scaled down to 1: no leverage)
+        gross = np.abs(np.nan_to_num(stacked)).sum(axis=-1, keepdims=True)
+        targets = np.nan_to_num(stacked) / np.maximum(gross, 1.0)
+        return targets.mean(axis=0).astype(np.float32), new_states
 
 
 def _majority(choices: np.ndarray) -> np.ndarray:
@@ -83,7 +111,7 @@ def run_episode(decide: Any, arrays: FeatureArrays, cfg: EnvConfig, rows: slice,
     observation, info = env.reset(seed=0)
     first_fill_row = env.row_start + cfg.lookback  # rows.start may be None or negative
     timestamps, equity, weights, units = [info["timestamp"]], [info["equity"]], [info["weights"]], [env.units]
-    turnover, costs = [], []
+    turnover, costs, parts = [], [], []
     done, step = False, 0
     while not done:
         observation, _, terminated, truncated, info = env.step(decide(step, observation, env))
@@ -94,6 +122,7 @@ def run_episode(decide: Any, arrays: FeatureArrays, cfg: EnvConfig, rows: slice,
         units.append(env.units)
         turnover.append(info["turnover"])
         costs.append(info["costs"])
+        parts.append(info["cost_parts"])
         step += 1
     fill_rows = np.arange(first_fill_row, first_fill_row + step)
     return Evaluation(
@@ -104,6 +133,7 @@ def run_episode(decide: Any, arrays: FeatureArrays, cfg: EnvConfig, rows: slice,
         fill_prices=np.asarray(arrays.prices[fill_rows, :, 0], dtype=np.float64),
         turnover=np.array(turnover, dtype=np.float64),
         costs=np.array(costs, dtype=np.float64),
+        cost_parts=np.array(parts, dtype=np.float64).reshape(step, len(COST_COMPONENTS)),
     )
 
 
@@ -134,17 +164,135 @@ def equal_weight(arrays: FeatureArrays, cfg: EnvConfig, rows: slice, bars_per_ye
     return run_episode(lambda *_: target, arrays, continuous, rows, bars_per_year)
 
 
+def flat(arrays: FeatureArrays, cfg: EnvConfig, rows: slice, bars_per_year: int) -> Evaluation:
+    """All cash throughout: no trade, no cost, equity constant at the initial cash."""
+    target = np.zeros(arrays.values.shape[1], dtype=np.float32)
+    continuous = replace(cfg, action_mode="continuous")
+    return run_episode(lambda *_: target, arrays, continuous, rows, bars_per_year)
+
+
+class _Paths(NamedTuple):
+    """The seeds' paths of one pass: ``equity`` (N+1, S), ``turnover`` and ``costs`` (N, S)."""
+
+    equity: np.ndarray
+    turnover: np.ndarray
+    costs: np.ndarray
+
+
+def _random_paths(core: MarketCore, probability: float, seed: int) -> _Paths:
+    """One pass of every seed of ``core`` over its window, redrawing targets with ``probability``."""
+    rng = np.random.default_rng(seed)
+    n_envs, n_assets = core.n_envs, core.n_assets
+    t0, end = core.draw_start(rng)
+    core.reset(np.arange(n_envs), t0, end)
+    n = end - t0
+    equity = np.empty((n + 1, n_envs))
+    equity[0] = core.initial
+    turnover, costs = np.zeros((n, n_envs)), np.zeros((n, n_envs))
+    target = np.full((n_envs, n_assets), float(HOLD) if core.discrete else 0.0)  # all cash: p = 0 is flat
+    for k in range(n):
+        # Drawn for every seed at every bar whatever p: each pass sees the same stream.
+        redraw = rng.random(n_envs) < probability
+        fresh = rng.integers(0, 3, (n_envs, n_assets)) if core.discrete else rng.uniform(core.w_low, 1.0, target.shape)
+        target[redraw] = fresh[redraw]
+        live = np.flatnonzero(core.active)  # a seed that went bankrupt keeps its last equity
+        equity[k + 1] = equity[k]
+        if live.size:
+            step = core.step(target[live], live)
+            equity[k + 1, live], turnover[k, live], costs[k, live] = step.equity, step.turnover, step.costs
+    return _Paths(equity, turnover, costs)
+
+
+def random_turnover(
+    arrays: FeatureArrays, cfg: EnvConfig, rows: slice, bars_per_year: int, target: float, *,
+    seeds: int = RANDOM_SEEDS, seed: int = 0,
+) -> RandomBaseline:  # fmt: skip
+    """``seeds`` random policies whose median annualized turnover is ``target`` (see the module doc)."""
+    if seeds < 1:
+        raise ValueError(f"seeds must be >= 1, got {seeds}")
+    core = MarketCore(
+        arrays, replace(cfg, bankruptcy_equity=0.0), rows=rows, n_envs=seeds, evaluation=True,
+        bars_per_year=bars_per_year,
+    )  # fmt: skip
+
+    def realized(paths: _Paths) -> float:
+        return float(np.median(paths.turnover.sum(axis=0))) / len(paths.turnover) * bars_per_year
+
+    target = max(float(target), 0.0) if math.isfinite(target) else 0.0
+    # first guess: a redraw moves each weight by E|U - U'| = (1 - w_low) / 3; drift is ignored
+    per_redraw = core.n_assets * (1.0 - core.w_low) / 3.0
+    p = min(1.0, target / bars_per_year / per_redraw) if target > 0 else 0.0
+    lo, hi = 0.0, 1.0
+    best: tuple[float, float, _Paths] | None = None
+    passes = 0
+    while True:
+        paths = _random_paths(core, p, seed)
+        passes += 1
+        got = realized(paths)
+        if best is None or abs(got - target) < abs(best[1] - target):
+            best = (p, got, paths)
+        if target == 0 or abs(got - target) <= TURNOVER_TOLERANCE * target or passes >= MAX_PASSES:
+            break
+        if got < target:
+            if p >= 1.0:  # a redraw at every bar trades less than the policy: as close as it gets
+                break
+            lo = p
+        else:
+            hi = p
+        step = p * target / got if got > 0 else 4.0 * max(p, 1e-6)
+        p = step if lo < step < hi else (lo + hi) / 2.0
+    p, _, paths = best
+    per_seed = [
+        compute_metrics(paths.equity[:, s], bars_per_year, turnover=paths.turnover[:, s], costs=paths.costs[:, s])
+        for s in range(seeds)
+    ]
+    table = {f.name: np.array([getattr(m, f.name) for m in per_seed], dtype=np.float64) for f in fields(Metrics)}
+    medians = {name: float(np.median(v[np.isfinite(v)])) if np.isfinite(v).any() else math.nan
+               for name, v in table.items()}  # fmt: skip
+    medians["n_bars"] = per_seed[0].n_bars
+    return RandomBaseline(
+        probability=p,
+        target_turnover=target,
+        passes=passes,
+        seed=seed,
+        turnover=table["turnover"],
+        total_return=table["total_return"],
+        gross_return=table["gross_return"],
+        metrics=Metrics(**medians),
+    )
+
+
 def evaluate(
-    actor: Actor, arrays: FeatureArrays, cfg: EnvConfig, rows: slice, bars_per_year: int, *, seed: int = 0
-) -> FoldEvaluation:
-    """The actor and both benchmarks over ``rows``, their metrics, and a block bootstrap of the actor."""
+    actor: Actor, arrays: FeatureArrays, cfg: EnvConfig, rows: slice, bars_per_year: int, *, seed: int = 0,
+    random_seeds: int = RANDOM_SEEDS,
+) -> FoldEvaluation:  # fmt: skip
+    """The actor and its baselines over ``rows``, their metrics, and a block bootstrap of the actor.
+
+    ``seed`` seeds the bootstrap and the random-turnover baseline (the task's seed: a rerun gives
+    the same file).
+    """
+    if random_seeds < MIN_RANDOM_SEEDS:
+        raise ValueError(f"random_seeds must be at least {MIN_RANDOM_SEEDS}, got {random_seeds}")
     policy = run_policy(actor, arrays, cfg, rows, bars_per_year)
     benchmarks = {
         "buy_and_hold": buy_and_hold(arrays, cfg, rows, bars_per_year),
         "equal_weight": equal_weight(arrays, cfg, rows, bars_per_year),
+        "flat": flat(arrays, cfg, rows, bars_per_year),
     }
     metrics = {"policy": policy.metrics(bars_per_year)}
     metrics.update({name: path.metrics(bars_per_year) for name, path in benchmarks.items()})
+    random = random_turnover(
+        arrays, cfg, rows, bars_per_year, metrics["policy"].turnover, seeds=random_seeds, seed=seed
+    )
+    metrics[RANDOM] = random.metrics
     returns = policy.equity[1:] / policy.equity[:-1] - 1.0
     bootstrap = block_bootstrap(returns, bars_per_year, seed=seed)
-    return FoldEvaluation(policy=policy, benchmarks=benchmarks, metrics=metrics, bootstrap=bootstrap)
+    breakdown = cost_breakdown(policy.equity, policy.cost_parts, bars_per_year)
+    return FoldEvaluation(
+        policy=policy,
+        benchmarks=benchmarks,
+        metrics=metrics,
+        bootstrap=bootstrap,
+        random=random,
+        cost_breakdown={name: float(value) for name, value in zip(COST_COMPONENTS, breakdown, strict=True)},
+    )

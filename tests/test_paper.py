@@ -97,8 +97,10 @@ class Constant:
         return self.weights, None
 
 
-def make_policy(bars: pl.DataFrame, weights: list[float], **paper: object) -> Policy:
-    config = load(None, ["data.tickers=[SPY, QQQ]", "paper.market_hours_only=false"])
+def make_policy(bars: pl.DataFrame, weights: list[float], *, rules: tuple[str, ...] = (), **paper: object) -> Policy:
+    """A constant policy; the quickstart's trading rules are off unless ``rules`` sets them."""
+    settings = ["data.tickers=[SPY, QQQ]", "paper.market_hours_only=false"]
+    config = load(None, [*settings, "env.rebalance_band=0", "env.decide_every=1", *rules])
     config = replace(config, paper=replace(config.paper, **paper))
     names = observation_arrays(bars, config).names
     stats = NormStats("zscore", np.zeros(len(names)), np.ones(len(names)), ())
@@ -290,6 +292,8 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         timeout=120,
     )
     train = ["--set=ppo.total_timesteps=512", "--set=walkforward.max_folds=1"]
+    # an untrained policy's targets move little: a band of 0 keeps it trading; spacing and the change limit still apply
+    train += ["--set=env.rebalance_band=0", "--set=env.decide_every=2", "--set=env.max_weight_change=0.5"]
     subprocess.run(
         [sys.executable, "-m", "ploutos", "run", "--no-progress", *sets, *train],
         check=True,
@@ -813,3 +817,14 @@ def test_loop_end_to_end_rides_out_an_outage_and_ctrl_c_exits_130(trained_run: P
     assert len(trading.order_posts()) == 1
     for secret in (KEY, SECRET):
         assert secret not in text + err + (run_dir / "paper" / "orders.log").read_text()
+
+
+def test_live_orders_obey_the_band_the_change_limit_and_decision_spacing(tmp_path, bars, trading) -> None:
+    rules = ("env.rebalance_band=0.1", "env.max_weight_change=0.15", "env.decide_every=2")
+    run = runner(tmp_path, make_policy(bars, [0.05, -0.2], rules=rules), trading, bars)
+    run.step(NOW)  # a decision: SPY's 0.05 is inside the band; QQQ's -0.2 is cut to -0.15
+    assert list(trading.orders) == [coid("QQQ")]
+    assert float(trading.orders[coid("QQQ")]["qty"]) == qty_for(0.15, trading.prices["QQQ"])
+    run.step(NOW + timedelta(hours=1))  # not a decision: nothing sent, whatever the policy wants
+    assert len(trading.order_posts()) == 1 and "holding (next decision in 1 bars)" in run.said[-1]
+    assert saved(tmp_path).bars_seen == 2

@@ -44,6 +44,7 @@ def _settings(dataset: Path, results: Path, steps: int = 2 * ROLLOUT, **extra: o
         "ppo.total_timesteps": steps,
         "hardware.n_envs": 2,
         "hardware.envs_per_worker": 1,
+        "env.rebalance_band": 0,  # an untrained policy's targets move less than the quickstart's band
         **extra,
     }
     return [part for key, value in values.items() for part in ("--set", f"{key}={value}")]

@@ -427,9 +427,11 @@ class PaperRunner:
             arrays.values, row, weights, account.cash, account.equity, state.initial_equity, dd
         )
         tradeable = arrays.valid[row] & np.isfinite(price) & (price > 0)
-        orders = plan_orders(
-            cfg, self.decider.decide(obs), tickers, held, pending, price, tradeable, account.equity, state.turnover_used
-        )
+        action = self.decider.decide(obs)  # every bar, as in the backtest: a recurrent policy carries its state
+        wait = -state.bars_seen % cfg.env.decide_every  # bars until the next decision (0: this one)
+        orders = {} if wait else plan_orders(
+            cfg, action, tickers, held, pending, price, tradeable, account.equity, state.turnover_used
+        )  # fmt: skip
         sent = []
         for ticker, qty in orders.items():
             coid = client_order_id(state.config_hash, bar, ticker)
@@ -443,8 +445,9 @@ class PaperRunner:
             self._record(coid, result, bar, float(price[tickers.index(ticker)]), account.equity)
             sent.append(f"{ticker} {qty:+g} {result.status}" + (f" ({result.reason})" if result.reason else ""))
         state.last_bar = bar.isoformat()
+        state.bars_seen += 1
         state.save(self.state_path)
-        what = ", ".join(sent) if sent else "no orders"
+        what = ", ".join(sent) if sent else ("no orders" if not wait else f"holding (next decision in {wait} bars)")
         return f"bar {bar:%Y-%m-%d %H:%M} UTC: equity {account.equity:,.2f}; {what}"
 
     def _record(self, coid: str, result: OrderResult, bar: datetime, price: float, equity: float) -> None:

@@ -58,6 +58,8 @@ class PaperState:
     """By client_order_id: ticker, qty, status, filled_qty, filled_price, reason, bar."""
     halted: str = ""
     """Why trading stopped (the drawdown limit), empty while trading."""
+    bars_seen: int = 0
+    """Bars processed; as in the backtest, every ``env.decide_every``-th of them (the first included) is a decision."""
     version: int = VERSION
 
     @staticmethod
@@ -165,6 +167,7 @@ _FIELDS: dict[str, Check] = {
     "positions": (lambda v: isinstance(v, dict), "an object of quantities by symbol"),
     "orders": (lambda v: isinstance(v, dict), "an object of orders by client_order_id"),
     "halted": _TEXT,
+    "bars_seen": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an integer >= 0"),
     "version": (
         lambda v: v == VERSION and not isinstance(v, bool),
         f"{VERSION} (this Ploutos writes version {VERSION})",

@@ -329,8 +329,10 @@ class EnvConfig:
     bankruptcy_equity: float = setting(
         0.5, "An episode terminates when equity falls below this share of the initial cash."
     )
-    obs_layout: Literal["flat", "asset_lookback_feature"] = setting(
-        "flat", "Observation layout: one flat vector (MLP, LSTM) or (asset, lookback, feature) for attention."
+    obs_layout: Literal["flat", "asset_lookback_feature", "reference"] = setting(
+        "flat",
+        "Observation layout: one flat vector (MLP, LSTM), (asset, lookback, feature) for attention, or reference: "
+        "the decision row and the portfolio, the policy's encoder reads the window from the store.",
     )
 
     def __post_init__(self) -> None:

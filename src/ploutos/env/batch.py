@@ -193,6 +193,10 @@ class EnvBatch:
             flat, window = out[None], first._window_size
             core.window_into(flat[:, :window], index, asset_first=False)
             core.portfolio_into(flat[:, window:], index)
+        elif first.reference:  # the decision rows and the portfolios: no window is copied
+            flat = out[None]
+            flat[:, 0] = core.rows if index is None else core.rows[index]
+            core.portfolio_into(flat[:, 1:], index)
         else:
             core.window_into(out["features"], index, asset_first=True)
             core.portfolio_into(out["portfolio"], index)

@@ -34,6 +34,8 @@ PORTFOLIO_FIELDS = 3
 """Scalars after the weights in the portfolio state: cash share, log return, drawdown."""
 BANKRUPT_LOG_RETURN = -30.0
 """The portfolio's log return once equity is gone (its log is undefined)."""
+MAX_REFERENCE_ROWS = 2**24
+"""Rows an observation by reference can name: float32, the observations' dtype, holds every integer up to 2**24."""
 
 
 class Step(NamedTuple):

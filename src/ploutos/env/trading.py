@@ -12,11 +12,11 @@ import numpy as np
 from gymnasium import spaces
 
 from ploutos.config import EnvConfig
-from ploutos.env.core import MIN_EPISODE_BARS, PORTFOLIO_FIELDS, MarketCore
+from ploutos.env.core import MAX_REFERENCE_ROWS, MIN_EPISODE_BARS, PORTFOLIO_FIELDS, MarketCore
 from ploutos.env.costs import COMPONENTS
 from ploutos.features.arrays import FeatureArrays
 
-__all__ = ["MIN_EPISODE_BARS", "PORTFOLIO_FIELDS", "TradingEnv"]
+__all__ = ["MIN_EPISODE_BARS", "PORTFOLIO_FIELDS", "TradingEnv", "reference_space"]
 
 
 class TradingEnv(gym.Env):
@@ -60,7 +60,17 @@ class TradingEnv(gym.Env):
                                                  read-only view of ``arrays.values``, no copy)
     ``asset_lookback_feature``  ``"portfolio"``  ``(A + 3,)``: weights, cash share, log return,
                                                  drawdown, as in ``flat``
+    ``reference``, shape        ``[0]``          the decision row ``t`` (absolute, into
+    ``(1 + A + 3,)``                             ``arrays.values``; exact in float32 up to
+                                                 :data:`~ploutos.env.core.MAX_REFERENCE_ROWS`)
+    ``reference``               ``[1:]``         weights, cash share, log return, drawdown, as in
+                                                 ``flat``
     ==========================  ===============  ==================================================
+
+    ``reference`` copies no window: the policy's encoder (:mod:`ploutos.train.encoders`) holds the
+    store and gathers ``values[t-L+1 : t+1]`` itself, so what a rollout buffer stores per step does
+    not grow with the lookback, the assets or the features. Its row entry is bounded by
+    ``[0, T - 1]`` over the whole store, so envs over every window of one store share one space.
 
     :meth:`step` returns a new flat vector each time; a vectorized env instead steps the whole
     :class:`~ploutos.env.core.MarketCore` the env belongs to and writes observations into its own
@@ -118,12 +128,15 @@ class TradingEnv(gym.Env):
         else:
             self.action_space = spaces.Box(self.core.w_low, 1.0, shape=(n_asset,), dtype=np.float32)
         self.flat = cfg.obs_layout == "flat"
+        self.reference = cfg.obs_layout == "reference"
         self._window_size = cfg.lookback * n_asset * n_feat
         self._portfolio_size = n_asset + PORTFOLIO_FIELDS
         if self.flat:
             self.observation_space = spaces.Box(
                 -np.inf, np.inf, shape=(self._window_size + self._portfolio_size,), dtype=np.float32
             )
+        elif self.reference:
+            self.observation_space = reference_space(len(arrays.timestamps), n_asset)
         else:
             self.observation_space = spaces.Dict(
                 {
@@ -204,6 +217,9 @@ class TradingEnv(gym.Env):
         if self.flat:
             self.core.window_into(out[None, : self._window_size], self._at, asset_first=False)
             self.core.portfolio_into(out[None, self._window_size :], self._at)
+        elif self.reference:
+            out[0] = self.core.rows[self.index]
+            self.core.portfolio_into(out[None, 1:], self._at)
         else:
             self.core.window_into(out["features"][None], self._at, asset_first=True)
             self.core.portfolio_into(out["portfolio"][None], self._at)
@@ -239,11 +255,28 @@ class TradingEnv(gym.Env):
         return self.arrays.timestamps[self.decision_row]
 
     def _observation(self) -> Any:
-        if self.flat:
-            out = np.empty(self._window_size + self._portfolio_size, dtype=np.float32)
+        if self.flat or self.reference:
+            out = np.empty(self.observation_space.shape, dtype=np.float32)
             self.observe_into(out)
             return out
         t, lookback = self.decision_row, self.lookback
         portfolio = np.empty((1, self._portfolio_size), dtype=np.float32)
         self.core.portfolio_into(portfolio, self._at)
         return {"features": self.core.values[t - lookback + 1 : t + 1].transpose(1, 0, 2), "portfolio": portfolio[0]}
+
+
+def reference_space(n_rows: int, n_assets: int) -> spaces.Box:
+    """The ``reference`` observation space over a store of ``n_rows`` rows: the row, then the portfolio.
+
+    Refuses a store whose last row float32 cannot name exactly (one line: it would silently read the
+    wrong window).
+    """
+    if n_rows > MAX_REFERENCE_ROWS:
+        raise ValueError(
+            f"obs_layout reference: the store has {n_rows:,} rows; float32 observations name rows exactly only up "
+            f"to {MAX_REFERENCE_ROWS:,} (use obs_layout flat)"
+        )
+    low = np.full(1 + n_assets + PORTFOLIO_FIELDS, -np.inf, dtype=np.float32)
+    high = np.full_like(low, np.inf)
+    low[0], high[0] = 0.0, float(max(n_rows - 1, 0))
+    return spaces.Box(low, high, dtype=np.float32)

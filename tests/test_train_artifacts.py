@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from gymnasium import spaces
 from stable_baselines3.common.vec_env import DummyVecEnv
 
@@ -30,29 +32,46 @@ from ploutos.train.model import build_model
 ARRAYS = synthetic_arrays(400, 2, 5)
 
 
-def _model(algo: str, obs_layout: str = "flat", action_mode: str = "continuous"):
-    config = load("quickstart", [f"ppo.algo={algo}", f"env.obs_layout={obs_layout}", f"env.action_mode={action_mode}"])
+def _model(algo: str, obs_layout: str = "flat", action_mode: str = "continuous", encoder: str = "flat"):
+    config = load(
+        "quickstart",
+        [
+            f"ppo.algo={algo}",
+            f"env.obs_layout={obs_layout}",
+            f"env.action_mode={action_mode}",
+            f"ppo.encoder={encoder}",
+        ],
+    )
     config = replace(config, env=replace(config.env, lookback=8))
     venv = DummyVecEnv([lambda: TradingEnv(ARRAYS, config.env, rows=slice(0, 400), bars_per_year=24 * 365)] * 2)
     layout = replace(plan(config), n_steps=32, batch_size=32, device="cpu")
-    model = build_model(config, venv, layout, seed=3)
+    model = build_model(config, venv, layout, seed=3, values=ARRAYS.values)
     model.learn(64)  # weights that differ from the initialization
     return config, venv, model
 
 
 @pytest.mark.parametrize(
-    ("algo", "obs_layout", "action_mode"),
+    ("algo", "obs_layout", "action_mode", "encoder"),
     [
-        ("ppo", "flat", "continuous"),
-        ("ppo", "asset_lookback_feature", "discrete"),
-        ("recurrent_ppo", "flat", "continuous"),
+        ("ppo", "flat", "continuous", "flat"),
+        ("ppo", "asset_lookback_feature", "discrete", "flat"),
+        ("recurrent_ppo", "flat", "continuous", "flat"),
+        ("ppo", "reference", "continuous", "shared"),
+        ("recurrent_ppo", "reference", "discrete", "flat"),
     ],
 )
-def test_a_saved_policy_acts_as_the_model(tmp_path: Path, algo: str, obs_layout: str, action_mode: str):
-    config, venv, model = _model(algo, obs_layout, action_mode)
+def test_a_saved_policy_acts_as_the_model(tmp_path: Path, algo: str, obs_layout: str, action_mode: str, encoder: str):
+    config, venv, model = _model(algo, obs_layout, action_mode, encoder)
     path = tmp_path / "models" / "fold0_member0.zip"
     save_policy(model, path, config)
-    policy = load_policy(path, config_hash(config))
+    if obs_layout == "reference":  # the store is data, not model: the file holds none of it
+        with zipfile.ZipFile(path) as archive:
+            meta = json.loads(archive.read("ploutos.json"))
+            tensors = torch.load(io.BytesIO(archive.read("tensors.pt")), weights_only=True)
+        assert all(t.shape != ARRAYS.values.shape for t in tensors["policy"].values())
+        assert meta["policy_kwargs"]["encoder"] == encoder and "values" not in meta["policy_kwargs"]["encoder_kwargs"]
+        assert "features_extractor_class" not in meta["policy_kwargs"]
+    policy = load_policy(path, config_hash(config), values=ARRAYS.values)
     observation = venv.reset()
     state_a = state_b = None
     starts = np.ones(venv.num_envs, dtype=bool)

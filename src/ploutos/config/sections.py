@@ -393,6 +393,12 @@ class PPOConfig:
         0.0, "Initial log standard deviation of the Gaussian policy (continuous actions): exploration noise."
     )
     lstm_hidden: int = setting(64, "LSTM hidden size for recurrent_ppo.")
+    encoder: Literal["flat", "shared"] = setting(
+        "flat",
+        "How the policy reads the window: flattened into the MLP, or shared (needs env.obs_layout reference): one "
+        "embedding per (asset, bar) shared across assets, pooled over the lookback and the assets.",
+    )
+    encoder_embed: int = setting(16, "Width of the shared encoder's per-(asset, bar) embedding.")
     checkpoint_every: int = setting(50_000, "Environment steps between checkpoints (also written on SIGTERM/SIGUSR2).")
     device: Literal["auto", "cpu", "cuda"] = setting(
         "auto", "Where the learner runs; auto takes a GPU when there is one."
@@ -405,6 +411,7 @@ class PPOConfig:
             ("batch_size", 10_000_000),
             ("n_epochs", 1_000),
             ("lstm_hidden", 65_536),
+            ("encoder_embed", 65_536),
             ("checkpoint_every", 10**12),
         ):
             _bounded(getattr(self, key), key, 1, most)
@@ -583,6 +590,13 @@ class Config:
         _require(self.name not in (".", ".."), "name", f"'{self.name}' is not a run name: it names a folder itself")
         _require(len(self.name.encode()) <= 200, "name", "must be at most 200 bytes (it names a folder)")
         _bounded(self.seed, "seed", 0, MAX_SEED)
+        _require(
+            self.ppo.encoder == "flat" or self.env.obs_layout == "reference",
+            "ppo.encoder",
+            f"{self.ppo.encoder} reads the window from the store: it needs env.obs_layout reference, not "
+            f"{self.env.obs_layout}",
+            related=("env.obs_layout",),
+        )
         data, wf = self.data, self.walkforward
         if data.start and data.end:
             span_months = _months_between(data.start_utc, data.end_utc)

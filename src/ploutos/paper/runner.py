@@ -40,6 +40,7 @@ from ploutos.paper.broker import AlpacaBroker, BrokerError, OrderResult, OrderUn
 from ploutos.paper.state import FINAL, UNKNOWN, PaperState, log_event
 from ploutos.results.layout import HASH_LINE, RunLayout
 from ploutos.train.artifacts import load_policy as load_model_policy
+from ploutos.train.encoders import bind_store
 from ploutos.train.evaluate import Ensemble
 
 log = logging.getLogger(__name__)
@@ -266,6 +267,7 @@ class Decider:
 
     def __init__(self, policy: Policy) -> None:
         self.actor, self.lookback = policy.actor, policy.config.env.lookback
+        self.reference = policy.config.env.obs_layout == "reference"
         self.state: Any = None
         self.first = True
 
@@ -285,6 +287,9 @@ class Decider:
         portfolio = [*weights, cash / equity, math.log(equity / initial), drawdown] if equity > 0 else None
         if portfolio is None:
             portfolio = [*([0.0] * len(weights)), 0.0, -30.0, drawdown]
+        if self.reference:  # the members' encoders read the window from these features by row
+            bind_store(self.actor, values)
+            return np.asarray([row, *portfolio], dtype=np.float32)
         return np.concatenate([window.reshape(-1), np.asarray(portfolio)]).astype(np.float32)
 
     def decide(self, observation: np.ndarray) -> np.ndarray:

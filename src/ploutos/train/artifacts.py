@@ -13,6 +13,11 @@ A model file (``models/fold<F>_member<M>.zip``) holds the policy only: enough to
 (:func:`load_policy` rebuilds the SB3 policy class from the JSON and loads its weights). A
 checkpoint holds the policy and optimizer states and the learner's counters: enough to continue
 training a fresh model built from the same config (see :mod:`ploutos.train.checkpoint`).
+
+A policy that reads its windows from the store (``env.obs_layout: reference``,
+:mod:`ploutos.train.encoders`) is stored with its encoder by name and without the store: the
+store is the data, not the model. Whoever loads it passes the arrays its env will trade
+(``load_policy(..., values=arrays.values)``) or binds them later (:func:`~ploutos.train.encoders.bind_store`).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from gymnasium import spaces
 from ploutos.config import Config, config_hash
 from ploutos.errors import PloutosError
 from ploutos.files import atomic_path
+from ploutos.train.encoders import kwargs_from_json, kwargs_to_json
 from ploutos.train.model import ALGORITHMS, policy_name
 
 META = "ploutos.json"
@@ -124,7 +130,7 @@ def policy_meta(model: Any, config: Config) -> dict[str, Any]:
         "config_hash": config_hash(config),
         "algo": config.ppo.algo,
         "policy": policy_name(config),
-        "policy_kwargs": json.loads(json.dumps(model.policy_kwargs)),
+        "policy_kwargs": json.loads(json.dumps(kwargs_to_json(model.policy_kwargs))),
         "observation_space": space_to_json(model.observation_space),
         "action_space": space_to_json(model.action_space),
     }
@@ -136,27 +142,28 @@ def save_policy(model: Any, path: Path, config: Config) -> None:
     write_artifact(path, meta, {"policy": model.policy.state_dict()})
 
 
-def build_policy(meta: dict[str, Any], state: dict[str, Any]) -> Any:
-    """The SB3 policy described by ``meta`` with the weights ``state``, on the CPU, in evaluation mode."""
+def build_policy(meta: dict[str, Any], state: dict[str, Any], values: np.ndarray | None = None) -> Any:
+    """The SB3 policy described by ``meta`` with the weights ``state``, on the CPU, in evaluation mode;
+    a store encoder reads ``values`` (or what :func:`~ploutos.train.encoders.bind_store` gives it later)."""
     cls = ALGORITHMS[meta["algo"]].policy_aliases[meta["policy"]]
     policy = cls(
         space_from_json(meta["observation_space"]),
         space_from_json(meta["action_space"]),
         lambda _progress: 0.0,  # the learning rate schedule: acting never steps the optimizer
-        **meta["policy_kwargs"],
+        **kwargs_from_json(meta["policy_kwargs"], values),
     )
     policy.load_state_dict(state)
     policy.set_training_mode(False)
     return policy
 
 
-def load_policy(path: Path, run_hash: str) -> Any:
+def load_policy(path: Path, run_hash: str, values: np.ndarray | None = None) -> Any:
     """The policy of a model file of the run whose config hash is ``run_hash``, ready to ``predict``
-    like an SB3 model (same signature)."""
+    like an SB3 model (same signature); ``values``: the store a reference policy's rows index."""
     meta, tensors = read_artifact(path, "model", MODEL_FORMAT)
     if meta.get("config_hash") != run_hash:
         raise ArtifactError(f"{path}: model of config {meta.get('config_hash')}, not of this run's config {run_hash}")
     try:
-        return build_policy(meta, tensors["policy"])
+        return build_policy(meta, tensors["policy"], values)
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise ArtifactError(f"{path}: the policy does not load ({type(err).__name__}: {err})") from None

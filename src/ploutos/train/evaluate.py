@@ -46,6 +46,7 @@ from ploutos.config import EnvConfig
 from ploutos.env.core import MarketCore
 from ploutos.env.trading import TradingEnv
 from ploutos.features.arrays import FeatureArrays
+from ploutos.train.encoders import reading
 
 HOLD = 1
 """The discrete action that keeps a position."""
@@ -138,14 +139,16 @@ def run_episode(decide: Any, arrays: FeatureArrays, cfg: EnvConfig, rows: slice,
 
 
 def run_policy(actor: Actor, arrays: FeatureArrays, cfg: EnvConfig, rows: slice, bars_per_year: int) -> Evaluation:
-    """The actor's deterministic path (recurrent state carried from step to step)."""
+    """The actor's deterministic path (recurrent state carried from step to step); an actor that reads
+    windows from the store (observations by reference) reads them from ``arrays`` meanwhile."""
     memory: dict[str, Any] = {"state": None}
 
     def decide(step: int, observation: Any, env: TradingEnv) -> Any:
         action, memory["state"] = actor.predict(observation, memory["state"], np.array([step == 0]), deterministic=True)
         return action
 
-    return run_episode(decide, arrays, cfg, rows, bars_per_year)
+    with reading(actor, arrays.values):
+        return run_episode(decide, arrays, cfg, rows, bars_per_year)
 
 
 def buy_and_hold(arrays: FeatureArrays, cfg: EnvConfig, rows: slice, bars_per_year: int) -> Evaluation:

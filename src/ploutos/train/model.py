@@ -11,6 +11,7 @@ from stable_baselines3 import PPO
 
 from ploutos.config import Config
 from ploutos.node.hardware import HardwarePlan
+from ploutos.train import encoders
 
 
 def member_seed(base: int, fold: int, member: int) -> int:
@@ -28,18 +29,35 @@ def algorithm(config: Config) -> type[PPO] | type[RecurrentPPO]:
 
 
 def policy_name(config: Config) -> str:
-    """The SB3 policy class name for ``ppo.algo`` and ``env.obs_layout``."""
-    base = "MultiInput" if config.env.obs_layout != "flat" else "Mlp"
+    """The SB3 policy class name for ``ppo.algo`` and ``env.obs_layout`` (a Dict space takes MultiInput)."""
+    base = "MultiInput" if config.env.obs_layout == "asset_lookback_feature" else "Mlp"
     return f"{base}LstmPolicy" if config.ppo.algo == "recurrent_ppo" else f"{base}Policy"
 
 
-def build_model(config: Config, venv: Any, layout: HardwarePlan, seed: int | None) -> Any:
-    """A fresh PPO / RecurrentPPO with the config's hyperparameters on ``venv``."""
+def policy_kwargs(config: Config, values: np.ndarray | None = None) -> dict[str, Any]:
+    """The SB3 policy's keyword arguments; with ``env.obs_layout: reference`` its encoder
+    (:mod:`ploutos.train.encoders`, ``ppo.encoder``) reads windows from ``values``, the store the
+    envs' rows index (``(T, A, F)``)."""
     ppo = config.ppo
     arch = list(ppo.net_arch)
-    policy_kwargs: dict[str, Any] = {"net_arch": {"pi": arch, "vf": arch}, "log_std_init": ppo.log_std_init}
+    kwargs: dict[str, Any] = {"net_arch": {"pi": arch, "vf": arch}, "log_std_init": ppo.log_std_init}
     if ppo.algo == "recurrent_ppo":
-        policy_kwargs["lstm_hidden_size"] = ppo.lstm_hidden
+        kwargs["lstm_hidden_size"] = ppo.lstm_hidden
+    if config.env.obs_layout == "reference":
+        if values is None:
+            raise ValueError("env.obs_layout reference: the policy's encoder needs the store's values")
+        encoder = encoders.encoder_kwargs(ppo.encoder, config.env.lookback, values.shape[2], ppo.encoder_embed)
+        kwargs["features_extractor_class"] = encoders.CLASSES[ppo.encoder]
+        kwargs["features_extractor_kwargs"] = {**encoder, "values": values}
+    return kwargs
+
+
+def build_model(
+    config: Config, venv: Any, layout: HardwarePlan, seed: int | None, values: np.ndarray | None = None
+) -> Any:
+    """A fresh PPO / RecurrentPPO with the config's hyperparameters on ``venv``; ``values`` is the
+    store the envs trade (``arrays.values``), which the encoder of reference observations reads."""
+    ppo = config.ppo
     return algorithm(config)(
         policy_name(config),
         venv,
@@ -53,7 +71,7 @@ def build_model(config: Config, venv: Any, layout: HardwarePlan, seed: int | Non
         ent_coef=ppo.ent_coef,
         vf_coef=ppo.vf_coef,
         max_grad_norm=ppo.max_grad_norm,
-        policy_kwargs=policy_kwargs,
+        policy_kwargs=policy_kwargs(config, values),
         seed=seed,
         device=layout.device,
         verbose=0,

@@ -222,13 +222,14 @@ class MemberTraining:
             checkpoint = Checkpoint.load(self.checkpoint_path, config_hash=fingerprint) if self.ranks.is_root else None
         checkpoint = self.ranks.broadcast(checkpoint)
         if checkpoint is None:
-            self.model = build_model(self.config, self.venv, self.layout, self.seed)
+            self.model = build_model(self.config, self.venv, self.layout, self.seed, self.arrays.values)
             self.venv.seed(self.seed + 100_003 * self.ranks.rank)  # rank's own episodes
             self.ranks.broadcast_parameters(self.model.policy)
         else:
             if self.norm is not None:
                 _check_same_normalization(checkpoint, self.norm, self.checkpoint_path)
-            self.model = build_model(self.config, self.venv, self.layout, seed=None)  # seeds come from the RNG states
+            # seeds come from the RNG states
+            self.model = build_model(self.config, self.venv, self.layout, seed=None, values=self.arrays.values)
             self.model.policy.load_state_dict(checkpoint.policy)
             self.model.policy.optimizer.load_state_dict(checkpoint.optimizer)
             learner = checkpoint.learner

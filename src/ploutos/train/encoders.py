@@ -1,0 +1,258 @@
+"""Policy encoders that read their feature windows from the store (observations by reference).
+
+With ``env.obs_layout: reference`` an observation is the decision row ``t`` and the portfolio
+state (:func:`ploutos.env.trading.reference_space`): the rollout buffer stores ``1 + A + 3``
+floats per env step whatever the lookback, assets or features. The encoder holds the fold's store
+``values`` (``(T, A, F)`` float32) and gathers the ``(lookback, asset, feature)`` windows of a whole
+batch inside ``forward``, one ``index_select`` over the store's rows:
+
+- on the CPU the store is the read-only mapping itself (``torch.from_numpy``, zero-copy);
+- on a GPU it is copied to the device once, at the first forward pass there, and kept.
+
+The store is a plain attribute, neither a parameter nor a buffer, so ``state_dict``, checkpoints,
+model files, MPI broadcasts and replica digests never see it. A policy built without it (loaded
+from a model file) acts only after :func:`bind_store` gives it the arrays its env trades: the row
+in an observation is an index into those arrays. Features are 0 on bars that are not ``valid``
+(the store's contract), so invalid bars reach the encoder masked already.
+
+Encoders (``ppo.encoder``):
+
+- ``flat``: the window flattened, then the portfolio: bitwise the input today's MLP gets from an
+  ``obs_layout: flat`` observation, at the learner's cost (the baseline).
+- ``shared``: one small MLP embeds each (asset, bar)'s ``F`` features, with the same weights for
+  every asset and bar; a strided temporal convolution and a mean over the lookback summarize each
+  asset; the features are each asset's summary (a per-asset block), their mean over assets (the
+  market) and the portfolio. Its cost grows with ``L * A * F * embed`` multiply-adds instead of
+  ``L * A * F * net_arch[0]`` per network, and its parameters do not grow with assets or lookback.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from torch import nn
+
+from ploutos.env.core import PORTFOLIO_FIELDS
+
+ENCODERS = ("flat", "shared")
+"""Values of ``ppo.encoder``."""
+NOT_SERIALIZED = ("values",)
+"""Encoder keyword arguments a model file never stores (the store; :func:`bind_store` gives it back)."""
+
+
+class StoreEncoder(BaseFeaturesExtractor):
+    """Gathers ``(batch, lookback, asset, feature)`` windows from the store for reference observations."""
+
+    def __init__(
+        self, observation_space: spaces.Box, features_dim: int, *, lookback: int, n_features: int,
+        values: np.ndarray | None = None,
+    ) -> None:  # fmt: skip
+        super().__init__(observation_space, features_dim)
+        shape = observation_space.shape or ()
+        if len(shape) != 1 or shape[0] < 2 + PORTFOLIO_FIELDS:
+            raise ValueError(f"a store encoder reads reference observations (row, portfolio), got shape {shape}")
+        self.lookback, self.n_features = int(lookback), int(n_features)
+        self.n_assets = shape[0] - 1 - PORTFOLIO_FIELDS
+        self._store: torch.Tensor | None = None
+        self._source: np.ndarray | None = None
+        self._offsets = torch.arange(1 - self.lookback, 1)
+        if values is not None:
+            self.bind(values)
+
+    def bind(self, values: np.ndarray) -> None:
+        """Read windows from ``values`` (``(T, A, F)`` float32, only ever read) from now on."""
+        if values is self._source:
+            return
+        if values.dtype != np.float32 or values.ndim != 3 or values.shape[1:] != (self.n_assets, self.n_features):
+            raise ValueError(
+                f"the store has shape {values.shape} of {values.dtype}; this encoder reads (T, {self.n_assets}, "
+                f"{self.n_features}) float32"
+            )
+        with warnings.catch_warnings():  # a read-only mapping: torch warns that it cannot mark the tensor so
+            warnings.simplefilter("ignore", UserWarning)
+            self._store = torch.from_numpy(values)
+        self._source = values
+
+    @property
+    def bound(self) -> bool:
+        return self._store is not None
+
+    def windows(self, observations: torch.Tensor) -> torch.Tensor:
+        """The ``(B, L, A, F)`` windows ending at each observation's row (oldest bar first).
+
+        Rows are clamped to ``[L - 1, T - 1]``: RecurrentPPO pads sequences with zero observations
+        and SB3 may feed space samples; what they read is masked or discarded by the caller. The
+        envs never emit a row outside it.
+        """
+        store = self.store_on(observations.device)
+        index = self.window_rows(observations).reshape(-1)
+        return store.index_select(0, index).view(len(observations), self.lookback, self.n_assets, self.n_features)
+
+    def window_rows(self, observations: torch.Tensor) -> torch.Tensor:
+        """``(B, L)`` the store rows of each observation's window (see :meth:`windows` for the clamp)."""
+        store = self._store
+        if store is None:
+            raise RuntimeError("the encoder has no store: bind_store(policy, arrays.values) before acting")
+        if self._offsets.device != observations.device:
+            self._offsets = self._offsets.to(observations.device)
+        rows = observations[:, 0].round().long().clamp(self.lookback - 1, store.shape[0] - 1)
+        return rows[:, None] + self._offsets[None, :]
+
+    def store_on(self, device: torch.device) -> torch.Tensor:
+        """The store on ``device`` (a GPU learner: one copy per task, kept)."""
+        store = self._store
+        if store is None:
+            raise RuntimeError("the encoder has no store: bind_store(policy, arrays.values) before acting")
+        if store.device != device:
+            store = self._store = store.to(device)
+        return store
+
+    @staticmethod
+    def portfolio(observations: torch.Tensor) -> torch.Tensor:
+        return observations[:, 1:]
+
+
+class FlatStoreEncoder(StoreEncoder):
+    """The window flattened (time, asset, feature) then the portfolio: today's MLP input, gathered."""
+
+    def __init__(
+        self, observation_space: spaces.Box, *, lookback: int, n_features: int, values: np.ndarray | None = None
+    ) -> None:
+        n_assets = observation_space.shape[0] - 1 - PORTFOLIO_FIELDS
+        size = lookback * n_assets * n_features + n_assets + PORTFOLIO_FIELDS
+        super().__init__(observation_space, size, lookback=lookback, n_features=n_features, values=values)
+
+    def forward(self, observations: torch.Tensor) -> torch.Tensor:
+        windows = self.windows(observations)
+        return torch.cat([windows.reshape(len(windows), -1), self.portfolio(observations)], dim=1)
+
+
+class SharedStoreEncoder(StoreEncoder):
+    """One embedding per (asset, bar) shared across assets and bars; time, then assets, pooled.
+
+    ``embed``: width ``E`` of the per-(asset, bar) embedding (``Linear(F, E)``, ReLU) and of the
+    temporal convolution; ``kernel``: the convolution's kernel and stride over the lookback (the
+    largest divisor of the lookback at most this). The convolution (``E -> E``, ReLU) is averaged
+    over the lookback into one summary per asset.
+
+    Both stages run on the batch's distinct store rows: a minibatch of 256 windows of 32 bars names
+    about 8k rows, about 1k of them distinct, and the embedding and each tap of the convolution are
+    functions of the row alone. The taps' products are gathered back per window and summed, which
+    is the strided convolution over each window's embedded bars, exactly.
+    """
+
+    def __init__(
+        self, observation_space: spaces.Box, *, lookback: int, n_features: int, embed: int = 16, kernel: int = 4,
+        values: np.ndarray | None = None,
+    ) -> None:  # fmt: skip
+        n_assets = observation_space.shape[0] - 1 - PORTFOLIO_FIELDS
+        size = n_assets * embed + embed + n_assets + PORTFOLIO_FIELDS
+        super().__init__(observation_space, size, lookback=lookback, n_features=n_features, values=values)
+        self.embed_dim = int(embed)
+        self.kernel = max(d for d in range(1, max(1, min(int(kernel), lookback)) + 1) if lookback % d == 0)
+        self.embed = nn.Sequential(nn.Linear(n_features, embed), nn.ReLU())
+        bound = 1.0 / float(np.sqrt(embed * self.kernel))  # torch's Conv1d initialization
+        self.taps = nn.Parameter(torch.empty(embed, self.kernel, embed).uniform_(-bound, bound))
+        """``taps[:, i]``: ``(E_in, E_out)`` weights of the convolution for the ``i``-th bar of each stride."""
+        self.tap_bias = nn.Parameter(torch.empty(embed).uniform_(-bound, bound))
+        self._tap_index = torch.arange(self.kernel)
+
+    def forward(self, observations: torch.Tensor) -> torch.Tensor:
+        store = self.store_on(observations.device)
+        index = self.window_rows(observations)  # (B, L)
+        batch, n_assets, width, kernel = len(index), self.n_assets, self.embed_dim, self.kernel
+        steps = self.lookback // kernel
+        if self._tap_index.device != index.device:
+            self._tap_index = self._tap_index.to(index.device)
+        rows, inverse = torch.unique(index, return_inverse=True)  # (U,), (B, L)
+        embedded = self.embed(store.index_select(0, rows))  # (U, A, E): the same weights for every asset and bar
+        # every tap's product for every distinct row, laid out (row, tap) x (asset, E) for one gather
+        products = (embedded @ self.taps.view(width, kernel * width)).view(len(rows), n_assets, kernel, width)
+        products = products.transpose(1, 2).reshape(len(rows) * kernel, n_assets * width)
+        # window bar j * kernel + i takes tap i: the strided convolution, gathered and summed over the taps
+        which = inverse.view(batch, steps, kernel) * kernel + self._tap_index
+        conv = products.index_select(0, which.reshape(-1)).view(batch, steps, kernel, n_assets * width).sum(dim=2)
+        conv = torch.relu(conv.view(batch, steps, n_assets, width) + self.tap_bias)
+        assets = conv.mean(dim=1)  # (B, A, E): each asset's summary over the lookback
+        market = assets.mean(dim=1)
+        return torch.cat([assets.reshape(batch, -1), market, self.portfolio(observations)], dim=1)
+
+
+CLASSES: dict[str, type[StoreEncoder]] = {"flat": FlatStoreEncoder, "shared": SharedStoreEncoder}
+"""The features extractor of each ``ppo.encoder`` for reference observations."""
+
+
+def encoder_kwargs(name: str, lookback: int, n_features: int, embed: int) -> dict[str, Any]:
+    """The JSON-safe keyword arguments of encoder ``name`` (without the store)."""
+    kwargs: dict[str, Any] = {"lookback": int(lookback), "n_features": int(n_features)}
+    if name == "shared":
+        kwargs["embed"] = int(embed)
+    return kwargs
+
+
+def kwargs_to_json(policy_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``policy_kwargs`` with the encoder class by name and without the store, for a model file."""
+    found = dict(policy_kwargs)
+    cls = found.pop("features_extractor_class", None)
+    if cls is not None:
+        names = {klass: name for name, klass in CLASSES.items()}
+        if cls not in names:
+            raise TypeError(f"no JSON form for the features extractor {cls.__name__}")
+        found["encoder"] = names[cls]
+        extra = found.pop("features_extractor_kwargs", None) or {}
+        found["encoder_kwargs"] = {k: v for k, v in extra.items() if k not in NOT_SERIALIZED}
+    return found
+
+
+def kwargs_from_json(data: dict[str, Any], values: np.ndarray | None = None) -> dict[str, Any]:
+    """The policy keyword arguments a model file recorded, the encoder's store given back (or later)."""
+    found = dict(data)
+    name = found.pop("encoder", None)
+    if name is not None:
+        if name not in CLASSES:
+            raise ValueError(f"unknown encoder {name!r}")
+        found["features_extractor_class"] = CLASSES[name]
+        found["features_extractor_kwargs"] = {**found.pop("encoder_kwargs", {}), "values": values}
+    return found
+
+
+def store_encoders(actor: Any) -> list[StoreEncoder]:
+    """The store encoders of an SB3 model, a policy, or an ensemble of them (``members``)."""
+    if hasattr(actor, "members"):
+        return [encoder for member in actor.members for encoder in store_encoders(member)]
+    policy = getattr(actor, "policy", actor)
+    if not isinstance(policy, nn.Module):
+        return []
+    return [module for module in policy.modules() if isinstance(module, StoreEncoder)]
+
+
+def bind_store(actor: Any, values: np.ndarray) -> None:
+    """Make every store encoder of ``actor`` read ``values``: the arrays its observations' rows index."""
+    for encoder in store_encoders(actor):
+        encoder.bind(values)
+
+
+@contextmanager
+def reading(actor: Any, values: np.ndarray) -> Iterator[None]:
+    """Every store encoder of ``actor`` reads ``values`` inside the block, and what it read before after.
+
+    Evaluation trades arrays of its own (the fold's test window, a replay's features): the rows in
+    its observations index those, whatever the policy trained on.
+    """
+    found = store_encoders(actor)
+    before = [encoder._source for encoder in found]
+    for encoder in found:
+        encoder.bind(values)
+    try:
+        yield
+    finally:
+        for encoder, source in zip(found, before, strict=True):
+            if source is not None:
+                encoder.bind(source)

@@ -1,0 +1,190 @@
+"""Store encoders: windows gathered inside the policy are the flat observation's, bitwise; the shared
+encoder is the strided convolution it claims to be; PPO and RecurrentPPO train with each encoder; the
+store is read in place and never saved; the rollout buffer's bytes per step do not grow with lookback."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from ploutos.bench.encoders import rollout_bytes
+from ploutos.bench.env import synthetic_arrays
+from ploutos.config import load
+from ploutos.env.batched import BatchedVecEnv
+from ploutos.env.trading import TradingEnv, reference_space
+from ploutos.errors import ConfigError
+from ploutos.node.hardware import plan
+from ploutos.train.encoders import (
+    FlatStoreEncoder,
+    SharedStoreEncoder,
+    bind_store,
+    reading,
+    store_encoders,
+)
+from ploutos.train.model import build_model
+
+ARRAYS = synthetic_arrays(500, 4, 6, seed=8)
+READ_ONLY = ARRAYS.values.view()
+READ_ONLY.flags.writeable = False
+ARRAYS = replace(ARRAYS, values=READ_ONLY)  # as the node store maps it
+
+
+def _config(layout: str = "reference", encoder: str = "flat", algo: str = "ppo", lookback: int = 8):
+    config = load("quickstart", [f"env.obs_layout={layout}", f"ppo.encoder={encoder}", f"ppo.algo={algo}"])
+    return replace(
+        config,
+        env=replace(config.env, lookback=lookback, episode_bars=60, decide_every=1, rebalance_band=0.0),
+        ppo=replace(config.ppo, n_steps=16, batch_size=32, n_epochs=2),
+    )
+
+
+def _venv(config, n: int = 3, arrays=ARRAYS) -> BatchedVecEnv:
+    def make():
+        return TradingEnv(arrays, config.env, rows=slice(0, len(arrays.timestamps)), bars_per_year=24 * 365)
+
+    return BatchedVecEnv([make] * n)
+
+
+def _model(config, venv, arrays=ARRAYS):
+    rollout = config.ppo.n_steps * venv.num_envs
+    layout = replace(plan(config), n_envs=venv.num_envs, n_steps=config.ppo.n_steps, batch_size=rollout, device="cpu")
+    return build_model(config, venv, layout, seed=1, values=arrays.values)
+
+
+def test_the_gathered_windows_are_the_flat_observations_bitwise():
+    reference, flat = _venv(_config()), _venv(_config("flat"))
+    encoder = FlatStoreEncoder(reference.observation_space, lookback=8, n_features=6, values=ARRAYS.values)
+    shared = SharedStoreEncoder(reference.observation_space, lookback=8, n_features=6, values=ARRAYS.values)
+    reference.seed(4)
+    flat.seed(4)
+    obs_r, obs_f = reference.reset(), flat.reset()
+    rng = np.random.default_rng(2)
+    for step in range(80):
+        as_r, as_f = torch.as_tensor(obs_r).float(), torch.as_tensor(obs_f).float()  # what SB3's preprocessing does
+        gathered = encoder(as_r)
+        assert gathered.dtype == torch.float32 and torch.equal(gathered, as_f), step
+        windows = shared.windows(as_r)
+        assert torch.equal(windows.reshape(len(windows), -1), as_f[:, : windows[0].numel()])
+        actions = rng.uniform(-1, 1, (3, 4)).astype(np.float32)
+        obs_r, *_ = reference.step(actions)
+        obs_f, *_ = flat.step(actions)
+    reference.close()
+    flat.close()
+
+
+def test_the_shared_encoder_is_a_strided_convolution_over_embedded_bars():
+    """The distinct-row computation against the textbook one: embed every window's bars, Conv1d, pool."""
+    space = reference_space(len(ARRAYS.timestamps), 4)
+    encoder = SharedStoreEncoder(space, lookback=12, n_features=6, embed=5, kernel=4, values=ARRAYS.values)
+    assert encoder.kernel == 4
+    conv = nn.Conv1d(5, 5, 4, stride=4)
+    with torch.no_grad():
+        conv.weight.copy_(encoder.taps.detach().permute(2, 0, 1))  # (E_in, k, E_out) -> (E_out, E_in, k)
+        conv.bias.copy_(encoder.tap_bias.detach())
+    obs = torch.zeros(40, space.shape[0])
+    obs[:, 0] = torch.tensor(np.random.default_rng(0).integers(11, 500, 40), dtype=torch.float32)
+    obs[:5, 0] = 20.0  # repeated rows and overlapping windows
+    obs[:, 1:] = torch.randn(40, space.shape[0] - 1)
+    windows = torch.from_numpy(np.ascontiguousarray(ARRAYS.values))[
+        obs[:, 0].long()[:, None] + torch.arange(-11, 1)[None, :]
+    ]  # (B, L, A, F)
+    bars = encoder.embed(windows)  # (B, L, A, E)
+    series = bars.permute(0, 2, 3, 1).reshape(40 * 4, 5, 12)
+    assets = torch.relu(conv(series)).mean(dim=2).view(40, 4, 5)
+    expected = torch.cat([assets.reshape(40, -1), assets.mean(dim=1), obs[:, 1:]], dim=1)
+    found = encoder(obs)
+    assert found.shape == (40, encoder.features_dim)
+    torch.testing.assert_close(found, expected, rtol=1e-5, atol=1e-6)
+    found.sum().backward()  # gradients reach every parameter through the gathers
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in encoder.parameters())
+
+
+def test_the_store_is_read_in_place_and_is_no_part_of_the_model():
+    venv = _venv(_config(encoder="shared"))
+    model = _model(_config(encoder="shared"), venv)
+    (encoder,) = {id(e): e for e in store_encoders(model)}.values()
+    assert encoder._store is not None
+    assert encoder._store.data_ptr() == ARRAYS.values.ctypes.data  # zero-copy from the read-only mapping
+    names = list(model.policy.state_dict())
+    assert not any("store" in name for name in names)
+    # neither the state (model files, checkpoints, digests) nor the buffers MPI broadcasts hold the store
+    for tensor in (*model.policy.state_dict().values(), *model.policy.buffers()):
+        assert tensor.shape != ARRAYS.values.shape and tensor.data_ptr() != ARRAYS.values.ctypes.data
+    venv.close()
+
+
+@pytest.mark.parametrize("algo", ["ppo", "recurrent_ppo"])
+@pytest.mark.parametrize("encoder", ["flat", "shared"])
+def test_ppo_and_recurrent_ppo_train_with_each_encoder(algo: str, encoder: str):
+    config = _config(encoder=encoder, algo=algo)
+    venv = _venv(config)
+    model = _model(config, venv)
+    before = {k: v.clone() for k, v in model.policy.state_dict().items()}
+    model.learn(3 * config.ppo.n_steps * venv.num_envs)  # three rollouts and updates
+    after = model.policy.state_dict()
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert any(k.startswith("features_extractor.") for k in changed) or encoder == "flat"
+    assert any(k.startswith("mlp_extractor.") for k in changed)
+    assert all(torch.isfinite(v).all() for v in after.values())
+    assert model.rollout_buffer.observations.shape[-1] == 1 + 4 + 3  # rows and portfolios, no windows
+    venv.close()
+
+
+def test_rollout_bytes_per_step_do_not_grow_with_lookback():
+    sizes = {}
+    for layout in ("reference", "flat"):
+        for lookback in (4, 32):
+            config = _config(layout, "shared" if layout == "reference" else "flat", lookback=lookback)
+            venv = _venv(config, n=2)
+            sizes[layout, lookback] = rollout_bytes(_model(config, venv))
+            venv.close()
+    assert sizes["reference", 4] == sizes["reference", 32]
+    assert sizes["reference", 32][1] == 4 * (1 + 4 + 3)  # float32 row and portfolio
+    assert sizes["flat", 32][1] > 7 * sizes["flat", 4][1]  # the flat windows grow with the lookback
+    assert sizes["flat", 4][1] > 10 * sizes["reference", 4][1]
+
+
+def test_an_encoder_without_a_store_says_so_and_evaluation_binds_its_own():
+    space = reference_space(len(ARRAYS.timestamps), 4)
+    encoder = FlatStoreEncoder(space, lookback=8, n_features=6)
+    obs = torch.zeros(1, space.shape[0])
+    obs[0, 0] = 30.0
+    with pytest.raises(RuntimeError, match="no store: bind_store"):
+        encoder(obs)
+    other = np.ascontiguousarray(ARRAYS.values[::-1])
+    holder = SimpleNamespace(members=[SimpleNamespace(policy=nn.Sequential(encoder))])  # an ensemble of one
+    bind_store(holder, ARRAYS.values)
+    with reading(holder, other):
+        assert torch.equal(encoder(obs)[0, : 8 * 24], torch.from_numpy(other[23:31].reshape(-1)))
+    assert encoder._source is ARRAYS.values  # what it read before, after the block
+    with pytest.raises(ValueError, match=r"reads \(T, 4, 6\) float32"):
+        encoder.bind(ARRAYS.values.astype(np.float64))
+
+
+def test_the_shared_encoder_needs_observations_by_reference():
+    with pytest.raises(
+        ConfigError, match="ppo.encoder: shared reads the window from the store: it needs env.obs_layout"
+    ):
+        load("quickstart", ["ppo.encoder=shared"])
+    with pytest.raises(ValueError, match="needs the store"):
+        build_model(_config(), None, plan(_config()), seed=0)
+
+
+def test_the_paper_decision_path_acts_by_reference():
+    from ploutos.paper.runner import Decider
+
+    config = _config(encoder="shared")
+    venv = _venv(config, n=1)
+    model = _model(config, venv)
+    venv.close()
+    decider = Decider(SimpleNamespace(actor=model, config=config))
+    fresh = np.ascontiguousarray(ARRAYS.values[:100])  # the live features of one paper step
+    obs = decider.observation(fresh, 60, np.zeros(4), 100.0, 100.0, 100.0, 0.0)
+    np.testing.assert_array_equal(obs, [60, 0, 0, 0, 0, 1, 0, 0])
+    assert all(e._source is fresh for e in store_encoders(model))
+    assert decider.decide(obs).shape == (4,)

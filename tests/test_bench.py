@@ -127,7 +127,7 @@ def test_bench_vecenv_lines_follow_the_format():
 @pytest.mark.slow
 def test_bench_train_quick_reports_both_setups_and_the_ratio(ploutos, tmp_path):
     store = tmp_path / "quickstart"
-    result = ploutos("bench", "train", "--quick", "--set", f"data.store={store}", timeout=600)
+    result = ploutos("bench", "train", "--quick", "--no-encoders", "--set", f"data.store={store}", timeout=600)
     assert result.returncode == 0, result.stderr
     out = result.stdout
     rates = {
@@ -141,3 +141,38 @@ def test_bench_train_quick_reports_both_setups_and_the_ratio(ploutos, tmp_path):
                      re.MULTILINE), out  # fmt: skip
     assert "warm-up" in out and "plain SB3: DummyVecEnv" in out and out.count(" (pinned)") == 2  # same threads
     assert (store / "manifest.json").exists()  # the dataset was built in tmp_path, not in the repo
+
+
+class _NoThreads:
+    def use(self, pinned: int | None) -> None:
+        self.pinned = pinned
+
+    def defaults(self) -> None:
+        pass
+
+
+def test_bench_encoder_lines_follow_the_format():
+    from dataclasses import replace
+
+    from ploutos.bench import encoders as bench_encoders
+    from ploutos.config import load
+
+    config = load("quickstart")
+    config = replace(config, ppo=replace(config.ppo, n_steps=16, batch_size=32, n_epochs=1))
+    threads = _NoThreads()
+    found = bench_encoders.measure_encoders(
+        config, timesteps=32, repeats=1, threads=threads, seed=0, n_envs=2, rows=300
+    )
+    assert threads.pinned == found.learner_threads  # every setup under the same pinned threads
+    assert set(found.steps) == set(bench_encoders.SETUPS) and all(found.rate(s) > 0 for s in bench_encoders.SETUPS)
+    assert found.observation_bytes["shared by reference"] == 4 * (1 + 15 + 3)  # row and portfolio only
+    assert found.observation_bytes["flat"] == 4 * (32 * 15 * 95 + 15 + 3)
+    lines = bench_encoders.format_encoders(found)
+    assert re.search(
+        r"^encoder shared by reference / flat: \d+\.\d\d x \(same envs, threads and PPO; target >= 8: (PASS|MISS)\); "
+        r"flat by reference / flat: \d+\.\d\d x; flat / plain SB3: \d+\.\d\d x$",
+        "\n".join(lines),
+        re.MULTILINE,
+    ), lines
+    assert re.search(rf"^bytes per stored env-step: shared by reference {RATE}, flat {RATE} \({RATE} x\)$",
+                     "\n".join(lines), re.MULTILINE), lines  # fmt: skip

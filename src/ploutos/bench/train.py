@@ -19,6 +19,11 @@ setup come before. Throughput is env steps per second over all envs (best repeat
 dominates either way (SB3's forward and update), so a ratio near 1 is what an honest baseline
 gives; the policies of the next issues (observations by reference) are what change it.
 
+Then the encoder lines (:mod:`ploutos.bench.encoders`): the same PPO on 15 synthetic assets x 95
+features x lookback 32 with flat windows, by reference with the ``flat`` and the ``shared``
+encoder, and plain SB3, with the line ``encoder shared by reference / flat: R x`` and the bytes per
+stored env-step of each (``--encoders-only`` skips the lines above, ``--no-encoders`` these).
+
 Benchmarks report; they never fail. The CLI calls :func:`main` with its arguments.
 """
 
@@ -36,6 +41,7 @@ import torch
 from stable_baselines3.common.vec_env import DummyVecEnv, VecMonitor
 from threadpoolctl import threadpool_info, threadpool_limits
 
+from ploutos.bench.encoders import format_encoders, measure_encoders
 from ploutos.bench.timing import time_call
 from ploutos.commandline import Parser
 from ploutos.config import config_hash, load
@@ -159,7 +165,7 @@ def _setups(
         venvs.append(plain)
         models = []
         for venv in (ours, plain):
-            model = build_model(config, venv, layout, seed)
+            model = build_model(config, venv, layout, seed, values=arrays.values)
             venv.seed(seed)
             models.append(model)
         yield models[0], models[1]
@@ -292,16 +298,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="measure at each of these env counts and print a table (e.g. 2,4,8)",
     )  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="1024 timesteps, 1 repeat")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--encoders-only", action="store_true", help="only the encoder lines (synthetic arrays)")
+    which.add_argument("--no-encoders", action="store_true", help="skip the encoder lines")
     args = parser.parse_args(list(argv) if argv is not None else None)
     timesteps, repeats = (1024, 1) if args.quick else (args.timesteps, args.repeats)
     if timesteps < 1 or repeats < 1:
         parser.error("--timesteps and --repeats must be >= 1")
 
     config = load(args.config or "quickstart", args.overrides)
+    if not args.encoders_only:
+        _bench_setups(config, args.n_envs_list, args.n_envs, timesteps, repeats)
+    if not args.no_encoders:
+        print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, load {_load()}")
+        found = measure_encoders(
+            config, timesteps=timesteps, repeats=repeats, threads=_Threads(), seed=member_seed(config.seed, FOLD, 0),
+            n_envs=args.n_envs,
+        )  # fmt: skip
+        for line in format_encoders(found):
+            print(line, flush=True)
+        print(f"# load after: {_load()}")
+    return 0
+
+
+def _load() -> str:
+    """The 1, 5 and 15 minute load averages: a benchmark on a busy machine says so."""
+    try:
+        return ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
+def _bench_setups(config: Any, n_envs_list: list[int] | None, n_envs: int | None, timesteps: int, repeats: int) -> None:
+    """The ploutos and plain SB3 setups on the config's fold 0 (the lines before the encoders')."""
     build_dataset(config.data, progress=False)  # a no-op when the dataset is built
     arrays, fold, _ = fold_features(config, FOLD)
     threads = _Threads()
-    counts: list[int | None] = list(args.n_envs_list) if args.n_envs_list else [args.n_envs]
+    counts: list[int | None] = list(n_envs_list) if n_envs_list else [n_envs]
     first = _plan_for(config, counts[0])
     seed = member_seed(config.seed, FOLD, 0)
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, python {platform.python_version()}")
@@ -343,4 +376,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     lines = format_result(results[0]) if len(counts) == 1 else format_table(results)
     for line in lines:
         print(line)
-    return 0

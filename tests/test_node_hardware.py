@@ -172,6 +172,20 @@ def test_gpus_named_but_not_visible_and_huge_rollouts_are_warnings():
     assert not plan(load("quickstart", []), environ={}, cpus=2, machine=Machine(2, 24.0, 0, "test")).warnings
 
 
+def test_rollout_buffers_by_reference_do_not_grow_with_lookback():
+    machine = Machine(256, 1024.0, 0, "test")
+    sizes = {}
+    for layout in ("flat", "reference"):
+        for lookback in (16, 64):
+            config = load("full", [f"env.obs_layout={layout}", f"env.lookback={lookback}"])
+            sizes[layout, lookback] = plan(config, environ={}, cpus=256, machine=machine).rollout_gb
+    assert sizes["reference", 16] == sizes["reference", 64] < sizes["flat", 16] / 1000
+    assert sizes["flat", 64] > 3.9 * sizes["flat", 16]
+    p = plan(load("full", ["env.obs_layout=reference"]), environ={}, cpus=256, machine=machine)
+    assert p.rollout_gb == pytest.approx(p.n_steps * p.n_envs * p.ranks * (1 + 15 + 3) * 4 / 1e9)
+    assert any("19 floats per observation (by reference: row and portfolio)" in r for r in p.reasons)
+
+
 def test_train_shows_the_plan_warnings_in_one_line_each(ploutos):
     result = ploutos("train", "--fold", "0", "--set", "hardware.gpus=3", "--set", "data.store=nowhere")
     lines = result.stderr.strip().splitlines()

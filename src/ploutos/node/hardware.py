@@ -202,6 +202,15 @@ def observation_floats(config: Config) -> int:
     return config.env.lookback * n_assets * n_features + n_assets + 3
 
 
+def stored_floats(config: Config) -> int:
+    """Floats an env emits and a rollout buffer stores per env step: the observation, or with
+    ``env.obs_layout: reference`` the decision row and the portfolio state (the policy's encoder reads
+    the window from the store, so this does not grow with lookback or features)."""
+    if config.env.obs_layout == "reference":
+        return 1 + len(config.data.tickers) + 3
+    return observation_floats(config)
+
+
 def plan(
     config: Config,
     *,
@@ -306,8 +315,9 @@ def plan(
                 f"{machine.memory_gb:g} GB / {ranks} ranks leaves room for {max_workers} workers "
                 f"of {WORKER_MEMORY_GB:g} GB after {LEARNER_MEMORY_GB:g} GB for the learner"
             )
-    floats = observation_floats(config)
-    env_s, learner_s = env_step_seconds(floats), learner_step_seconds(floats, device)
+    # the learner reads every window either way (the flat MLP's rate; a shared encoder is cheaper than this)
+    floats, stored = observation_floats(config), stored_floats(config)
+    env_s, learner_s = env_step_seconds(stored), learner_step_seconds(floats, device)
     share = env_s / (env_s + learner_s)
     rates = (
         f"an env step costs {env_s * 1e6:.1f} us against the learner's {learner_s * 1e3:.2f} ms per step "
@@ -386,10 +396,11 @@ def plan(
     reasons.append(f"n_steps {ppo.n_steps}: ppo.n_steps")
 
     # memory of the rollout buffers: n_steps x n_envs observations per rank
-    rollout_gb = ppo.n_steps * n_envs * ranks * floats * 4 / 1e9
+    rollout_gb = ppo.n_steps * n_envs * ranks * stored * 4 / 1e9
+    by_reference = " (by reference: row and portfolio)" if stored != floats else ""
     reasons.append(
         f"rollout buffers {rollout_gb:.3g} GB per node: {ppo.n_steps} steps x {n_envs} envs x {ranks} rank(s) x "
-        f"{floats:,} floats per observation"
+        f"{stored:,} floats per observation{by_reference}"
     )
     if machine.memory_gb is not None and rollout_gb > machine.memory_gb / 2:
         warnings.append(

@@ -4,9 +4,19 @@ store is read in place and never saved; the rollout buffer's bytes per step do n
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import zipfile
 from dataclasses import replace
+from pathlib import Path
 from types import SimpleNamespace
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -188,3 +198,73 @@ def test_the_paper_decision_path_acts_by_reference():
     np.testing.assert_array_equal(obs, [60, 0, 0, 0, 0, 1, 0, 0])
     assert all(e._source is fresh for e in store_encoders(model))
     assert decider.decide(obs).shape == (4,)
+
+
+# ------------------------------------------------------------------------------ the trainer by reference
+
+MPI_ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1", "PYTHONUNBUFFERED": "1"}
+ROLLOUT = 512  # n_steps 256 x 2 envs
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    store = tmp_path_factory.mktemp("data") / "quickstart"
+    command = [sys.executable, "-m", "ploutos", "data", "build", "--no-progress", "--set", f"data.store={store}"]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return store
+
+
+def _train(dataset: Path, results: Path, steps: int, **extra: object) -> list[str]:
+    values = {
+        "data.store": dataset, "results_dir": results, "ppo.total_timesteps": steps, "env.obs_layout": "reference",
+        "ppo.encoder": "shared", "hardware.n_envs": 2, "hardware.envs_per_worker": 1, **extra,
+    }  # fmt: skip
+    settings = [part for key, value in values.items() for part in ("--set", f"{key}={value}")]
+    return ["-m", "ploutos", "train", "--fold", "0", "--member", "0", "--no-progress", *settings]
+
+
+@pytest.mark.cluster
+def test_two_mpi_ranks_with_store_workers_train_one_member_by_reference(dataset: Path, tmp_path: Path):
+    """Env workers map the node store by name and emit rows; each rank's encoder reads its own mapping."""
+    mpirun = shutil.which("mpirun")
+    if mpirun is None:
+        pytest.fail("mpirun not found: run scripts/setup.sh (installs openmpi-bin and mpi4py)")
+    command = [mpirun, "-n", "2", "--oversubscribe", sys.executable]
+    command += _train(dataset, tmp_path / "results", 4 * ROLLOUT, **{"hardware.mpi_ranks": 2})
+    proc = subprocess.run(command, cwd=tmp_path, env={**os.environ, **MPI_ENV}, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with h5py.File(tmp_path / "results" / "quickstart" / "tasks" / "fold0_member0.h5", "r") as h5:
+        provenance = dict(h5["provenance"].attrs)
+    assert provenance["ranks"] == 2 and provenance["timesteps"] == 4 * ROLLOUT and provenance["env_workers"] == 2
+    parameters, rollouts = json.loads(provenance["replica_parameters"]), json.loads(provenance["replica_rollouts"])
+    assert rollouts[0] != rollouts[1] and parameters[0] == parameters[1]  # own episodes, averaged gradients
+
+
+def test_a_member_by_reference_checkpoints_and_resumes_to_the_same_total(dataset: Path, tmp_path: Path):
+    steps = 6 * ROLLOUT
+    command = [sys.executable, *_train(dataset, tmp_path / "results", steps, **{"ppo.checkpoint_every": ROLLOUT})]
+    checkpoint = tmp_path / "results" / "quickstart" / "checkpoints" / "fold0_member0.ckpt"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert checkpoint.exists(), "no checkpoint written"
+        proc.send_signal(signal.SIGUSR2)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 3, err
+    resumed = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed 1 time(s)" in resumed.stdout
+    result = tmp_path / "results" / "quickstart" / "tasks" / "fold0_member0.h5"
+    with h5py.File(result, "r") as h5:
+        assert h5["provenance"].attrs["timesteps"] == steps and h5["provenance"].attrs["resumed"] == 1
+        assert h5["training/timesteps"][-1] == steps
+    with zipfile.ZipFile(tmp_path / "results" / "quickstart" / "models" / "fold0_member0.zip") as archive:
+        assert json.loads(archive.read("ploutos.json"))["policy_kwargs"]["encoder"] == "shared"

@@ -94,8 +94,9 @@ def test_the_shared_encoder_is_a_strided_convolution_over_embedded_bars():
     assert encoder.kernel == 4
     conv = nn.Conv1d(5, 5, 4, stride=4)
     with torch.no_grad():
-        conv.weight.copy_(encoder.taps.detach().permute(2, 0, 1))  # (E_in, k, E_out) -> (E_out, E_in, k)
-        conv.bias.copy_(encoder.tap_bias.detach())
+        # temporal.weight[o, i * E + e] is Conv1d.weight[o, e, i]
+        conv.weight.copy_(encoder.temporal.weight.detach().view(5, 4, 5).transpose(1, 2))
+        conv.bias.copy_(encoder.temporal.bias.detach())
     obs = torch.zeros(40, space.shape[0])
     obs[:, 0] = torch.tensor(np.random.default_rng(0).integers(11, 500, 40), dtype=torch.float32)
     obs[:5, 0] = 20.0  # repeated rows and overlapping windows

@@ -139,13 +139,14 @@ class SharedStoreEncoder(StoreEncoder):
 
     ``embed``: width ``E`` of the per-(asset, bar) embedding (``Linear(F, E)``, ReLU) and of the
     temporal convolution; ``kernel``: the convolution's kernel and stride over the lookback (the
-    largest divisor of the lookback at most this). The convolution (``E -> E``, ReLU) is averaged
-    over the lookback into one summary per asset.
+    largest divisor of the lookback at most this). The convolution (``E -> E`` over ``kernel``
+    bars, ReLU; a ``Linear(kernel * E, E)`` applied to each stride of each asset) is averaged over
+    the lookback into one summary per asset.
 
-    Both stages run on the batch's distinct store rows: a minibatch of 256 windows of 32 bars names
-    about 8k rows, about 1k of them distinct, and the embedding and each tap of the convolution are
-    functions of the row alone. The taps' products are gathered back per window and summed, which
-    is the strided convolution over each window's embedded bars, exactly.
+    The embedding runs on the batch's distinct store rows only: a minibatch of 256 windows of 32
+    bars names about 8k rows, 1-2k of them distinct. The convolution's input is gathered from those
+    embeddings straight into ``(window, stride, asset) x (bar in stride, E)`` order, so no
+    ``(B, L, A, E)`` tensor is ever permuted.
     """
 
     def __init__(
@@ -158,28 +159,24 @@ class SharedStoreEncoder(StoreEncoder):
         self.embed_dim = int(embed)
         self.kernel = max(d for d in range(1, max(1, min(int(kernel), lookback)) + 1) if lookback % d == 0)
         self.embed = nn.Sequential(nn.Linear(n_features, embed), nn.ReLU())
-        bound = 1.0 / float(np.sqrt(embed * self.kernel))  # torch's Conv1d initialization
-        self.taps = nn.Parameter(torch.empty(embed, self.kernel, embed).uniform_(-bound, bound))
-        """``taps[:, i]``: ``(E_in, E_out)`` weights of the convolution for the ``i``-th bar of each stride."""
-        self.tap_bias = nn.Parameter(torch.empty(embed).uniform_(-bound, bound))
-        self._tap_index = torch.arange(self.kernel)
+        self.temporal = nn.Linear(self.kernel * embed, embed)
+        """The strided convolution: input ``i * E + e`` is embedding ``e`` of the stride's ``i``-th bar
+        (``Conv1d.weight[o, e, i] == temporal.weight[o, i * E + e]``; same initialization)."""
+        self._assets = torch.arange(n_assets)
 
     def forward(self, observations: torch.Tensor) -> torch.Tensor:
         store = self.store_on(observations.device)
         index = self.window_rows(observations)  # (B, L)
         batch, n_assets, width, kernel = len(index), self.n_assets, self.embed_dim, self.kernel
         steps = self.lookback // kernel
-        if self._tap_index.device != index.device:
-            self._tap_index = self._tap_index.to(index.device)
+        if self._assets.device != index.device:
+            self._assets = self._assets.to(index.device)
         rows, inverse = torch.unique(index, return_inverse=True)  # (U,), (B, L)
-        embedded = self.embed(store.index_select(0, rows))  # (U, A, E): the same weights for every asset and bar
-        # every tap's product for every distinct row, laid out (row, tap) x (asset, E) for one gather
-        products = (embedded @ self.taps.view(width, kernel * width)).view(len(rows), n_assets, kernel, width)
-        products = products.transpose(1, 2).reshape(len(rows) * kernel, n_assets * width)
-        # window bar j * kernel + i takes tap i: the strided convolution, gathered and summed over the taps
-        which = inverse.view(batch, steps, kernel) * kernel + self._tap_index
-        conv = products.index_select(0, which.reshape(-1)).view(batch, steps, kernel, n_assets * width).sum(dim=2)
-        conv = torch.relu(conv.view(batch, steps, n_assets, width) + self.tap_bias)
+        embedded = self.embed(store.index_select(0, rows)).reshape(len(rows) * n_assets, width)  # (U * A, E)
+        # (window, stride, asset, bar in stride) -> the embedding's row in ``embedded``
+        where = inverse.view(batch, steps, 1, kernel) * n_assets + self._assets.view(1, 1, n_assets, 1)
+        strides = embedded.index_select(0, where.reshape(-1)).view(batch * steps * n_assets, kernel * width)
+        conv = torch.relu(self.temporal(strides)).view(batch, steps, n_assets, width)
         assets = conv.mean(dim=1)  # (B, A, E): each asset's summary over the lookback
         market = assets.mean(dim=1)
         return torch.cat([assets.reshape(batch, -1), market, self.portfolio(observations)], dim=1)

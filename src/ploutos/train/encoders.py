@@ -41,8 +41,6 @@ from torch import nn
 
 from ploutos.env.core import PORTFOLIO_FIELDS
 
-ENCODERS = ("flat", "shared")
-"""Values of ``ppo.encoder``."""
 NOT_SERIALIZED = ("values",)
 """Encoder keyword arguments a model file never stores (the store; :func:`bind_store` gives it back)."""
 
@@ -79,10 +77,6 @@ class StoreEncoder(BaseFeaturesExtractor):
             warnings.simplefilter("ignore", UserWarning)
             self._store = torch.from_numpy(values)
         self._source = values
-
-    @property
-    def bound(self) -> bool:
-        return self._store is not None
 
     def windows(self, observations: torch.Tensor) -> torch.Tensor:
         """The ``(B, L, A, F)`` windows ending at each observation's row (oldest bar first).

@@ -137,10 +137,12 @@ class SharedStoreEncoder(StoreEncoder):
     bars, ReLU; a ``Linear(kernel * E, E)`` applied to each stride of each asset) is averaged over
     the lookback into one summary per asset.
 
-    The embedding runs on the batch's distinct store rows only: a minibatch of 256 windows of 32
-    bars names about 8k rows, 1-2k of them distinct. The convolution's input is gathered from those
-    embeddings straight into ``(window, stride, asset) x (bar in stride, E)`` order, so no
-    ``(B, L, A, E)`` tensor is ever permuted.
+    Everything runs on the batch's distinct store rows, sorted: a minibatch of 256 windows of 32
+    bars names about 8k rows, 1-2k of them distinct. Each row is embedded once. The convolution
+    then runs at stride 1 along the sorted distinct rows, as ``kernel`` matrix products over
+    shifted slices (no gather, no scatter in the backward pass): a window's bars are consecutive
+    integers, all present, so the ``kernel`` positions ending at a stride's last bar hold exactly
+    that stride's bars. Each window then reads its ``L / kernel`` stride outputs by position.
     """
 
     def __init__(
@@ -156,22 +158,22 @@ class SharedStoreEncoder(StoreEncoder):
         self.temporal = nn.Linear(self.kernel * embed, embed)
         """The strided convolution: input ``i * E + e`` is embedding ``e`` of the stride's ``i``-th bar
         (``Conv1d.weight[o, e, i] == temporal.weight[o, i * E + e]``; same initialization)."""
-        self._assets = torch.arange(n_assets)
 
     def forward(self, observations: torch.Tensor) -> torch.Tensor:
         store = self.store_on(observations.device)
         index = self.window_rows(observations)  # (B, L)
-        batch, n_assets, width, kernel = len(index), self.n_assets, self.embed_dim, self.kernel
-        steps = self.lookback // kernel
-        if self._assets.device != index.device:
-            self._assets = self._assets.to(index.device)
-        rows, inverse = torch.unique(index, return_inverse=True)  # (U,), (B, L)
-        embedded = self.embed(store.index_select(0, rows)).reshape(len(rows) * n_assets, width)  # (U * A, E)
-        # (window, stride, asset, bar in stride) -> the embedding's row in ``embedded``
-        where = inverse.view(batch, steps, 1, kernel) * n_assets + self._assets.view(1, 1, n_assets, 1)
-        strides = embedded.index_select(0, where.reshape(-1)).view(batch * steps * n_assets, kernel * width)
-        conv = torch.relu(self.temporal(strides)).view(batch, steps, n_assets, width)
-        assets = conv.mean(dim=1)  # (B, A, E): each asset's summary over the lookback
+        batch, width, kernel = len(index), self.embed_dim, self.kernel
+        rows, inverse = torch.unique(index, return_inverse=True)  # sorted (U,), (B, L)
+        embedded = self.embed(store.index_select(0, rows))  # (U, A, E)
+        weight = self.temporal.weight  # (E, kernel * E): bar i of a stride meets columns i * E ... (i + 1) * E
+        count = len(rows) - kernel + 1
+        conv = torch.nn.functional.linear(embedded[kernel - 1 :], weight[:, (kernel - 1) * width :], self.temporal.bias)
+        for i in range(kernel - 1):
+            conv = conv + torch.nn.functional.linear(embedded[i : i + count], weight[:, i * width : (i + 1) * width])
+        conv = torch.relu(conv)  # (U - kernel + 1, A, E): position p is the stride ending at distinct row p + kernel - 1
+        ends = inverse[:, kernel - 1 :: kernel] - (kernel - 1)  # (B, L / kernel)
+        strides = conv.index_select(0, ends.reshape(-1)).view(batch, -1, self.n_assets, width)
+        assets = strides.mean(dim=1)  # (B, A, E): each asset's summary over the lookback
         market = assets.mean(dim=1)
         return torch.cat([assets.reshape(batch, -1), market, self.portfolio(observations)], dim=1)
 

@@ -111,6 +111,13 @@ def test_the_shared_encoder_is_a_strided_convolution_over_embedded_bars():
     found = encoder(obs)
     assert found.shape == (40, encoder.features_dim)
     torch.testing.assert_close(found, expected, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():  # a rollout's path: stride outputs kept per store row while the weights stay
+        torch.testing.assert_close(encoder(obs), expected, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(encoder(obs), expected, rtol=1e-5, atol=1e-6)
+        encoder.temporal.bias.data.add_(0.5)  # as an MPI broadcast writes: no version bump, the cache must notice
+        moved = encoder(obs)
+    torch.testing.assert_close(moved, encoder(obs), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(moved, expected)
     found.sum().backward()  # gradients reach every parameter through the gathers
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in encoder.parameters())
 

@@ -158,24 +158,78 @@ class SharedStoreEncoder(StoreEncoder):
         self.temporal = nn.Linear(self.kernel * embed, embed)
         """The strided convolution: input ``i * E + e`` is embedding ``e`` of the stride's ``i``-th bar
         (``Conv1d.weight[o, e, i] == temporal.weight[o, i * E + e]``; same initialization)."""
+        self._ends = self._offsets[self.kernel - 1 :: self.kernel].clone()
+        """Offsets from the decision row of each stride's last bar."""
+        self._stride = self._offsets[-self.kernel :].clone()
+        """Offsets from a stride's last bar of its bars, oldest first."""
+        self._cache: tuple[torch.Tensor, list[torch.Tensor], torch.Tensor, torch.Tensor] | None = None
+        """(store, the weights it was computed with, convolution output per store row, which rows are known)."""
+
+    def bind(self, values: np.ndarray) -> None:
+        if values is not self._source:
+            self._cache = None
+        super().bind(values)
 
     def forward(self, observations: torch.Tensor) -> torch.Tensor:
+        assets = self.asset_summaries(observations)
+        market = assets.mean(dim=1)
+        return torch.cat([assets.reshape(len(assets), -1), market, self.portfolio(observations)], dim=1)
+
+    def asset_summaries(self, observations: torch.Tensor) -> torch.Tensor:
+        """``(B, A, E)``: each asset's convolution outputs averaged over its window."""
+        if not torch.is_grad_enabled():
+            return self._summaries_from_cache(observations)
         store = self.store_on(observations.device)
         index = self.window_rows(observations)  # (B, L)
         batch, width, kernel = len(index), self.embed_dim, self.kernel
         rows, inverse = torch.unique(index, return_inverse=True)  # sorted (U,), (B, L)
-        embedded = self.embed(store.index_select(0, rows))  # (U, A, E)
+        # runs of consecutive rows are slices of the store, embedded where they lie (no gathered copy)
+        breaks = torch.nonzero(rows[1:] - rows[:-1] > 1).flatten() + 1
+        firsts = torch.cat([rows[:1], rows[breaks]]).tolist()
+        lasts = torch.cat([rows[breaks - 1], rows[-1:]]).tolist()
+        parts = [self.embed(store[first : last + 1]) for first, last in zip(firsts, lasts, strict=True)]
+        embedded = parts[0] if len(parts) == 1 else torch.cat(parts)  # (U, A, E)
         weight = self.temporal.weight  # (E, kernel * E): bar i of a stride meets columns i * E ... (i + 1) * E
         count = len(rows) - kernel + 1
         conv = torch.nn.functional.linear(embedded[kernel - 1 :], weight[:, (kernel - 1) * width :], self.temporal.bias)
         for i in range(kernel - 1):
             conv = conv + torch.nn.functional.linear(embedded[i : i + count], weight[:, i * width : (i + 1) * width])
-        conv = torch.relu(conv)  # (U - kernel + 1, A, E): position p is the stride ending at distinct row p + kernel - 1
+        conv = torch.relu(conv)  # (U - kernel + 1, A, E): position p: the stride ending at distinct row p + kernel - 1
         ends = inverse[:, kernel - 1 :: kernel] - (kernel - 1)  # (B, L / kernel)
         strides = conv.index_select(0, ends.reshape(-1)).view(batch, -1, self.n_assets, width)
-        assets = strides.mean(dim=1)  # (B, A, E): each asset's summary over the lookback
-        market = assets.mean(dim=1)
-        return torch.cat([assets.reshape(batch, -1), market, self.portfolio(observations)], dim=1)
+        return strides.sum(dim=1) / strides.shape[1]  # a mean whose backward expands, not divides, B x L/k x A x E
+
+    def _summaries_from_cache(self, observations: torch.Tensor) -> torch.Tensor:
+        """The summaries without gradients, from convolution outputs kept per store row.
+
+        A rollout or an evaluation steps each env one row at a time with fixed weights: of a
+        window's ``L / kernel`` stride outputs all but one were computed at earlier steps. They are
+        kept per store row (``T x A x E`` floats, allocated at the first call) and forgotten whenever
+        the weights (compared in full, however they were changed: optimizer, MPI broadcast, load) or
+        the store change.
+        """
+        store = self.store_on(observations.device)
+        cache = self._cache
+        if cache is None or cache[0] is not store or not all(map(torch.equal, self.parameters(), cache[1])):
+            weights = [p.detach().clone() for p in self.parameters()]
+            outputs = torch.empty((store.shape[0], self.n_assets, self.embed_dim), device=store.device)
+            known = torch.zeros(store.shape[0], dtype=torch.bool, device=store.device)
+            cache = self._cache = (store, weights, outputs, known)
+        _, _, outputs, known = cache
+        kernel, n_assets, width = self.kernel, self.n_assets, self.embed_dim
+        if self._ends.device != store.device:
+            self._ends, self._stride = self._ends.to(store.device), self._stride.to(store.device)
+        rows = observations[:, 0].round().long().clamp(self.lookback - 1, store.shape[0] - 1)
+        ends = (rows[:, None] + self._ends[None, :]).reshape(-1)  # (B * L / kernel,): each stride's last bar
+        missing = torch.masked_select(ends, known.index_select(0, ends).logical_not())
+        if len(missing):
+            missing = torch.unique(missing)
+            bars = (missing[:, None] + self._stride[None, :]).reshape(-1)  # (M * kernel,), oldest first per stride
+            embedded = self.embed(store.index_select(0, bars)).view(len(missing), kernel, n_assets, width)
+            strides = embedded.transpose(1, 2).reshape(len(missing), n_assets, kernel * width)
+            outputs.index_copy_(0, missing, torch.relu(self.temporal(strides)))
+            known.index_fill_(0, missing, True)
+        return outputs.index_select(0, ends).view(len(rows), -1, n_assets, width).mean(dim=1)
 
 
 CLASSES: dict[str, type[StoreEncoder]] = {"flat": FlatStoreEncoder, "shared": SharedStoreEncoder}

@@ -57,6 +57,7 @@ def _model(algo: str, obs_layout: str = "flat", action_mode: str = "continuous",
         ("ppo", "asset_lookback_feature", "discrete", "flat"),
         ("recurrent_ppo", "flat", "continuous", "flat"),
         ("ppo", "reference", "continuous", "shared"),
+        ("recurrent_ppo", "reference", "continuous", "attention"),
         ("recurrent_ppo", "reference", "discrete", "flat"),
     ],
 )

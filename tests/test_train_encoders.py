@@ -1,6 +1,7 @@
 """Store encoders: windows gathered inside the policy are the flat observation's, bitwise; the shared
-encoder is the strided convolution it claims to be; PPO and RecurrentPPO train with each encoder; the
-store is read in place and never saved; the rollout buffer's bytes per step do not grow with lookback."""
+encoder is the strided convolution it claims to be; the attention encoder treats assets alike but for
+their identity embedding; PPO and RecurrentPPO train with each encoder; the store is read in place and
+never saved; the rollout buffer's bytes per step do not grow with lookback."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from ploutos.env.trading import TradingEnv, reference_space
 from ploutos.errors import ConfigError
 from ploutos.node.hardware import plan
 from ploutos.train.encoders import (
+    AttentionStoreEncoder,
     FlatStoreEncoder,
     SharedStoreEncoder,
     bind_store,
@@ -122,6 +124,68 @@ def test_the_shared_encoder_is_a_strided_convolution_over_embedded_bars():
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in encoder.parameters())
 
 
+def test_the_attention_encoder_is_equivariant_across_assets_but_for_their_identity():
+    """Permute the store's assets and the portfolio's weights: the per-asset blocks permute alike, the
+    market mean and the cash fields do not move; the identity embedding is what breaks the symmetry."""
+    space = reference_space(len(ARRAYS.timestamps), 4)
+    encoder = AttentionStoreEncoder(space, lookback=8, n_features=6, embed=8, heads=2, values=ARRAYS.values)
+    assert encoder.features_dim == 4 * 8 + 8 + 4 + 3
+    perm = [2, 0, 3, 1]
+    permuted = np.ascontiguousarray(ARRAYS.values[:, perm])  # asset j of the permuted store is asset perm[j]
+    rng = np.random.default_rng(5)
+    obs = torch.zeros(32, space.shape[0])
+    obs[:, 0] = torch.tensor(rng.integers(7, 500, 32), dtype=torch.float32)
+    obs[:, 1:] = torch.tensor(rng.normal(size=(32, 4 + 3)), dtype=torch.float32)
+    obs_p = obs.clone()
+    obs_p[:, 1:5] = obs[:, 1:5][:, perm]
+
+    def both() -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            encoder.bind(ARRAYS.values)
+            found = encoder(obs)
+            encoder.bind(permuted)
+            return found, encoder(obs_p)
+
+    with torch.no_grad():
+        encoder.identity.zero_()
+    found, found_p = both()
+    blocks, blocks_p = found[:, :32].view(32, 4, 8), found_p[:, :32].view(32, 4, 8)
+    assert not torch.allclose(blocks[:, 0], blocks[:, 1])  # the assets' blocks differ: the check means something
+    assert torch.allclose(blocks_p, blocks[:, perm], atol=1e-5)
+    assert torch.allclose(found_p[:, 32:40], found[:, 32:40], atol=1e-5)  # the market mean
+    assert torch.equal(found_p[:, 40:], obs_p[:, 1:])  # the portfolio, as given
+    # the attended blocks depend on the other assets: not shared's summaries passed through alone
+    shared = SharedStoreEncoder(space, lookback=8, n_features=6, embed=8, values=ARRAYS.values)
+    shared.load_state_dict({k: v for k, v in encoder.state_dict().items() if k.startswith(("embed.", "temporal."))})
+    encoder.bind(ARRAYS.values)
+    with torch.no_grad():
+        assert torch.equal(encoder.asset_summaries(obs), shared.asset_summaries(obs))
+        assert torch.equal(shared(obs)[:, :32], shared.asset_summaries(obs).reshape(32, -1))
+
+    with torch.no_grad():
+        encoder.identity.normal_()  # assets now have identities: permuting the data alone is seen
+    found, found_p = both()
+    blocks, blocks_p = found[:, :32].view(32, 4, 8), found_p[:, :32].view(32, 4, 8)
+    assert not torch.allclose(blocks_p, blocks[:, perm], atol=1e-3)
+    encoder.bind(ARRAYS.values)
+
+
+def test_the_attention_heads_must_divide_the_embedding():
+    override = "ppo.encoder_heads=4"
+    with pytest.raises(ConfigError) as caught:
+        load(None, ["env.obs_layout=reference", "ppo.encoder=attention", "ppo.encoder_embed=6", override])
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith(f"--set {override}: ppo.encoder_heads: 4 heads do not divide encoder_embed 6"), message
+    config = load(None, ["env.obs_layout=reference", "ppo.encoder=attention", "ppo.encoder_embed=12", override])
+    assert (config.ppo.encoder_embed, config.ppo.encoder_heads) == (12, 4)
+    load(None, ["env.obs_layout=reference", "ppo.encoder=shared", "ppo.encoder_embed=6", override])  # heads unused
+    with pytest.raises(ConfigError, match="ppo.encoder: attention reads the window from the store"):
+        load(None, ["ppo.encoder=attention"])
+    with pytest.raises(ValueError, match=r"heads \(3\) must divide its embedding width \(8\)"):
+        AttentionStoreEncoder(reference_space(10, 2), lookback=4, n_features=3, embed=8, heads=3)
+
+
 def test_the_store_is_read_in_place_and_is_no_part_of_the_model():
     venv = _venv(_config(encoder="shared"))
     model = _model(_config(encoder="shared"), venv)
@@ -137,7 +201,7 @@ def test_the_store_is_read_in_place_and_is_no_part_of_the_model():
 
 
 @pytest.mark.parametrize("algo", ["ppo", "recurrent_ppo"])
-@pytest.mark.parametrize("encoder", ["flat", "shared"])
+@pytest.mark.parametrize("encoder", ["flat", "shared", "attention"])
 def test_ppo_and_recurrent_ppo_train_with_each_encoder(algo: str, encoder: str):
     config = _config(encoder=encoder, algo=algo)
     venv = _venv(config)

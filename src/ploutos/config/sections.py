@@ -393,12 +393,14 @@ class PPOConfig:
         0.0, "Initial log standard deviation of the Gaussian policy (continuous actions): exploration noise."
     )
     lstm_hidden: int = setting(64, "LSTM hidden size for recurrent_ppo.")
-    encoder: Literal["flat", "shared"] = setting(
+    encoder: Literal["flat", "shared", "attention"] = setting(
         "flat",
-        "How the policy reads the window: flattened into the MLP, or shared (needs env.obs_layout reference): one "
-        "embedding per (asset, bar) shared across assets, pooled over the lookback and the assets.",
+        "How the policy reads the window: flattened into the MLP; shared: one embedding per (asset, bar) shared "
+        "across assets, pooled over the lookback and the assets; or attention: shared's per-asset summaries, then "
+        "one self-attention layer across the assets (shared and attention need env.obs_layout reference).",
     )
-    encoder_embed: int = setting(16, "Width of the shared encoder's per-(asset, bar) embedding.")
+    encoder_embed: int = setting(16, "Width of the shared and attention encoders' per-(asset, bar) embedding.")
+    encoder_heads: int = setting(2, "Attention heads of the attention encoder (divides encoder_embed).")
     checkpoint_every: int = setting(50_000, "Environment steps between checkpoints (also written on SIGTERM/SIGUSR2).")
     device: Literal["auto", "cpu", "cuda"] = setting(
         "auto", "Where the learner runs; auto takes a GPU when there is one."
@@ -412,9 +414,17 @@ class PPOConfig:
             ("n_epochs", 1_000),
             ("lstm_hidden", 65_536),
             ("encoder_embed", 65_536),
+            ("encoder_heads", 65_536),
             ("checkpoint_every", 10**12),
         ):
             _bounded(getattr(self, key), key, 1, most)
+        _require(
+            self.encoder != "attention" or self.encoder_embed % self.encoder_heads == 0,
+            "encoder_heads",
+            f"{self.encoder_heads} heads do not divide encoder_embed {self.encoder_embed} (each head reads "
+            "encoder_embed / encoder_heads dimensions)",
+            related=("encoder_embed", "encoder"),
+        )
         _require(self.learning_rate > 0, "learning_rate", "must be > 0")
         _require(0 < self.gamma <= 1, "gamma", "must be in (0, 1]")
         _require(0 <= self.gae_lambda <= 1, "gae_lambda", "must be in [0, 1]")

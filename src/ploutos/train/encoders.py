@@ -24,6 +24,12 @@ Encoders (``ppo.encoder``):
   asset; the features are each asset's summary (a per-asset block), their mean over assets (the
   market) and the portfolio. Its cost grows with ``L * A * F * embed`` multiply-adds instead of
   ``L * A * F * net_arch[0]`` per network, and its parameters do not grow with assets or lookback.
+- ``attention``: ``shared``'s per-asset summaries, each plus a learned embedding of its asset, then
+  one pre-norm transformer encoder layer across the assets (self-attention, then a feed-forward
+  layer, both residual), so each asset's features can depend on the others' (cross-asset
+  structure that the mean over assets only averages away); the features are the attended
+  per-asset blocks, their mean over assets and the portfolio, of ``shared``'s size. Its
+  parameters grow with the assets only through the ``(A, embed)`` identity embedding.
 """
 
 from __future__ import annotations
@@ -232,15 +238,63 @@ class SharedStoreEncoder(StoreEncoder):
         return outputs.index_select(0, ends).view(len(rows), -1, n_assets, width).mean(dim=1)
 
 
-CLASSES: dict[str, type[StoreEncoder]] = {"flat": FlatStoreEncoder, "shared": SharedStoreEncoder}
+class AttentionStoreEncoder(SharedStoreEncoder):
+    """``shared``'s per-asset summaries, then one self-attention layer across the assets.
+
+    ``heads``: attention heads (must divide ``embed``). The layer is
+    ``nn.TransformerEncoderLayer(E, heads, dim_feedforward=2 * E, dropout=0, norm_first=True)``:
+    pre-norm, so each asset's summary reaches the output through the residual path unnormalized
+    (the usual stable choice for a layer trained from scratch); no dropout, because PPO's ratio
+    compares log-probabilities of the same actions across forward passes and dropout would make
+    them disagree for the same weights.
+
+    Attention is permutation-equivariant across its tokens, and the summaries carry nothing that
+    says which asset they came from (the embedding and convolution are shared across assets), so
+    a learned ``(A, E)`` identity embedding is added to them first. The MLP after the encoder
+    knows each block's position anyway; inside the layer, without it, an asset could attend to
+    another only by what its summary looks like, never by which asset it is (a pair that moves
+    together, a market that leads). It starts small (normal, std 0.02) so the summaries dominate
+    at first.
+    """
+
+    def __init__(
+        self, observation_space: spaces.Box, *, lookback: int, n_features: int, embed: int = 16, kernel: int = 4,
+        heads: int = 2, values: np.ndarray | None = None,
+    ) -> None:  # fmt: skip
+        if int(heads) < 1 or int(embed) % int(heads):
+            raise ValueError(f"the attention encoder's heads ({heads}) must divide its embedding width ({embed})")
+        super().__init__(
+            observation_space, lookback=lookback, n_features=n_features, embed=embed, kernel=kernel, values=values
+        )
+        self.heads = int(heads)
+        self.identity = nn.Parameter(torch.empty(self.n_assets, self.embed_dim))
+        nn.init.normal_(self.identity, std=0.02)
+        self.attention = nn.TransformerEncoderLayer(
+            d_model=self.embed_dim, nhead=self.heads, dim_feedforward=2 * self.embed_dim, dropout=0.0,
+            batch_first=True, norm_first=True,
+        )  # fmt: skip
+
+    def forward(self, observations: torch.Tensor) -> torch.Tensor:
+        assets = self.attention(self.asset_summaries(observations) + self.identity)  # (B, A, E)
+        market = assets.mean(dim=1)
+        return torch.cat([assets.reshape(len(assets), -1), market, self.portfolio(observations)], dim=1)
+
+
+CLASSES: dict[str, type[StoreEncoder]] = {
+    "flat": FlatStoreEncoder,
+    "shared": SharedStoreEncoder,
+    "attention": AttentionStoreEncoder,
+}
 """The features extractor of each ``ppo.encoder`` for reference observations."""
 
 
-def encoder_kwargs(name: str, lookback: int, n_features: int, embed: int) -> dict[str, Any]:
+def encoder_kwargs(name: str, lookback: int, n_features: int, embed: int, heads: int = 2) -> dict[str, Any]:
     """The JSON-safe keyword arguments of encoder ``name`` (without the store)."""
     kwargs: dict[str, Any] = {"lookback": int(lookback), "n_features": int(n_features)}
-    if name == "shared":
+    if name in ("shared", "attention"):
         kwargs["embed"] = int(embed)
+    if name == "attention":
+        kwargs["heads"] = int(heads)
     return kwargs
 
 

@@ -51,7 +51,9 @@ def policy_kwargs(config: Config, values: np.ndarray | None = None) -> dict[str,
     if config.env.obs_layout == "reference":
         if values is None:
             raise ValueError("env.obs_layout reference: the policy's encoder needs the store's values")
-        encoder = encoders.encoder_kwargs(ppo.encoder, config.env.lookback, values.shape[2], ppo.encoder_embed)
+        encoder = encoders.encoder_kwargs(
+            ppo.encoder, config.env.lookback, values.shape[2], ppo.encoder_embed, ppo.encoder_heads
+        )
         kwargs["features_extractor_class"] = encoders.CLASSES[ppo.encoder]
         kwargs["features_extractor_kwargs"] = {**encoder, "values": values}
     return kwargs

@@ -170,9 +170,24 @@ def test_bench_encoder_lines_follow_the_format():
     lines = bench_encoders.format_encoders(found)
     assert re.search(
         r"^encoder shared by reference / flat: \d+\.\d\d x \(same envs, threads and PPO; target >= 8: (PASS|MISS)\); "
-        r"flat by reference / flat: \d+\.\d\d x; flat / plain SB3: \d+\.\d\d x$",
+        r"attention by reference / flat: \d+\.\d\d x; flat by reference / flat: \d+\.\d\d x; "
+        r"flat / plain SB3: \d+\.\d\d x$",
         "\n".join(lines),
         re.MULTILINE,
     ), lines
     assert re.search(rf"^bytes per stored env-step: shared by reference {RATE}, flat {RATE} \({RATE} x\)$",
                      "\n".join(lines), re.MULTILINE), lines  # fmt: skip
+
+
+def test_bench_mpi_ranks_train_one_member_on_1_and_2_ranks_with_identical_replicas():
+    from ploutos.bench.ranks import format_ranks, measure_ranks
+
+    found = measure_ranks(
+        (1, 2), timesteps=64, n_envs=2, overrides=("ppo.n_steps=16", "ppo.batch_size=32", "ppo.n_epochs=1"),
+        timeout_s=300,
+    )  # fmt: skip
+    assert not isinstance(found, str), found  # CI installs Open MPI and mpi4py: a missing mpirun is a failure
+    assert [b.ranks for b in found] == [1, 2] and all(b.replicas_equal and b.rate > 0 for b in found)
+    assert found[1].steps == 2 * found[0].steps  # the rate counts every rank's env steps
+    lines = format_ranks(found, n_envs=2)
+    assert re.search(r"^MPI ranks 2 / 1: \d+\.\d\d x \(ideal 2 x; \d+ cpus\)$", "\n".join(lines), re.MULTILINE), lines

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from ploutos.cli import main
 from ploutos.config import load
+from ploutos.errors import ConfigError
 from ploutos.node import hardware
 from ploutos.node.hardware import Machine, detect, format_plan, plan
 
@@ -162,14 +163,30 @@ def test_cli_handler_prints_the_plan(name, capsys):
     assert out.startswith("node ") and "why:" in out and "batch_size" in out
 
 
-def test_gpus_named_but_not_visible_and_huge_rollouts_are_warnings():
+def test_gpus_named_but_not_visible_warn_and_huge_rollouts_are_refused():
     config = load("quickstart", ["hardware.gpus=3", "hardware.n_envs=20000"])
     p = plan(config, environ={}, cpus=2, machine=Machine(2, 24.0, 0, "no nvidia-smi"))
     assert any("hardware.gpus 3 but 0 GPU(s) visible" in w for w in p.warnings)
     # 256 steps x 20000 envs x 3,044 floats x 4 bytes = 62 GB: more than half of 24 GB
     assert p.rollout_gb == pytest.approx(256 * 20000 * 3044 * 4 / 1e9)
-    assert any("rollout buffers need 62.3 GB" in w and "half of the 24 GB" in w for w in p.warnings)
-    assert not plan(load("quickstart", []), environ={}, cpus=2, machine=Machine(2, 24.0, 0, "test")).warnings
+    assert p.refusal and "rollout buffers need 62.3 GB" in p.refusal and "half of the 24 GB" in p.refusal
+    assert "env.obs_layout reference" in p.refusal
+    with pytest.raises(ConfigError, match="more than half"):
+        p.require()
+    by_reference = load("quickstart", ["hardware.n_envs=20000", "env.obs_layout=reference"])
+    fits = plan(by_reference, environ={}, cpus=2, machine=Machine(2, 24.0, 0, "test"))
+    assert fits.refusal is None and fits.rollout_gb < 0.5  # the same envs by reference: 19 floats a step
+    ok = plan(load("quickstart", []), environ={}, cpus=2, machine=Machine(2, 24.0, 0, "test"))
+    assert not ok.warnings and ok.refusal is None
+    ok.require()
+
+
+def test_hardware_and_train_refuse_a_plan_above_half_of_node_memory(ploutos):
+    for command in (("hardware",), ("train", "--fold", "0")):
+        result = ploutos(*command, "--set", "hardware.n_envs=60000", "--set", "ppo.batch_size=64")
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        last = result.stderr.strip().splitlines()[-1]
+        assert last.startswith("ploutos: error: hardware: the rollout buffers need") and "more than half" in last
 
 
 def test_rollout_buffers_by_reference_do_not_grow_with_lookback():

@@ -173,7 +173,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_hardware(args: argparse.Namespace) -> int:
     from ploutos.node.hardware import format_plan, plan  # lazy: fast startup
 
-    print(format_plan(plan(_load(args))))
+    hardware_plan = plan(_load(args))
+    print(format_plan(hardware_plan))
+    hardware_plan.require()
     return 0
 
 

@@ -9,6 +9,7 @@ PPO trains, in one run, with repeats interleaved:
 - **flat by reference**: ``obs_layout: reference`` with the ``flat`` encoder: the same network on
   the same input, the window gathered from the store inside the policy;
 - **shared by reference**: ``obs_layout: reference`` with the ``shared`` encoder;
+- **attention by reference**: the same with the ``attention`` encoder;
 - **plain SB3**: ``DummyVecEnv`` over the flat env, ``PPO("MlpPolicy")`` with the same arguments.
 
 Every setup has the same envs (the plan's count, stepped as one batch in the learner's process,
@@ -41,7 +42,7 @@ ASSETS, FEATURES, LOOKBACK = 15, 95, 32
 """The full config's observation: 15 assets x 95 features, lookback 32 (45,618 floats when flat)."""
 ROWS = 4_000
 """Synthetic rows the envs trade (about a 6-month training window of 24h bars)."""
-SETUPS = ("flat", "flat by reference", "shared by reference", "plain SB3")
+SETUPS = ("flat", "flat by reference", "shared by reference", "attention by reference", "plain SB3")
 """Labels of the setups, in the order they are timed."""
 TARGET = 8.0
 """The ratio shared by reference / flat that issue 16 asks for."""
@@ -92,7 +93,8 @@ def bench_config(config: Config) -> Config:
     return replace(config, env=replace(config.env, lookback=LOOKBACK))
 
 
-def _env(arrays: FeatureArrays, config: Config) -> TradingEnv:
+def synthetic_env(arrays: FeatureArrays, config: Config) -> TradingEnv:
+    """One env over all of ``arrays``, 24h bars (the encoder lines' and the MPI line's)."""
     return TradingEnv(arrays, config.env, rows=slice(0, len(arrays.timestamps)), bars_per_year=24 * 365)
 
 
@@ -104,11 +106,11 @@ def _models(config: Config, arrays: FeatureArrays, layout: Any, seed: int) -> It
         models = {}
         for label in SETUPS:
             layout_name = "flat" if label in ("flat", "plain SB3") else "reference"
-            encoder = "shared" if label.startswith("shared") else "flat"
+            encoder = label.split()[0] if label.endswith("by reference") else "flat"
             cfg = replace(
                 config, env=replace(config.env, obs_layout=layout_name), ppo=replace(config.ppo, encoder=encoder)
             )
-            make = functools.partial(_env, arrays, cfg)
+            make = functools.partial(synthetic_env, arrays, cfg)
             if label == "plain SB3":
                 venv = VecMonitor(DummyVecEnv([make] * layout.n_envs))
             else:
@@ -188,7 +190,8 @@ def format_encoders(r: EncoderBench) -> list[str]:
     verdict = "PASS" if r.ratio >= TARGET else "MISS"
     lines.append(
         f"encoder shared by reference / flat: {r.ratio:.2f} x (same envs, threads and PPO; target >= {TARGET:g}: "
-        f"{verdict}); flat by reference / flat: {r.rate('flat by reference') / r.rate('flat'):.2f} x; "
+        f"{verdict}); attention by reference / flat: {r.rate('attention by reference') / r.rate('flat'):.2f} x; "
+        f"flat by reference / flat: {r.rate('flat by reference') / r.rate('flat'):.2f} x; "
         f"flat / plain SB3: {r.rate('flat') / r.rate('plain SB3'):.2f} x"
     )
     lines.append(

@@ -42,6 +42,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecMonitor
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from ploutos.bench.encoders import format_encoders, measure_encoders
+from ploutos.bench.ranks import format_ranks, measure_ranks
 from ploutos.bench.timing import time_call
 from ploutos.commandline import Parser
 from ploutos.config import config_hash, load
@@ -316,6 +317,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             n_envs=args.n_envs,
         )  # fmt: skip
         for line in format_encoders(found):
+            print(line, flush=True)
+        n_envs = found.n_envs
+        ranks = measure_ranks((1, 2), timesteps=timesteps, n_envs=n_envs, config_name=args.config or "quickstart",
+                              overrides=args.overrides)  # fmt: skip
+        for line in format_ranks(ranks, n_envs=n_envs):
             print(line, flush=True)
         print(f"# load after: {_load()}")
     return 0

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ploutos.config.sections import Config
+from ploutos.errors import ConfigError
 from ploutos.features.pipeline import OBSERVATION_KINDS
 from ploutos.features.registry import all_specs
 
@@ -95,6 +96,13 @@ class HardwarePlan:
     """Observations the rollout buffers of every rank of the node hold, in GB (float32)."""
     reasons: tuple[str, ...] = field(default=())
     warnings: tuple[str, ...] = field(default=())
+    refusal: str | None = None
+    """Why this node cannot run the plan (rollout buffers above half its memory); None when it can."""
+
+    def require(self) -> None:
+        """Raise :class:`ConfigError` with :attr:`refusal` when the node cannot run this plan."""
+        if self.refusal is not None:
+            raise ConfigError(self.refusal)
 
     @property
     def rollout(self) -> int:
@@ -402,10 +410,12 @@ def plan(
         f"rollout buffers {rollout_gb:.3g} GB per node: {ppo.n_steps} steps x {n_envs} envs x {ranks} rank(s) x "
         f"{stored:,} floats per observation{by_reference}"
     )
+    refusal = None
     if machine.memory_gb is not None and rollout_gb > machine.memory_gb / 2:
-        warnings.append(
-            f"the rollout buffers need {rollout_gb:.3g} GB per node, more than half of the {machine.memory_gb:g} GB "
-            "available; lower hardware.n_envs, ppo.n_steps or env.lookback"
+        fix = "lower hardware.n_envs or ppo.n_steps" + ("" if stored != floats else ", or set env.obs_layout reference")
+        refusal = (
+            f"hardware: the rollout buffers need {rollout_gb:.3g} GB per node, more than half of the "
+            f"{machine.memory_gb:g} GB available; {fix}"
         )
 
     return HardwarePlan(
@@ -424,6 +434,7 @@ def plan(
         rollout_gb=rollout_gb,
         reasons=tuple(reasons),
         warnings=tuple(warnings),
+        refusal=refusal,
     )
 
 
@@ -446,4 +457,6 @@ def format_plan(hardware_plan: HardwarePlan) -> str:
     ]
     if p.warnings:
         lines += ["warnings:", *(f"  ! {warning}" for warning in p.warnings)]
+    if p.refusal:
+        lines += ["refused:", f"  ! {p.refusal}"]
     return "\n".join(lines)

@@ -80,6 +80,7 @@ def _train_and_record(
 ) -> TaskOutcome:
     run = RunLayout.of(config)
     layout = plan(config)
+    layout.require()
     for warning in layout.warnings if ranks.is_root else ():
         warnings.warn(warning, PlanWarning, stacklevel=1)
     pin_threads(layout.learner_threads)

@@ -46,6 +46,11 @@ LEARNER_STEP_S = 0.78e-3
 """PPO's forward and update per env step with a small observation (lookback 1: 984 steps/s)."""
 LEARNER_S_PER_FLOAT = 0.156e-6
 """... and per observation float on top (45,618 floats: 126 steps/s)."""
+STORE_ENCODER_S_PER_FLOAT = 0.014e-6
+"""The same with observations by reference and a ``shared`` or ``attention`` encoder, per window float
+(45,618 floats: about 700 steps/s at 2 envs, 1,300 at 8; ploutos bench train, encoder lines)."""
+MPI_RANK_EFFICIENCY = 0.965
+"""Steps per second of 2 ranks over twice 1 rank's (measured 1.93 x on 2 cores; ploutos bench train)."""
 GPU_LEARNER_SPEEDUP = 10.0
 """Assumed, not measured here (no GPU on the machines this was measured on): a GPU learner's speedup."""
 PIPE_ROUNDTRIP_S = 500e-6
@@ -195,9 +200,11 @@ def env_step_seconds(floats: int) -> float:
     return ENV_STEP_S + 4 * floats / WINDOW_BYTES_PER_S
 
 
-def learner_step_seconds(floats: int, device: str) -> float:
-    """The learner's time per env step (forward pass and its share of the update)."""
-    cpu = LEARNER_STEP_S + LEARNER_S_PER_FLOAT * floats
+def learner_step_seconds(floats: int, device: str, encoder: str = "flat") -> float:
+    """The learner's time per env step (forward pass and its share of the update) for an observation
+    window of ``floats``: the flat MLP's rate, or a store encoder's (``shared``, ``attention``)."""
+    per_float = LEARNER_S_PER_FLOAT if encoder == "flat" else STORE_ENCODER_S_PER_FLOAT
+    cpu = LEARNER_STEP_S + per_float * floats
     return cpu / GPU_LEARNER_SPEEDUP if device == "cuda" else cpu
 
 
@@ -297,6 +304,11 @@ def plan(
         ranks = n_cpus
     else:
         reasons.append(f"ranks {ranks}: hardware.mpi_ranks")
+    if ranks > 1:
+        reasons.append(
+            f"{ranks} data-parallel ranks train one member at about {ranks * MPI_RANK_EFFICIENCY:.3g} x one rank's "
+            f"steps/s (measured: 2 ranks / 1 = {2 * MPI_RANK_EFFICIENCY:.2f} x on 2 cores; beyond 2, extrapolated)"
+        )
     cpus_per_rank = max(1, n_cpus // ranks)
     if n_cpus % ranks:
         reasons.append(f"cpus per rank {cpus_per_rank}: {n_cpus} cpus / {ranks} ranks, {n_cpus % ranks} left idle")
@@ -323,9 +335,10 @@ def plan(
                 f"{machine.memory_gb:g} GB / {ranks} ranks leaves room for {max_workers} workers "
                 f"of {WORKER_MEMORY_GB:g} GB after {LEARNER_MEMORY_GB:g} GB for the learner"
             )
-    # the learner reads every window either way (the flat MLP's rate; a shared encoder is cheaper than this)
+    # the learner reads every window either way; a store encoder at its own measured rate
     floats, stored = observation_floats(config), stored_floats(config)
-    env_s, learner_s = env_step_seconds(stored), learner_step_seconds(floats, device)
+    encoder = config.ppo.encoder if config.env.obs_layout == "reference" else "flat"
+    env_s, learner_s = env_step_seconds(stored), learner_step_seconds(floats, device, encoder)
     share = env_s / (env_s + learner_s)
     rates = (
         f"an env step costs {env_s * 1e6:.1f} us against the learner's {learner_s * 1e3:.2f} ms per step "

@@ -183,7 +183,7 @@ def format_encoders(r: EncoderBench) -> list[str]:
     ]
     for label in SETUPS:
         lines.append(
-            f"  {label:<20} {r.rate(label):>9,.0f} steps/s  (best of {len(r.seconds[label])}: {runs(label)} for "
+            f"  {label:<22} {r.rate(label):>9,.0f} steps/s  (best of {len(r.seconds[label])}: {runs(label)} for "
             f"{r.steps[label]:,} steps); rollout {r.bytes_per_step[label]:,.0f} bytes per stored env-step "
             f"(observations {r.observation_bytes[label]:,.0f})"
         )

@@ -23,6 +23,7 @@ import pytest
 import torch
 from torch import nn
 
+import ploutos.train.encoders as encoders_module
 from ploutos.bench.encoders import rollout_bytes
 from ploutos.bench.env import synthetic_arrays
 from ploutos.config import load
@@ -89,7 +90,7 @@ def test_the_gathered_windows_are_the_flat_observations_bitwise():
     flat.close()
 
 
-def test_the_shared_encoder_is_a_strided_convolution_over_embedded_bars():
+def test_the_shared_encoder_is_a_strided_convolution_over_embedded_bars(monkeypatch):
     """The distinct-row computation against the textbook one: embed every window's bars, Conv1d, pool."""
     space = reference_space(len(ARRAYS.timestamps), 4)
     encoder = SharedStoreEncoder(space, lookback=12, n_features=6, embed=5, kernel=4, values=ARRAYS.values)
@@ -120,6 +121,11 @@ def test_the_shared_encoder_is_a_strided_convolution_over_embedded_bars():
         moved = encoder(obs)
     torch.testing.assert_close(moved, encoder(obs), rtol=1e-5, atol=1e-6)
     assert not torch.allclose(moved, expected)
+    with torch.no_grad(), monkeypatch.context() as patch:  # a store too large to cache: computed afresh, alike
+        patch.setattr(encoders_module, "CACHE_BYTES", 0)
+        encoder._cache = None
+        torch.testing.assert_close(encoder(obs), moved, rtol=1e-5, atol=1e-6)
+        assert encoder._cache is None
     found.sum().backward()  # gradients reach every parameter through the gathers
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in encoder.parameters())
 

@@ -47,6 +47,8 @@ from torch import nn
 
 from ploutos.env.core import PORTFOLIO_FIELDS
 
+CACHE_BYTES = 256 * 2**20
+"""Largest per-row cache of the shared encoder (``T x A x E`` float32); a larger store computes afresh."""
 NOT_SERIALIZED = ("values",)
 """Encoder keyword arguments a model file never stores (the store; :func:`bind_store` gives it back)."""
 
@@ -183,7 +185,7 @@ class SharedStoreEncoder(StoreEncoder):
 
     def asset_summaries(self, observations: torch.Tensor) -> torch.Tensor:
         """``(B, A, E)``: each asset's convolution outputs averaged over its window."""
-        if not torch.is_grad_enabled():
+        if not torch.is_grad_enabled() and self._cacheable():
             return self._summaries_from_cache(observations)
         store = self.store_on(observations.device)
         index = self.window_rows(observations)  # (B, L)
@@ -204,6 +206,11 @@ class SharedStoreEncoder(StoreEncoder):
         ends = inverse[:, kernel - 1 :: kernel] - (kernel - 1)  # (B, L / kernel)
         strides = conv.index_select(0, ends.reshape(-1)).view(batch, -1, self.n_assets, width)
         return strides.sum(dim=1) / strides.shape[1]  # a mean whose backward expands, not divides, B x L/k x A x E
+
+    def _cacheable(self) -> bool:
+        """Whether the per-row cache fits :data:`CACHE_BYTES` for this store."""
+        store = self._store
+        return store is not None and store.shape[0] * self.n_assets * self.embed_dim * 4 <= CACHE_BYTES
 
     def _summaries_from_cache(self, observations: torch.Tensor) -> torch.Tensor:
         """The summaries without gradients, from convolution outputs kept per store row.

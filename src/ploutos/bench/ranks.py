@@ -22,6 +22,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+from ploutos.bench.encoders import ASSETS, FEATURES, ROWS, bench_config, synthetic_env
+from ploutos.bench.env import synthetic_arrays
+from ploutos.config import load
+from ploutos.env.batched import BatchedVecEnv
+from ploutos.node.context import node_context, pin_threads
+from ploutos.node.hardware import plan
+from ploutos.train.distributed import RankGroup
+from ploutos.train.model import build_model
+
 RESULT_PREFIX = "PLOUTOS_RANKS_RESULT "
 """Rank 0 prints its result on one line after this prefix."""
 
@@ -99,15 +108,6 @@ def rank_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", default="quickstart")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args(argv)
-
-    from ploutos.bench.encoders import ASSETS, FEATURES, ROWS, bench_config, synthetic_env
-    from ploutos.bench.env import synthetic_arrays
-    from ploutos.config import load
-    from ploutos.env.batched import BatchedVecEnv
-    from ploutos.node.context import node_context, pin_threads
-    from ploutos.node.hardware import plan
-    from ploutos.train.distributed import RankGroup
-    from ploutos.train.model import build_model
 
     ranks = RankGroup(node_context())
     pin_threads(1)

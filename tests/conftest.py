@@ -40,6 +40,24 @@ def ploutos(tmp_path: Path):
     return run
 
 
+def interrupt_at_first_checkpoint(
+    command: list[str], cwd: Path, checkpoint: Path, signum: int, env: dict[str, str]
+) -> tuple[int, str, str]:
+    """Start a training command, send ``signum`` once ``checkpoint`` exists; its exit code, stdout, stderr."""
+    proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert checkpoint.exists(), "no checkpoint written"
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, out, err
+
+
 def assert_one_line_error(result: Completed, *fragments: str) -> None:
     """A user error: non-zero exit, one line on stderr naming what and where, no traceback."""
     assert result.returncode != 0, result.stdout

@@ -11,7 +11,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import zipfile
 from dataclasses import replace
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 from torch import nn
 
 import ploutos.train.encoders as encoders_module
+from conftest import interrupt_at_first_checkpoint
 from ploutos.bench.encoders import rollout_bytes
 from ploutos.bench.env import synthetic_arrays
 from ploutos.config import load
@@ -325,18 +325,8 @@ def test_a_member_by_reference_checkpoints_and_resumes_to_the_same_total(dataset
     command = [sys.executable, *_train(dataset, tmp_path / "results", steps, **{"ppo.checkpoint_every": ROLLOUT})]
     checkpoint = tmp_path / "results" / "quickstart" / "checkpoints" / "fold0_member0.ckpt"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 240
-        while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert checkpoint.exists(), "no checkpoint written"
-        proc.send_signal(signal.SIGUSR2)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 3, err
+    returncode, _, err = interrupt_at_first_checkpoint(command, tmp_path, checkpoint, signal.SIGUSR2, env)
+    assert returncode == 3, err
     resumed = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed 1 time(s)" in resumed.stdout

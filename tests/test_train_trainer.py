@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import assert_one_line_error
+from conftest import assert_one_line_error, interrupt_at_first_checkpoint
 from ploutos.results.hdf5 import SCHEMA, missing_fields
 from ploutos.train.model import member_seed
 
@@ -139,18 +139,8 @@ def test_signalled_task_checkpoints_and_resumes_to_the_same_total(dataset, tmp_p
     command += _settings(dataset, tmp_path / "results", steps, **{"ppo.checkpoint_every": ROLLOUT})
     checkpoint = tmp_path / "results" / "quickstart" / "checkpoints" / "fold0_member0.ckpt"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 240
-        while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert checkpoint.exists(), "no checkpoint written"
-        proc.send_signal(signum)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 3, err
+    returncode, _, err = interrupt_at_first_checkpoint(command, tmp_path, checkpoint, signum, env)
+    assert returncode == 3, err
     lines = err.strip().splitlines()
     assert signal.Signals(signum).name in lines[-1] and "run the same command again to resume" in lines[-1]
     assert len(lines) == (2 if signum == signal.SIGINT else 1), err  # Ctrl-C first says what it will do

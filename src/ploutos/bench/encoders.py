@@ -21,7 +21,7 @@ per setup. Bytes per stored env-step are every array of the rollout buffer over 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
@@ -30,7 +30,7 @@ import numpy as np
 from stable_baselines3.common.vec_env import DummyVecEnv, VecMonitor
 
 from ploutos.bench.env import synthetic_arrays
-from ploutos.bench.timing import time_call
+from ploutos.bench.timing import time_learning
 from ploutos.config import Config
 from ploutos.env.batched import BatchedVecEnv
 from ploutos.env.trading import TradingEnv
@@ -124,14 +124,6 @@ def _models(config: Config, arrays: FeatureArrays, layout: Any, seed: int) -> It
             venv.close()
 
 
-def _learn(model: Any, timesteps: int) -> Callable[[], int]:
-    def run() -> int:
-        model.learn(timesteps)
-        return int(model.num_timesteps)
-
-    return run
-
-
 def measure_encoders(
     config: Config, *, timesteps: int, repeats: int, threads: Any, seed: int, n_envs: int | None = None,
     rows: int = ROWS,
@@ -148,24 +140,16 @@ def measure_encoders(
     values = arrays.values.view()
     values.flags.writeable = False  # as the node store maps it: read-only, read in place
     arrays = replace(arrays, values=values)
-    seconds: dict[str, list[float]] = {label: [] for label in SETUPS}
-    steps: dict[str, int] = {}
     threads.use(layout.learner_threads)
     with _models(config, arrays, layout, seed) as models:
         sizes = {label: rollout_bytes(model) for label, model in models.items()}
-        for model in models.values():
-            model.learn(layout.rollout)
-        for _ in range(repeats):
-            for label, model in models.items():
-                timing = time_call(_learn(model, timesteps), repeats=1, warmup=0)
-                seconds[label].append(timing.min_ms / 1000.0)
-                steps[label] = timing.result
+        seconds, steps = time_learning(models, warmup_steps=layout.rollout, timesteps=timesteps, repeats=repeats)
     threads.defaults()
     return EncoderBench(
         n_envs=layout.n_envs,
         learner_threads=layout.learner_threads,
         steps=steps,
-        seconds={label: tuple(values) for label, values in seconds.items()},
+        seconds=seconds,
         bytes_per_step={label: size[0] for label, size in sizes.items()},
         observation_bytes={label: size[1] for label, size in sizes.items()},
     )

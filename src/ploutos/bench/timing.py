@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +63,27 @@ def time_call(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1) -> Ti
         if enabled:
             gc.enable()
     return Timing(tuple(times), result)
+
+
+def time_learning(
+    models: Mapping[str, Any], *, warmup_steps: int, timesteps: int, repeats: int
+) -> tuple[dict[str, tuple[float, ...]], dict[str, int]]:
+    """Warm every SB3 model up with ``learn(warmup_steps)``, then time ``learn(timesteps)`` of each in
+    turn, ``repeats`` rounds interleaved (so drift in the machine's load hits every setup alike).
+
+    Returns the seconds of each timed learn and the env steps it counted, by label. ``learn``
+    resets the envs and the step count, as a fresh training run does.
+    """
+    for model in models.values():
+        model.learn(warmup_steps)
+    seconds: dict[str, list[float]] = {label: [] for label in models}
+    steps: dict[str, int] = {}
+    for _ in range(repeats):
+        for label, model in models.items():
+            timing = time_call(lambda model=model: model.learn(timesteps).num_timesteps, repeats=1, warmup=0)
+            seconds[label].append(timing.min_ms / 1000.0)
+            steps[label] = int(timing.result)
+    return {label: tuple(values) for label, values in seconds.items()}, steps
 
 
 def format_ms(ms: float) -> str:

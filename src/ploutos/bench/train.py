@@ -43,7 +43,7 @@ from threadpoolctl import threadpool_info, threadpool_limits
 
 from ploutos.bench.encoders import format_encoders, measure_encoders
 from ploutos.bench.ranks import format_ranks, measure_ranks
-from ploutos.bench.timing import time_call
+from ploutos.bench.timing import time_learning
 from ploutos.commandline import Parser
 from ploutos.config import config_hash, load
 from ploutos.data.build import build_dataset
@@ -175,14 +175,6 @@ def _setups(
             venv.close()
 
 
-def _learn(model: Any, timesteps: int) -> Callable[[], int]:
-    def run() -> int:
-        model.learn(timesteps)  # resets the env and the step count, as a fresh training run does
-        return int(model.num_timesteps)
-
-    return run
-
-
 def measure(
     config: Any,
     arrays: Any,
@@ -200,18 +192,10 @@ def measure(
     layout = _plan_for(config, n_envs)
     threads.defaults()
     with _setups(config, arrays, fold, store_name, store_hash, layout, seed) as (ours, theirs):
-        runs = (("ploutos", ours, layout.learner_threads), ("sb3", theirs, layout.learner_threads))
-        seconds: dict[str, list[float]] = {"ploutos": [], "sb3": []}
-        steps: dict[str, int] = {}
-        for _, model, pinned in runs:
-            threads.use(pinned)
-            model.learn(layout.rollout)
-        for _ in range(repeats):
-            for label, model, pinned in runs:
-                threads.use(pinned)
-                timing = time_call(_learn(model, timesteps), repeats=1, warmup=0)
-                seconds[label].append(timing.min_ms / 1000.0)
-                steps[label] = timing.result
+        threads.use(layout.learner_threads)  # both setups: the same pinned threads
+        seconds, steps = time_learning(
+            {"ploutos": ours, "sb3": theirs}, warmup_steps=layout.rollout, timesteps=timesteps, repeats=repeats
+        )
         threads.defaults()
     return TrainBench(
         n_envs=layout.n_envs,
@@ -220,9 +204,9 @@ def measure(
         batch_size=layout.batch_size,
         learner_threads=layout.learner_threads,
         ploutos_steps=steps["ploutos"],
-        ploutos_seconds=tuple(seconds["ploutos"]),
+        ploutos_seconds=seconds["ploutos"],
         sb3_steps=steps["sb3"],
-        sb3_seconds=tuple(seconds["sb3"]),
+        sb3_seconds=seconds["sb3"],
     )
 
 

@@ -99,13 +99,16 @@ class StoreEncoder(BaseFeaturesExtractor):
 
     def window_rows(self, observations: torch.Tensor) -> torch.Tensor:
         """``(B, L)`` the store rows of each observation's window (see :meth:`windows` for the clamp)."""
+        if self._offsets.device != observations.device:
+            self._offsets = self._offsets.to(observations.device)
+        return self.decision_rows(observations)[:, None] + self._offsets[None, :]
+
+    def decision_rows(self, observations: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` each observation's decision row, clamped to ``[L - 1, T - 1]``."""
         store = self._store
         if store is None:
             raise RuntimeError("the encoder has no store: bind_store(policy, arrays.values) before acting")
-        if self._offsets.device != observations.device:
-            self._offsets = self._offsets.to(observations.device)
-        rows = observations[:, 0].round().long().clamp(self.lookback - 1, store.shape[0] - 1)
-        return rows[:, None] + self._offsets[None, :]
+        return observations[:, 0].round().long().clamp(self.lookback - 1, store.shape[0] - 1)
 
     def store_on(self, device: torch.device) -> torch.Tensor:
         """The store on ``device`` (a GPU learner: one copy per task, kept)."""
@@ -232,7 +235,7 @@ class SharedStoreEncoder(StoreEncoder):
         kernel, n_assets, width = self.kernel, self.n_assets, self.embed_dim
         if self._ends.device != store.device:
             self._ends, self._stride = self._ends.to(store.device), self._stride.to(store.device)
-        rows = observations[:, 0].round().long().clamp(self.lookback - 1, store.shape[0] - 1)
+        rows = self.decision_rows(observations)
         ends = (rows[:, None] + self._ends[None, :]).reshape(-1)  # (B * L / kernel,): each stride's last bar
         missing = torch.masked_select(ends, known.index_select(0, ends).logical_not())
         if len(missing):

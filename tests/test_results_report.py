@@ -59,12 +59,16 @@ def write_task(layout: RunLayout, fold: int, member: int, evaluation: FoldEvalua
     training = {} if member < 0 else {"timesteps": steps, "ep_rew_mean": np.linspace(-1, 1, 5) + member}
     if member == 0:
         training["value_loss"] = np.linspace(2, 0.5, 5)
+    validation = {} if member < 0 else {
+        "timesteps": [200, 400], "score": [0.5 + fold, 1.5 + fold + member], "chosen_timesteps": 400, "metric": "sharpe"
+    }  # fmt: skip
     lo, hi = TESTS[fold]
     result = TaskResult(
         fold=fold, member=None if member < 0 else member, run="report-test", config_hash="c0ffee",
         config_yaml="name: report-test\n", provenance={"ploutos": "0.0.0"},
         fold_bounds={"test_rows": [lo, hi], "embargo_bars": 0}, tickers=ARRAYS.tickers, feature_names=ARRAYS.names,
         norm_center=np.zeros(4), norm_scale=np.ones(4), evaluation=evaluation, training=training,
+        validation=validation,
     )  # fmt: skip
     write_task_result(layout.result(fold, result.member), result)
 
@@ -186,6 +190,10 @@ def test_the_report_writes_four_pngs_and_summary_md(reported):
         assert f"]({name})" in md, name
     assert "stitched from the test windows only of 3 of 3 fold(s)" in md and "no look-ahead" in md
     assert "## Missing or failed tasks\n\nnone\n" in md
+    # the validation curves: the mean over each fold's members (scores 1.5 + fold + member at 400)
+    assert "| timesteps | fold 0 | fold 1 | fold 2 | all |" in md
+    assert "| 200 | 0.50 | 1.50 | 2.50 | 1.50 |" in md and "| 400 | 2.00 | 3.00 | 4.00 | 3.00 |" in md
+    assert "Kept checkpoints (timesteps): fold 0 member 0: 400; fold 0 member 1: 400;" in md
 
 
 def test_the_report_says_per_fold_whether_the_ensemble_beats_flat_and_chance(reported, evaluations):

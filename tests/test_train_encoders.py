@@ -40,6 +40,7 @@ from ploutos.train.encoders import (
     store_encoders,
 )
 from ploutos.train.model import build_model
+from ploutos.train.policies import AssetHeadsPolicy
 
 ARRAYS = synthetic_arrays(500, 4, 6, seed=8)
 READ_ONLY = ARRAYS.values.view()
@@ -94,7 +95,7 @@ def test_the_shared_encoder_is_a_strided_convolution_over_embedded_bars(monkeypa
     """The distinct-row computation against the textbook one: embed every window's bars, Conv1d, pool."""
     space = reference_space(len(ARRAYS.timestamps), 4)
     encoder = SharedStoreEncoder(space, lookback=12, n_features=6, embed=5, kernel=4, values=ARRAYS.values)
-    assert encoder.kernel == 4
+    assert encoder.kernel == 4 and encoder.summary_dim == 10
     conv = nn.Conv1d(5, 5, 4, stride=4)
     with torch.no_grad():
         # temporal.weight[o, i * E + e] is Conv1d.weight[o, e, i]
@@ -109,7 +110,8 @@ def test_the_shared_encoder_is_a_strided_convolution_over_embedded_bars(monkeypa
     ]  # (B, L, A, F)
     bars = encoder.embed(windows)  # (B, L, A, E)
     series = bars.permute(0, 2, 3, 1).reshape(40 * 4, 5, 12)
-    assets = torch.relu(conv(series)).mean(dim=2).view(40, 4, 5)
+    outputs = torch.relu(conv(series)).view(40, 4, 5, 3)  # (B, A, E, strides), oldest first
+    assets = torch.cat([outputs.mean(dim=3), outputs[..., -1]], dim=2)  # the window's mean, then the latest stride
     expected = torch.cat([assets.reshape(40, -1), assets.mean(dim=1), obs[:, 1:]], dim=1)
     found = encoder(obs)
     assert found.shape == (40, encoder.features_dim)
@@ -134,8 +136,8 @@ def test_the_attention_encoder_is_equivariant_across_assets_but_for_their_identi
     """Permute the store's assets and the portfolio's weights: the per-asset blocks permute alike, the
     market mean and the cash fields do not move; the identity embedding is what breaks the symmetry."""
     space = reference_space(len(ARRAYS.timestamps), 4)
-    encoder = AttentionStoreEncoder(space, lookback=8, n_features=6, embed=8, heads=2, values=ARRAYS.values)
-    assert encoder.features_dim == 4 * 8 + 8 + 4 + 3
+    encoder = AttentionStoreEncoder(space, lookback=8, n_features=6, embed=4, heads=2, values=ARRAYS.values)
+    assert encoder.features_dim == 4 * 8 + 8 + 4 + 3  # summaries of 2 x 4
     perm = [2, 0, 3, 1]
     permuted = np.ascontiguousarray(ARRAYS.values[:, perm])  # asset j of the permuted store is asset perm[j]
     rng = np.random.default_rng(5)
@@ -161,7 +163,7 @@ def test_the_attention_encoder_is_equivariant_across_assets_but_for_their_identi
     assert torch.allclose(found_p[:, 32:40], found[:, 32:40], atol=1e-5)  # the market mean
     assert torch.equal(found_p[:, 40:], obs_p[:, 1:])  # the portfolio, as given
     # the attended blocks depend on the other assets: not shared's summaries passed through alone
-    shared = SharedStoreEncoder(space, lookback=8, n_features=6, embed=8, values=ARRAYS.values)
+    shared = SharedStoreEncoder(space, lookback=8, n_features=6, embed=4, values=ARRAYS.values)
     shared.load_state_dict({k: v for k, v in encoder.state_dict().items() if k.startswith(("embed.", "temporal."))})
     encoder.bind(ARRAYS.values)
     with torch.no_grad():
@@ -221,6 +223,64 @@ def test_ppo_and_recurrent_ppo_train_with_each_encoder(algo: str, encoder: str):
     assert all(torch.isfinite(v).all() for v in after.values())
     assert model.rollout_buffer.observations.shape[-1] == 1 + 4 + 3  # rows and portfolios, no windows
     venv.close()
+
+
+def _permuted(arrays, order: np.ndarray):
+    values = np.ascontiguousarray(arrays.values[:, order])
+    values.flags.writeable = False
+    return replace(arrays, values=values)
+
+
+@pytest.mark.parametrize("action_mode", ["continuous", "discrete"])
+def test_per_asset_heads_act_alike_on_every_asset(action_mode: str):
+    """Permute the store's assets and the portfolio's weights: with the shared encoder and per-asset
+    heads the actor's outputs permute alike (SB3's MLP actor would not); the actor's parameters do
+    not grow with the assets."""
+    config = _config(encoder="shared")
+    config = replace(config, env=replace(config.env, action_mode=action_mode))
+    venv = _venv(config, n=1)
+    model = _model(config, venv)
+    venv.close()
+    policy = model.policy
+    assert isinstance(policy, AssetHeadsPolicy) and type(policy.action_net).__name__ == "AssetOutputs"
+    outputs = 1 if action_mode == "continuous" else 3
+    obs = torch.zeros(6, 1 + 4 + 3)
+    obs[:, 0] = torch.tensor([20.0, 80, 150, 151, 300, 499])
+    obs[:, 1:5] = torch.rand(6, 4) / 4
+    obs[:, 5:] = torch.randn(6, 3)
+    order = np.array([2, 0, 3, 1])
+    moved = obs.clone()
+    moved[:, 1:5] = obs[:, 1:5][:, order]
+
+    def actor(o: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return policy.action_net(policy.mlp_extractor.forward_actor(policy.extract_features(o)))
+
+    found = actor(obs).view(6, 4, outputs)
+    bind_store(model, _permuted(ARRAYS, order).values)
+    torch.testing.assert_close(actor(moved).view(6, 4, outputs), found[:, order], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(found[:, 0], found[:, 1])  # the assets' actions differ: each reads its own
+
+    wider = synthetic_arrays(500, 8, 6, seed=8)
+    venv8 = _venv(config, n=1, arrays=wider)
+    policy8 = _model(config, venv8, arrays=wider).policy
+    venv8.close()
+
+    def actor_size(p) -> int:
+        return sum(t.numel() for t in [*p.mlp_extractor.head.parameters(), *p.action_net.parameters()])
+
+    assert actor_size(policy8) == actor_size(policy)
+
+
+def test_per_asset_heads_are_ppos_on_store_encoders_only():
+    assert type(_model(_config(encoder="shared"), _venv(_config(), n=1)).policy) is AssetHeadsPolicy
+    for encoder, algo, heads in (("flat", "ppo", True), ("shared", "ppo", False), ("shared", "recurrent_ppo", True)):
+        config = _config(encoder=encoder, algo=algo)
+        config = replace(config, ppo=replace(config.ppo, asset_heads=heads))
+        assert not config.ppo.per_asset_heads
+        venv = _venv(config, n=1)
+        assert not isinstance(_model(config, venv).policy, AssetHeadsPolicy)
+        venv.close()
 
 
 def test_rollout_bytes_per_step_do_not_grow_with_lookback():

@@ -401,6 +401,12 @@ class PPOConfig:
     )
     encoder_embed: int = setting(16, "Width of the shared and attention encoders' per-(asset, bar) embedding.")
     encoder_heads: int = setting(2, "Attention heads of the attention encoder (divides encoder_embed).")
+    asset_heads: bool = setting(
+        True,
+        "With the shared and attention encoders under ppo: one small actor shared by every asset reads that "
+        "asset's summary, the market and the portfolio (off: SB3's MLP over all features; recurrent_ppo's LSTM "
+        "mixes the assets, so it always uses the MLP).",
+    )
     checkpoint_every: int = setting(50_000, "Environment steps between checkpoints (also written on SIGTERM/SIGUSR2).")
     device: Literal["auto", "cpu", "cuda"] = setting(
         "auto", "Where the learner runs; auto takes a GPU when there is one."
@@ -432,6 +438,16 @@ class PPOConfig:
         _require(-20 <= self.log_std_init <= 5, "log_std_init", "must be in [-20, 5]")
         _require(all(1 <= width <= 65_536 for width in self.net_arch), "net_arch", "layer sizes must be 1 to 65536")
         _require(len(self.net_arch) <= 64, "net_arch", "at most 64 layers")
+
+    @property
+    def per_asset_heads(self) -> bool:
+        """Whether the actor is per-asset heads (:mod:`ploutos.train.policies`): asked for, and applicable."""
+        return self.asset_heads and self.encoder != "flat" and self.algo == "ppo"
+
+    @property
+    def asset_head_width(self) -> int:
+        """Hidden width of the per-asset heads: the width of the asset summary they read (2 x encoder_embed)."""
+        return 2 * self.encoder_embed
 
 
 @dataclass(frozen=True)

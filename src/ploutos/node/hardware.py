@@ -48,7 +48,7 @@ LEARNER_S_PER_FLOAT = 0.156e-6
 """... and per observation float on top (45,618 floats: 126 steps/s)."""
 STORE_ENCODER_S_PER_FLOAT = 0.014e-6
 """The same with observations by reference and a ``shared`` or ``attention`` encoder, per window float
-(45,618 floats: about 700 steps/s at 2 envs, 1,300 at 8; ploutos bench train, encoder lines)."""
+(45,618 floats: about 690 steps/s at 2 envs, 1,180 at 8; ploutos bench train, encoder lines)."""
 MPI_RANK_EFFICIENCY = 0.965
 """Steps per second of 2 ranks over twice 1 rank's (measured 1.93 x on 2 cores; ploutos bench train)."""
 GPU_LEARNER_SPEEDUP = 10.0

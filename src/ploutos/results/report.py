@@ -126,7 +126,11 @@ def _read_task(path: Path) -> dict[str, np.ndarray] | None:
             out = {"time": h5["test/timestamps"][()].astype("datetime64[us]"), "equity": h5["test/equity"][()]}
             optional = {"buy_and_hold": "benchmarks/buy_and_hold/equity"}
             optional.update({key: f"training/{key}" for key in ("timesteps", "ep_rew_mean", "value_loss")})
-            return out | {key: h5[where][()] for key, where in optional.items() if where in h5}
+            optional.update({f"validation_{key}": f"validation/{key}" for key in ("timesteps", "score")})
+            found = out | {key: h5[where][()] for key, where in optional.items() if where in h5}
+            if "validation" in h5 and "chosen_timesteps" in h5["validation"].attrs:
+                found["chosen_timesteps"] = np.asarray(h5["validation"].attrs["chosen_timesteps"])
+            return found
     except (OSError, KeyError):
         return None
 
@@ -241,33 +245,75 @@ def plot_distributions(s: Summary, path: Path) -> Path:
     return _save(fig, path)
 
 
+TRAINING_PANELS = ("ep_rew_mean", "value_loss", "validation_score")
+"""The training plot's panels, top to bottom: two of SB3's training curves, then the validation curve."""
+
+
 def plot_training(s: Summary, tasks: dict[tuple[int, int], dict[str, np.ndarray] | None], path: Path) -> Path:
-    fig = Figure(figsize=(10, 6))
-    axes = fig.subplots(2, 1, sharex=True)
+    fig = Figure(figsize=(10, 8))
+    axes = fig.subplots(3, 1, sharex=True)
     drawn: set[int] = set()
     for (fold, member), t in sorted(tasks.items()):
-        if member < 0 or t is None or "timesteps" not in t:
+        if member < 0 or t is None:
             continue
-        for ax, key in zip(axes, ("ep_rew_mean", "value_loss"), strict=True):
-            if key in t and len(t[key]) == len(t["timesteps"]):  # colour by fold: members of a fold overlap
-                ax.plot(
-                    t["timesteps"],
-                    t[key],
-                    color=f"C{fold % 10}",
-                    lw=0.9,
-                    label=None if fold in drawn else f"fold {fold}",
-                )
-        drawn.add(fold)
-    for ax, key in zip(axes, ("ep_rew_mean", "value_loss"), strict=True):
-        ax.set_ylabel(key)
+        for ax, key in zip(axes, TRAINING_PANELS, strict=True):
+            steps = t.get("validation_timesteps" if key == "validation_score" else "timesteps")
+            if steps is None or key not in t or len(t[key]) != len(steps) or not len(steps):
+                continue
+            label = None if fold in drawn else f"fold {fold}"  # colour by fold: members of a fold overlap
+            ax.plot(steps, t[key], color=f"C{fold % 10}", lw=0.9, marker="." if key == "validation_score" else None,
+                    label=label)  # fmt: skip
+            drawn.add(fold)
+            if key == "validation_score" and "chosen_timesteps" in t:
+                kept = np.flatnonzero(steps == t["chosen_timesteps"])
+                ax.scatter(steps[kept], t[key][kept], s=40, facecolors="none", edgecolors=f"C{fold % 10}", zorder=3)
+    for ax, key in zip(axes, TRAINING_PANELS, strict=True):
+        ax.set_ylabel("validation score (kept: circled)" if key == "validation_score" else key, fontsize=8)
     if drawn:
         axes[0].legend(fontsize=7, ncols=min(len(drawn), 6))
     else:
         axes[0].text(0.5, 0.5, "no member task files with a training curve", transform=axes[0].transAxes, ha="center")
-    axes[0].set_title(f"{s.run}: training curves of every member task file present")
-    axes[1].set_xlabel("timesteps")
-    fig.subplots_adjust(left=0.08, right=0.97, top=0.93, bottom=0.09, hspace=0.12)
+    axes[0].set_title(f"{s.run}: training and validation curves of every member task file present")
+    axes[2].set_xlabel("timesteps")
+    fig.subplots_adjust(left=0.08, right=0.97, top=0.94, bottom=0.07, hspace=0.12)
     return _save(fig, path)
+
+
+def validation_markdown(s: Summary, tasks: dict[tuple[int, int], dict[str, np.ndarray] | None]) -> list[str]:
+    """The validation curves: the mean score over each fold's members at every validation, and the
+    checkpoint each member kept. Empty when no task file has a validation curve."""
+    curves = {
+        key: (t["validation_timesteps"], t["validation_score"], t.get("chosen_timesteps"))
+        for key, t in tasks.items()
+        if key[1] >= 0 and t is not None and len(t.get("validation_timesteps", ())) and "validation_score" in t
+    }
+    if not curves:
+        return []
+    steps = sorted({int(x) for found, _, _ in curves.values() for x in found})
+    folds = sorted({fold for fold, _ in curves})
+    lines = [
+        "", "## Validation", "",
+        "Each member traded its fold's validation window (the end of its training window, never trained on) at every "
+        "checkpoint below and kept the best one; the test window was traded once, by the kept checkpoint. Mean "
+        "validation score over each fold's members:", "",
+        "| timesteps | " + " | ".join(f"fold {f}" for f in folds) + " | all |",
+        "| ---: |" + " ---: |" * (len(folds) + 1),
+    ]  # fmt: skip
+    for step in steps:
+        cells, everyone = [], []
+        for fold in folds:
+            values = [float(v[x == step][0]) for (f, _), (x, v, _) in curves.items() if f == fold and step in x]
+            everyone += values
+            cells.append(_fmt(float(np.mean(values))) if values else "")
+        lines.append(f"| {step:,} | {' | '.join(cells)} | {_fmt(float(np.mean(everyone)))} |")
+    kept = [
+        f"fold {f} member {m}: {int(chosen):,}"
+        for (f, m), (_, _, chosen) in sorted(curves.items())
+        if chosen is not None
+    ]
+    if kept:
+        lines += ["", "Kept checkpoints (timesteps): " + "; ".join(kept) + "."]
+    return lines
 
 
 def _fmt(value: float | None, kind: str = "num") -> str:
@@ -276,7 +322,7 @@ def _fmt(value: float | None, kind: str = "num") -> str:
     return f"{value:.2%}" if kind == "pct" else f"{value:.3f}" if kind == "prob" else f"{value:.2f}"
 
 
-def summary_markdown(s: Summary) -> str:
+def summary_markdown(s: Summary, tasks: dict[tuple[int, int], dict[str, np.ndarray] | None] | None = None) -> str:
     present = s.folds - len(s.gaps)
     lines = [
         f"# Ploutos report: {s.run}",
@@ -311,7 +357,8 @@ def summary_markdown(s: Summary) -> str:
     lines += significance_markdown(s)
     lines += ["", "## Missing or failed tasks", ""]
     lines += [f"- {line}" for line in s.missing] or ["none"]
-    lines += ["", "## Training", "", "![Training curves](training_curves.png)", ""]
+    lines += validation_markdown(s, tasks or {})
+    lines += ["", "## Training", "", "![Training and validation curves](training_curves.png)", ""]
     return "\n".join(lines)
 
 
@@ -370,5 +417,5 @@ def write_report(run_dir: Path) -> list[Path]:
         plot_training(s, tasks, out / "training_curves.png"),
     ]
     with atomic_path(out / "summary.md") as tmp:
-        tmp.write_text(summary_markdown(s))
+        tmp.write_text(summary_markdown(s, tasks))
     return [*paths, out / "summary.md"]

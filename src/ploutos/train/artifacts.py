@@ -37,7 +37,7 @@ from ploutos.config import Config, config_hash
 from ploutos.errors import PloutosError
 from ploutos.files import atomic_path
 from ploutos.train.encoders import kwargs_from_json, kwargs_to_json
-from ploutos.train.model import ALGORITHMS, policy_name
+from ploutos.train.model import policy_class, policy_name
 
 META = "ploutos.json"
 TENSORS = "tensors.pt"
@@ -145,7 +145,7 @@ def save_policy(model: Any, path: Path, config: Config) -> None:
 def build_policy(meta: dict[str, Any], state: dict[str, Any], values: np.ndarray | None = None) -> Any:
     """The SB3 policy described by ``meta`` with the weights ``state``, on the CPU, in evaluation mode;
     a store encoder reads ``values`` (or what :func:`~ploutos.train.encoders.bind_store` gives it later)."""
-    cls = ALGORITHMS[meta["algo"]].policy_aliases[meta["policy"]]
+    cls = policy_class(meta["algo"], meta["policy"])
     policy = cls(
         space_from_json(meta["observation_space"]),
         space_from_json(meta["action_space"]),

@@ -20,16 +20,21 @@ Encoders (``ppo.encoder``):
 - ``flat``: the window flattened, then the portfolio: bitwise the input today's MLP gets from an
   ``obs_layout: flat`` observation, at the learner's cost (the baseline).
 - ``shared``: one small MLP embeds each (asset, bar)'s ``F`` features, with the same weights for
-  every asset and bar; a strided temporal convolution and a mean over the lookback summarize each
-  asset; the features are each asset's summary (a per-asset block), their mean over assets (the
-  market) and the portfolio. Its cost grows with ``L * A * F * embed`` multiply-adds instead of
+  every asset and bar; a strided temporal convolution summarizes each asset by its mean over the
+  lookback and its latest stride (so recent bars stand apart from old ones); the features are
+  each asset's summary (a per-asset block), their mean over assets (the market) and the
+  portfolio. Its cost grows with ``L * A * F * embed`` multiply-adds instead of
   ``L * A * F * net_arch[0]`` per network, and its parameters do not grow with assets or lookback.
 - ``attention``: ``shared``'s per-asset summaries, each plus a learned embedding of its asset, then
   one pre-norm transformer encoder layer across the assets (self-attention, then a feed-forward
   layer, both residual), so each asset's features can depend on the others' (cross-asset
   structure that the mean over assets only averages away); the features are the attended
   per-asset blocks, their mean over assets and the portfolio, of ``shared``'s size. Its
-  parameters grow with the assets only through the ``(A, embed)`` identity embedding.
+  parameters grow with the assets only through the ``(A, 2 embed)`` identity embedding.
+
+Under PPO the actor of ``shared`` and ``attention`` reads these features per asset
+(:mod:`ploutos.train.policies`); :func:`join_features` and :func:`split_features` are the layout
+both sides agree on.
 """
 
 from __future__ import annotations
@@ -145,8 +150,11 @@ class SharedStoreEncoder(StoreEncoder):
     ``embed``: width ``E`` of the per-(asset, bar) embedding (``Linear(F, E)``, ReLU) and of the
     temporal convolution; ``kernel``: the convolution's kernel and stride over the lookback (the
     largest divisor of the lookback at most this). The convolution (``E -> E`` over ``kernel``
-    bars, ReLU; a ``Linear(kernel * E, E)`` applied to each stride of each asset) is averaged over
-    the lookback into one summary per asset.
+    bars, ReLU; a ``Linear(kernel * E, E)`` applied to each stride of each asset) gives one output
+    per stride. Each asset's summary (``2 E``) is their mean over the lookback, then the latest
+    stride's output: the convolution is the same at every stride, so a mean alone could not tell
+    the latest bars from the oldest, and it varies little from one decision to the next (a policy
+    reading it barely changes its action across states).
 
     Everything runs on the batch's distinct store rows, sorted: a minibatch of 256 windows of 32
     bars names about 8k rows, 1-2k of them distinct. Each row is embedded once. The convolution
@@ -161,9 +169,11 @@ class SharedStoreEncoder(StoreEncoder):
         values: np.ndarray | None = None,
     ) -> None:  # fmt: skip
         n_assets = observation_space.shape[0] - 1 - PORTFOLIO_FIELDS
-        size = n_assets * embed + embed + n_assets + PORTFOLIO_FIELDS
+        size = n_assets * 2 * embed + 2 * embed + n_assets + PORTFOLIO_FIELDS
         super().__init__(observation_space, size, lookback=lookback, n_features=n_features, values=values)
         self.embed_dim = int(embed)
+        self.summary_dim = 2 * self.embed_dim
+        """Width of each asset's summary: the window's mean stride output, then the latest stride's."""
         self.kernel = max(d for d in range(1, max(1, min(int(kernel), lookback)) + 1) if lookback % d == 0)
         self.embed = nn.Sequential(nn.Linear(n_features, embed), nn.ReLU())
         self.temporal = nn.Linear(self.kernel * embed, embed)
@@ -182,12 +192,10 @@ class SharedStoreEncoder(StoreEncoder):
         super().bind(values)
 
     def forward(self, observations: torch.Tensor) -> torch.Tensor:
-        assets = self.asset_summaries(observations)
-        market = assets.mean(dim=1)
-        return torch.cat([assets.reshape(len(assets), -1), market, self.portfolio(observations)], dim=1)
+        return join_features(self.asset_summaries(observations), self.portfolio(observations))
 
     def asset_summaries(self, observations: torch.Tensor) -> torch.Tensor:
-        """``(B, A, E)``: each asset's convolution outputs averaged over its window."""
+        """``(B, A, 2 E)``: each asset's summary (:meth:`_pooled`)."""
         if not torch.is_grad_enabled() and self._cacheable():
             return self._summaries_from_cache(observations)
         store = self.store_on(observations.device)
@@ -208,7 +216,13 @@ class SharedStoreEncoder(StoreEncoder):
         conv = torch.relu(conv)  # (U - kernel + 1, A, E): position p: the stride ending at distinct row p + kernel - 1
         ends = inverse[:, kernel - 1 :: kernel] - (kernel - 1)  # (B, L / kernel)
         strides = conv.index_select(0, ends.reshape(-1)).view(batch, -1, self.n_assets, width)
-        return strides.sum(dim=1) / strides.shape[1]  # a mean whose backward expands, not divides, B x L/k x A x E
+        return self._pooled(strides)
+
+    @staticmethod
+    def _pooled(strides: torch.Tensor) -> torch.Tensor:
+        """``(B, A, 2 E)``: the ``(B, L / kernel, A, E)`` stride outputs' mean, then the latest's."""
+        mean = strides.sum(dim=1) / strides.shape[1]  # a mean whose backward expands, not divides, B x L/k x A x E
+        return torch.cat([mean, strides[:, -1]], dim=-1)
 
     def _cacheable(self) -> bool:
         """Whether the per-row cache fits :data:`CACHE_BYTES` for this store."""
@@ -221,13 +235,14 @@ class SharedStoreEncoder(StoreEncoder):
         A rollout or an evaluation steps each env one row at a time with fixed weights: of a
         window's ``L / kernel`` stride outputs all but one were computed at earlier steps. They are
         kept per store row (``T x A x E`` floats, allocated at the first call) and forgotten whenever
-        the weights (compared in full, however they were changed: optimizer, MPI broadcast, load) or
-        the store change.
+        the embedding's or convolution's weights (compared in full, however they were changed:
+        optimizer, MPI broadcast, load) or the store change.
         """
         store = self.store_on(observations.device)
         cache = self._cache
-        if cache is None or cache[0] is not store or not all(map(torch.equal, self.parameters(), cache[1])):
-            weights = [p.detach().clone() for p in self.parameters()]
+        cached = [*self.embed.parameters(), *self.temporal.parameters()]  # what the stride outputs depend on
+        if cache is None or cache[0] is not store or not all(map(torch.equal, cached, cache[1])):
+            weights = [p.detach().clone() for p in cached]
             outputs = torch.empty((store.shape[0], self.n_assets, self.embed_dim), device=store.device)
             known = torch.zeros(store.shape[0], dtype=torch.bool, device=store.device)
             cache = self._cache = (store, weights, outputs, known)
@@ -245,7 +260,7 @@ class SharedStoreEncoder(StoreEncoder):
             strides = embedded.transpose(1, 2).reshape(len(missing), n_assets, kernel * width)
             outputs.index_copy_(0, missing, torch.relu(self.temporal(strides)))
             known.index_fill_(0, missing, True)
-        return outputs.index_select(0, ends).view(len(rows), -1, n_assets, width).mean(dim=1)
+        return self._pooled(outputs.index_select(0, ends).view(len(rows), -1, n_assets, width))
 
 
 class AttentionStoreEncoder(SharedStoreEncoder):
@@ -277,17 +292,31 @@ class AttentionStoreEncoder(SharedStoreEncoder):
             observation_space, lookback=lookback, n_features=n_features, embed=embed, kernel=kernel, values=values
         )
         self.heads = int(heads)
-        self.identity = nn.Parameter(torch.empty(self.n_assets, self.embed_dim))
+        self.identity = nn.Parameter(torch.empty(self.n_assets, self.summary_dim))
         nn.init.normal_(self.identity, std=0.02)
         self.attention = nn.TransformerEncoderLayer(
-            d_model=self.embed_dim, nhead=self.heads, dim_feedforward=2 * self.embed_dim, dropout=0.0,
+            d_model=self.summary_dim, nhead=self.heads, dim_feedforward=2 * self.summary_dim, dropout=0.0,
             batch_first=True, norm_first=True,
         )  # fmt: skip
 
     def forward(self, observations: torch.Tensor) -> torch.Tensor:
-        assets = self.attention(self.asset_summaries(observations) + self.identity)  # (B, A, E)
-        market = assets.mean(dim=1)
-        return torch.cat([assets.reshape(len(assets), -1), market, self.portfolio(observations)], dim=1)
+        assets = self.attention(self.asset_summaries(observations) + self.identity)  # (B, A, 2 E)
+        return join_features(assets, self.portfolio(observations))
+
+
+def join_features(assets: torch.Tensor, portfolio: torch.Tensor) -> torch.Tensor:
+    """The features of ``shared`` and ``attention``: the ``(B, A, W)`` per-asset blocks flattened,
+    their mean over assets (the market), then the ``(B, A + 3)`` portfolio."""
+    return torch.cat([assets.reshape(len(assets), -1), assets.mean(dim=1), portfolio], dim=1)
+
+
+def split_features(
+    features: torch.Tensor, n_assets: int, width: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The inverse of :func:`join_features`: per-asset blocks ``(B, A, W)``, market ``(B, W)``, portfolio."""
+    blocks = n_assets * width
+    assets = features[:, :blocks].view(len(features), n_assets, width)
+    return assets, features[:, blocks : blocks + width], features[:, blocks + width :]
 
 
 CLASSES: dict[str, type[StoreEncoder]] = {

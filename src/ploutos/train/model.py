@@ -12,6 +12,7 @@ from stable_baselines3 import PPO
 from ploutos.config import Config
 from ploutos.node.hardware import HardwarePlan
 from ploutos.train import encoders
+from ploutos.train.policies import POLICIES
 
 
 def member_seed(base: int, fold: int, member: int) -> int:
@@ -29,9 +30,17 @@ def algorithm(config: Config) -> type[PPO] | type[RecurrentPPO]:
 
 
 def policy_name(config: Config) -> str:
-    """The SB3 policy class name for ``ppo.algo`` and ``env.obs_layout`` (a Dict space takes MultiInput)."""
+    """The policy class name for ``ppo.algo``, ``env.obs_layout`` (a Dict space takes MultiInput) and
+    ``ppo.asset_heads``: an SB3 alias or one of :data:`ploutos.train.policies.POLICIES`."""
+    if config.ppo.per_asset_heads:
+        return "AssetHeadsPolicy"
     base = "MultiInput" if config.env.obs_layout == "asset_lookback_feature" else "Mlp"
     return f"{base}LstmPolicy" if config.ppo.algo == "recurrent_ppo" else f"{base}Policy"
+
+
+def policy_class(algo: str, name: str) -> Any:
+    """The policy class a model file names: one of ploutos's, or an alias of the SB3 algorithm ``algo``."""
+    return POLICIES.get(name) or ALGORITHMS[algo].policy_aliases[name]
 
 
 def policy_kwargs(config: Config, values: np.ndarray | None = None) -> dict[str, Any]:
@@ -51,6 +60,8 @@ def policy_kwargs(config: Config, values: np.ndarray | None = None) -> dict[str,
         )
         kwargs["features_extractor_class"] = encoders.CLASSES[ppo.encoder]
         kwargs["features_extractor_kwargs"] = {**encoder, "values": values}
+    if ppo.per_asset_heads:
+        kwargs["head_width"] = ppo.asset_head_width
     return kwargs
 
 
@@ -61,7 +72,7 @@ def build_model(
     store the envs trade (``arrays.values``), which the encoder of reference observations reads."""
     ppo = config.ppo
     return algorithm(config)(
-        policy_name(config),
+        policy_class(ppo.algo, policy_name(config)),
         venv,
         n_steps=ppo.n_steps,
         batch_size=layout.batch_size,

@@ -1,0 +1,116 @@
+"""Per-asset action heads: the actor of PPO on the ``shared`` and ``attention`` encoders.
+
+SB3's ``MlpPolicy`` maps the encoder's features through one MLP to all ``A`` action outputs, so
+asset ``a``'s action depends on asset ``b``'s summary through weights learned for that pair: the
+actor's parameters grow with ``A^2`` and what it learns about one asset never transfers to
+another. :class:`AssetHeadsPolicy` keeps SB3's policy (distribution, critic, optimizer, PPO's
+loss) and replaces only the actor: one small network, the same for every asset, reads
+
+====================  =====  ===============================================================
+input                 width  the encoder's features (:func:`~ploutos.train.encoders.split_features`)
+====================  =====  ===============================================================
+the asset's summary   2E     its block of per-asset features (attended, with ``attention``)
+the market            2E     the mean of the per-asset blocks
+the asset's weight    1      the portfolio state
+the portfolio         3      cash share, log return, drawdown
+====================  =====  ===============================================================
+
+through one hidden layer (``width``, the policy's activation), then one linear output per asset:
+its Gaussian mean (continuous actions) or its 3 logits (discrete). The critic is SB3's MLP over
+all the features (``net_arch["vf"]``). The actor's parameters do not grow with the assets.
+
+RecurrentPPO keeps SB3's actor: its LSTM mixes the assets before the actor sees them, so there
+is no per-asset input left for a head to read.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.torch_layers import MlpExtractor
+from torch import nn
+
+from ploutos.env.core import PORTFOLIO_FIELDS
+from ploutos.train.encoders import SharedStoreEncoder, split_features
+
+
+class AssetHeads(nn.Module):
+    """The actor's per-asset hidden layer and the critic's MLP (SB3's ``mlp_extractor`` contract)."""
+
+    def __init__(
+        self, encoder: SharedStoreEncoder, width: int, value_arch: list[int], activation: type[nn.Module],
+        device: torch.device | str,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        self.n_assets, self.summary, self.width = encoder.n_assets, encoder.summary_dim, int(width)
+        self.head = nn.Sequential(nn.Linear(2 * self.summary + 1 + PORTFOLIO_FIELDS, self.width), activation())
+        self.critic = MlpExtractor(encoder.features_dim, {"pi": [], "vf": value_arch}, activation, device)
+        self.latent_dim_pi = self.n_assets * self.width
+        self.latent_dim_vf = self.critic.latent_dim_vf
+        self.to(device)
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.forward_actor(features), self.forward_critic(features)
+
+    def forward_actor(self, features: torch.Tensor) -> torch.Tensor:
+        """``(B, A * width)``: each asset's hidden layer, asset-major."""
+        assets, market, portfolio = split_features(features, self.n_assets, self.summary)
+        batch, n_assets = len(features), self.n_assets
+        weights = portfolio[:, :n_assets, None]
+        context = torch.cat([market, portfolio[:, n_assets:]], dim=1)[:, None, :].expand(batch, n_assets, -1)
+        return self.head(torch.cat([assets, context, weights], dim=2)).reshape(batch, n_assets * self.width)
+
+    def forward_critic(self, features: torch.Tensor) -> torch.Tensor:
+        return self.critic.forward_critic(features)
+
+
+class AssetOutputs(nn.Module):
+    """One ``Linear(width, outputs)`` applied to every asset's hidden layer: ``(B, A * outputs)``, asset-major."""
+
+    def __init__(self, n_assets: int, width: int, outputs: int) -> None:
+        super().__init__()
+        self.n_assets, self.width = int(n_assets), int(width)
+        self.linear = nn.Linear(self.width, int(outputs))
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        return self.linear(latent.view(len(latent), self.n_assets, self.width)).reshape(len(latent), -1)
+
+
+class AssetHeadsPolicy(ActorCriticPolicy):
+    """SB3's actor-critic policy with per-asset action heads; ``head_width``: the heads' hidden width.
+
+    Needs a ``shared`` or ``attention`` encoder (``features_extractor_class``) and an action space
+    with the same number of outputs for every asset (``Box(A)``: 1, ``MultiDiscrete([3] * A)``: 3).
+    """
+
+    def __init__(self, *args: Any, head_width: int = 32, **kwargs: Any) -> None:
+        self.head_width = int(head_width)
+        super().__init__(*args, **kwargs)
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        return {**super()._get_constructor_parameters(), "head_width": self.head_width}
+
+    def _build_mlp_extractor(self) -> None:
+        encoder = self.features_extractor
+        if not isinstance(encoder, SharedStoreEncoder):
+            raise TypeError(f"per-asset heads read a shared or attention encoder, not {type(encoder).__name__}")
+        value_arch = self.net_arch["vf"] if isinstance(self.net_arch, dict) else list(self.net_arch)
+        self.mlp_extractor = AssetHeads(encoder, self.head_width, value_arch, self.activation_fn, self.device)
+
+    def _build(self, lr_schedule: Any) -> None:
+        super()._build(lr_schedule)
+        n_assets = self.mlp_extractor.n_assets
+        outputs, remainder = divmod(self.action_net.out_features, n_assets)
+        if remainder:
+            raise ValueError(f"{self.action_net.out_features} action outputs do not split over {n_assets} assets")
+        self.action_net = AssetOutputs(n_assets, self.head_width, outputs).to(self.device)
+        if self.ortho_init:  # SB3's gain for the action output: near-zero means, near-uniform logits at first
+            self.action_net.apply(lambda module: self.init_weights(module, gain=0.01))
+        # the optimizer super() built holds the replaced output layer's parameters
+        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
+
+
+POLICIES: dict[str, type[ActorCriticPolicy]] = {"AssetHeadsPolicy": AssetHeadsPolicy}
+"""Ploutos's policy classes by the name a model file records (beside SB3's aliases)."""

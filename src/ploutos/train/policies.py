@@ -2,7 +2,7 @@
 
 SB3's ``MlpPolicy`` maps the encoder's features through one MLP to all ``A`` action outputs, so
 asset ``a``'s action depends on asset ``b``'s summary through weights learned for that pair: the
-actor's parameters grow with ``A^2`` and what it learns about one asset never transfers to
+actor's parameters grow with the assets and what it learns about one asset never transfers to
 another. :class:`AssetHeadsPolicy` keeps SB3's policy (distribution, critic, optimizer, PPO's
 loss) and replaces only the actor: one small network, the same for every asset, reads
 

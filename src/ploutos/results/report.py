@@ -279,7 +279,7 @@ def plot_training(s: Summary, tasks: dict[tuple[int, int], dict[str, np.ndarray]
     return _save(fig, path)
 
 
-def validation_markdown(s: Summary, tasks: dict[tuple[int, int], dict[str, np.ndarray] | None]) -> list[str]:
+def validation_markdown(tasks: dict[tuple[int, int], dict[str, np.ndarray] | None]) -> list[str]:
     """The validation curves: the mean score over each fold's members at every validation, and the
     checkpoint each member kept. Empty when no task file has a validation curve."""
     curves = {
@@ -357,7 +357,7 @@ def summary_markdown(s: Summary, tasks: dict[tuple[int, int], dict[str, np.ndarr
     lines += significance_markdown(s)
     lines += ["", "## Missing or failed tasks", ""]
     lines += [f"- {line}" for line in s.missing] or ["none"]
-    lines += validation_markdown(s, tasks or {})
+    lines += validation_markdown(tasks or {})
     lines += ["", "## Training", "", "![Training and validation curves](training_curves.png)", ""]
     return "\n".join(lines)
 

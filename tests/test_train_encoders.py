@@ -20,6 +20,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from stable_baselines3.common.policies import ActorCriticPolicy
 from torch import nn
 
 import ploutos.train.encoders as encoders_module
@@ -270,6 +271,41 @@ def test_per_asset_heads_act_alike_on_every_asset(action_mode: str):
         return sum(t.numel() for t in [*p.mlp_extractor.head.parameters(), *p.action_net.parameters()])
 
     assert actor_size(policy8) == actor_size(policy)
+
+
+def test_the_closed_form_rollout_forward_is_sb3s_bitwise():
+    """Same random draws, same actions, values and log-probabilities as SB3's forward through
+    ``torch.distributions.Normal``; NaN means still fail loudly; discrete actions use SB3's path."""
+    config = _config(encoder="attention")
+    venv = _venv(config, n=1)
+    policy = _model(config, venv).policy
+    venv.close()
+    with torch.no_grad():
+        policy.log_std.fill_(-0.7)
+    obs = torch.zeros(5, 1 + 4 + 3)
+    obs[:, 0] = torch.tensor([20.0, 80, 150, 300, 499])
+    obs[:, 1:5] = torch.rand(5, 4) / 4
+    for deterministic in (False, True):
+        torch.manual_seed(3)
+        ours = policy(obs, deterministic=deterministic)
+        torch.manual_seed(3)
+        theirs = ActorCriticPolicy.forward(policy, obs, deterministic=deterministic)
+        for a, b in zip(ours, theirs, strict=True):
+            assert a.shape == b.shape and torch.equal(a, b)
+    assert not torch.equal(policy(obs)[0], policy(obs)[0])  # sampled, not the mean
+    with torch.no_grad():
+        policy.action_net.linear.bias.fill_(float("nan"))
+    with pytest.raises(ValueError, match="action means are NaN"):
+        policy(obs)
+
+    discrete = replace(config, env=replace(config.env, action_mode="discrete"))
+    venv = _venv(discrete, n=1)
+    policy = _model(discrete, venv).policy
+    venv.close()
+    torch.manual_seed(3)
+    ours = policy(obs)
+    torch.manual_seed(3)
+    assert all(map(torch.equal, ours, ActorCriticPolicy.forward(policy, obs)))
 
 
 def test_per_asset_heads_are_ppos_on_store_encoders_only():

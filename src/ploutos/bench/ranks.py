@@ -26,6 +26,7 @@ from ploutos.bench.encoders import ASSETS, FEATURES, ROWS, bench_config, synthet
 from ploutos.bench.env import synthetic_arrays
 from ploutos.config import load
 from ploutos.env.batched import BatchedVecEnv
+from ploutos.node.allocator import keep_freed_memory
 from ploutos.node.context import node_context, pin_threads
 from ploutos.node.hardware import plan
 from ploutos.train.distributed import RankGroup
@@ -112,6 +113,8 @@ def rank_main(argv: Sequence[str] | None = None) -> int:
     ranks = RankGroup(node_context())
     pin_threads(1)
     config = bench_config(load(args.config, [*args.overrides, "env.obs_layout=reference", "ppo.encoder=shared"]))
+    if config.hardware.keep_freed_memory:
+        keep_freed_memory()
     config = replace(config, hardware=replace(config.hardware, n_envs=args.n_envs))
     layout = replace(plan(config), n_envs=args.n_envs, learner_threads=1, workers=0)
     arrays = synthetic_arrays(ROWS, ASSETS, FEATURES, seed=0)

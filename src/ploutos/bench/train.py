@@ -48,6 +48,7 @@ from ploutos.commandline import Parser
 from ploutos.config import config_hash, load
 from ploutos.data.build import build_dataset
 from ploutos.env.trading import TradingEnv
+from ploutos.node.allocator import keep_freed_memory
 from ploutos.node.context import THREAD_VARIABLES, node_feature_store, pin_threads
 from ploutos.node.hardware import plan
 from ploutos.train.folds import fold_features
@@ -292,6 +293,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--timesteps and --repeats must be >= 1")
 
     config = load(args.config or "quickstart", args.overrides)
+    if config.hardware.keep_freed_memory and keep_freed_memory():
+        print("# every setup in this process: glibc keeps freed memory (hardware.keep_freed_memory), as a task does")
     if not args.encoders_only:
         _bench_setups(config, args.n_envs_list, args.n_envs, timesteps, repeats)
     if not args.no_encoders:

@@ -525,6 +525,9 @@ class HardwareConfig:
     learner_threads: int | None = setting(
         None, "Torch threads of the learner; empty: derived (env workers always get 1)."
     )
+    keep_freed_memory: bool = setting(
+        True, "Learners keep freed memory for reuse (glibc's malloc thresholds raised); false: glibc's defaults."
+    )
 
     def __post_init__(self) -> None:
         for key in ("cpus", "n_envs", "envs_per_worker", "learner_threads"):

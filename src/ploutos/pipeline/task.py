@@ -25,6 +25,7 @@ from typing import Any
 from ploutos.config import Config, config_hash
 from ploutos.errors import ConfigError
 from ploutos.features.arrays import FeatureArrays
+from ploutos.node.allocator import keep_freed_memory
 from ploutos.node.context import NodeContext, node_context, node_feature_store, pin_threads
 from ploutos.node.hardware import HardwarePlan, PlanWarning, plan
 from ploutos.pipeline.record import ensure_ensemble, record_member
@@ -84,6 +85,8 @@ def _train_and_record(
     for warning in layout.warnings if ranks.is_root else ():
         warnings.warn(warning, PlanWarning, stacklevel=1)
     pin_threads(layout.learner_threads)
+    if config.hardware.keep_freed_memory:
+        keep_freed_memory()
     store_hash = f"{config_hash(config)}-fold{fold_index}"
     built: dict[str, Any] = {}
 

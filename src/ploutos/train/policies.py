@@ -25,15 +25,20 @@ is no per-asset input left for a head to read.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
+from stable_baselines3.common.distributions import DiagGaussianDistribution
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.torch_layers import MlpExtractor
 from torch import nn
 
 from ploutos.env.core import PORTFOLIO_FIELDS
 from ploutos.train.encoders import SharedStoreEncoder, split_features
+
+LOG_SQRT_2PI = math.log(math.sqrt(2 * math.pi))
+"""The Gaussian log-density's constant, as ``torch.distributions.Normal.log_prob`` computes it."""
 
 
 class AssetHeads(nn.Module):
@@ -98,6 +103,30 @@ class AssetHeadsPolicy(ActorCriticPolicy):
             raise TypeError(f"per-asset heads read a shared or attention encoder, not {type(encoder).__name__}")
         value_arch = self.net_arch["vf"] if isinstance(self.net_arch, dict) else list(self.net_arch)
         self.mlp_extractor = AssetHeads(encoder, self.head_width, value_arch, self.activation_fn, self.device)
+
+    def forward(
+        self, obs: torch.Tensor, deterministic: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """SB3's forward (actions, values, log-probabilities), Gaussian actions in closed form.
+
+        A rollout calls this once per vec-env step on a handful of rows, where each torch call
+        costs more than its arithmetic: building ``torch.distributions.Normal`` (its argument
+        checks) and its ``rsample`` and ``log_prob`` took 0.4 of the 1.4 ms of this forward. The
+        same expressions on the same random draws give bitwise SB3's actions and log-probabilities
+        (a test compares them); discrete actions and anything but a plain diagonal Gaussian go
+        through SB3's path.
+        """
+        if not isinstance(self.action_dist, DiagGaussianDistribution) or not self.share_features_extractor:
+            return super().forward(obs, deterministic)
+        latent_pi, latent_vf = self.mlp_extractor(self.extract_features(obs))
+        values = self.value_net(latent_vf)
+        mean = self.action_net(latent_pi)
+        if torch.isnan(mean).any():  # what Normal's argument check would have caught
+            raise ValueError("the policy's action means are NaN: its weights diverged (lower the learning rate)")
+        scale = torch.ones_like(mean) * self.log_std.exp()
+        actions = mean if deterministic else mean + torch.empty_like(mean).normal_() * scale
+        log_prob = (-((actions - mean) ** 2) / (2 * scale**2) - scale.log() - LOG_SQRT_2PI).sum(dim=1)
+        return actions.reshape((-1, *self.action_space.shape)), values, log_prob
 
     def _build(self, lr_schedule: Any) -> None:
         super()._build(lr_schedule)

@@ -44,46 +44,46 @@ def test_talib_equivalent_outputs_match_the_bars():
         assert np.isfinite(values[-1]), name  # every output is defined after the longest warm-up
 
 
-def test_run_small_reports_every_line():
-    results = bench.run(quick=True, repeats=1, warmup=0, bars=5_000, tickers=3, bars_per_ticker=2_000, pandas=False)
+def test_run_small_reports_a_ratio_line_per_shape():
+    results = bench.run(quick=True, repeats=1, warmup=0, shapes=((1, 5_000), (3, 2_000)), pandas=False)
     assert [r.subject for r in results] == ["ploutos", "ploutos"]
     single, multi = results
-    assert single.baseline == "TA-Lib"
-    assert single.baseline_outputs >= 85
-    assert single.outputs > 100 and multi.outputs >= single.outputs
     for r in results:
-        assert r.ms > 0 and r.timing.repeats == 1
+        assert r.baseline == "TA-Lib" and r.baseline_outputs >= 85
+        assert r.ms > 0 and r.timing.repeats == 1 and r.baseline_timing.median_ms > 0 and r.ratio > 0
         assert r.passed in (True, False)
-    assert single.baseline_timing.median_ms > 0 and single.ratio > 0
+    assert single.outputs > 100 and multi.outputs >= single.outputs
+    assert len(multi.baseline_timing.result) == 3  # TA-Lib ran once per ticker
     lines = bench.format_results(results)
-    assert lines[0].startswith("features 1 x 5k bars: ploutos ")
-    assert "TA-Lib" in lines[0] and "ratio" in lines[0]
-    assert lines[1].startswith("features 3 x 2k bars: ploutos ")
-    assert all(line.endswith(("PASS", "MISS")) for line in lines)
+    number = r"[\d.]+ m?s"
+    assert re.fullmatch(
+        rf"1 x 5k: ratio \d+\.\d\d \| ploutos {number} \(\d+ features\) \| TA-Lib {number} \(\d+ outputs per "
+        r"ticker, looped over 1 ticker\) \| target <= 1\.0: (PASS|MISS)",
+        lines[0],
+    )
+    assert lines[1].startswith("3 x 2k: ratio ") and "looped over 3 tickers" in lines[1]
 
 
 def test_pandas_ta_line_is_scaled_in_quick_mode():
-    results = bench.run(quick=True, repeats=1, warmup=0, bars=2_000, tickers=2, bars_per_ticker=500, pandas_bars=1_000)
+    results = bench.run(quick=True, repeats=1, warmup=0, shapes=((1, 2_000), (2, 500)), pandas_bars=1_000)
     pandas_line = results[-1]
     assert pandas_line.subject == "pandas ta"
     assert pandas_line.scale == 2.0 and "scaled x2" in pandas_line.note
     assert pandas_line.outputs > 50
-    assert "x faster" in bench.format_results(results)[-1]
+    assert "x faster (1 x 2k)" in bench.format_results(results)[-1]
 
 
 def test_main_prints_and_returns_zero(monkeypatch, capsys):
     small = bench.run
 
     def tiny(quick=False, repeats=5, **kwargs):
-        return small(
-            quick, repeats, warmup=0, bars=1_000, tickers=2, bars_per_ticker=500, pandas=False, log=kwargs.get("log")
-        )
+        return small(quick, repeats, warmup=0, shapes=((1, 1_000), (2, 500)), pandas=False, log=kwargs.get("log"))
 
     monkeypatch.setattr(bench, "run", tiny)
     assert bench.main(["--quick", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
     assert "threads" in out and "cores" in out
-    assert "features 1 x 1k bars" in out
+    assert "1 x 1k: ratio " in out and "2 x 500: ratio " in out
 
 
 def test_bench_env_lines_follow_the_format():

@@ -81,6 +81,21 @@ def test_cross_asset_and_macro_features_appear_when_they_can(universe: pl.DataFr
     assert not any(n.startswith("excess_") for n in compute(universe.filter(pl.col("ticker") == "AAA")).columns)
 
 
+def test_the_expressions_are_built_once_per_config_and_columns(universe: pl.DataFrame):
+    from ploutos.features.engine import _plan  # the cache itself, to count its hits
+
+    one = universe.filter(pl.col("ticker") == "AAA")
+    narrow = FeaturesConfig(windows=(5, 10))
+    _plan.cache_clear()
+    first = compute(one)
+    names = compute(one, narrow).columns
+    assert "close_sma_10" in names and "close_sma_20" not in names
+    assert compute(one).equals(first)  # another config in between changes nothing
+    assert "excess_ret_1" in compute(universe).columns  # a universe gets its cross-asset plan
+    info = _plan.cache_info()
+    assert (info.misses, info.hits) == (3, 1)
+
+
 def test_cross_asset_features_compare_tickers_at_the_same_bar(universe: pl.DataFrame):
     features = compute(universe)
     at_each_bar = features.group_by("timestamp").agg(pl.col("excess_ret_1").sum(), pl.col("rank_ret_1").sort())

@@ -26,8 +26,7 @@ KEYS = ("timestamp", "ticker")
 
 def feature_specs(bars: pl.DataFrame, cfg: FeaturesConfig | None = None) -> list[FeatureSpec]:
     """The specs :func:`compute` produces for these bars (cross-asset ones need 2+ tickers)."""
-    macro = [name for name in bars.columns if name.startswith("macro_")]
-    return all_specs(cfg, n_tickers=bars["ticker"].n_unique(), macro_columns=macro)
+    return list(_plan_for(bars, cfg).specs)
 
 
 def compute(
@@ -40,8 +39,7 @@ def compute(
     ``observation``, ``cross``, ``macro``); by default all are returned.
     """
     frame = prepare_bars(bars)
-    macro = tuple(name for name in frame.columns if name.startswith("macro_"))
-    plan = _plan(cfg, frame["ticker"].n_unique() > 1, macro)
+    plan = _plan_for(frame, cfg)
     parts = [_staged(part.lazy(), plan.stages, plan.per_ticker) for part in _by_ticker(frame)]
     query = pl.concat(parts, how="vertical", rechunk=False)
     if plan.cross:
@@ -60,6 +58,12 @@ class _Plan:
     """The shared intermediates, one ``with_columns`` per stage (:class:`~.binder.Binder`)."""
     per_ticker: tuple[pl.Expr, ...]
     cross: tuple[pl.Expr, ...]
+
+
+def _plan_for(bars: pl.DataFrame, cfg: FeaturesConfig | None) -> _Plan:
+    """The plan of these bars' feature set: cross-asset features with 2+ tickers, macro ones per column."""
+    macro = tuple(name for name in bars.columns if name.startswith("macro_"))
+    return _plan(cfg, bars["ticker"].n_unique() > 1, macro)
 
 
 @functools.lru_cache(maxsize=16)

@@ -215,3 +215,17 @@ def test_unsorted_input_gives_the_same_features(universe: pl.DataFrame):
     a = compute(universe).sort("ticker", "timestamp")
     b = compute(shuffled).sort("ticker", "timestamp")
     assert a.equals(b)
+
+
+def test_one_query_over_many_tickers_is_each_ticker_alone():
+    """Every lag, window and running sum restarts at a ticker's first bar: no value leaks across."""
+    bars = synthetic(("AAA", "BBB", "CCC"), bars=700, seed=5).filter(
+        (pl.col("ticker") != "BBB") | (pl.int_range(pl.len()).over("ticker") >= 250)  # BBB starts later
+    )
+    together = compute(bars, kinds=("raw", "observation"))
+    for ticker in ("AAA", "BBB", "CCC"):
+        alone = compute(bars.filter(pl.col("ticker") == ticker), kinds=("raw", "observation"))
+        mine = together.filter(pl.col("ticker") == ticker)
+        assert mine.columns == alone.columns
+        for name in alone.columns[2:]:
+            np.testing.assert_array_equal(mine[name].to_numpy(), alone[name].to_numpy(), err_msg=f"{ticker} {name}")

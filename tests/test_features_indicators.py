@@ -35,6 +35,8 @@ def bars() -> pl.DataFrame:
 # name -> (polars expression, function of numpy arrays giving the TA-Lib output)
 CASES = {
     "sma_20": (ind.sma(CLOSE, 20), lambda a: talib.SMA(a["close"], 20)),
+    "max_20": (ind.highest(HIGH, 20), lambda a: talib.MAX(a["high"], 20)),
+    "min_20": (ind.lowest(LOW, 20), lambda a: talib.MIN(a["low"], 20)),
     "ema_20": (ind.ema(CLOSE, 20), lambda a: talib.EMA(a["close"], 20)),
     "rsi_14": (ind.rsi(CLOSE, 14), lambda a: talib.RSI(a["close"], 14)),
     "macd": (ind.macd(CLOSE)[0], lambda a: talib.MACD(a["close"], 12, 26, 9)[0]),
@@ -122,7 +124,7 @@ def engine_output(bars: pl.DataFrame) -> pl.DataFrame:
     return compute(bars.with_columns(timestamp=pl.Series(stamps), ticker=pl.lit("T")), kinds=("raw",))
 
 
-@pytest.mark.parametrize("name", [name for name in CASES if name != "true_range"])
+@pytest.mark.parametrize("name", [name for name in CASES if name not in ("true_range", "max_20", "min_20")])
 def test_engine_columns_match_talib(name: str, bars: pl.DataFrame, engine_output: pl.DataFrame) -> None:
     expected = CASES[name][1](_arrays(bars))
     got = engine_output[name].to_numpy().astype(float)

@@ -18,7 +18,8 @@ PREFIX = "__shared_"
 class Binder:
     """A ``bind`` callback that collects distinct intermediates as named columns."""
 
-    def __init__(self) -> None:
+    def __init__(self, prefix: str = PREFIX) -> None:
+        self.prefix = prefix
         self._names: dict[str, str] = {}
         self._exprs: dict[str, pl.Expr] = {}
         self._levels: dict[str, int] = {}
@@ -29,7 +30,7 @@ class Binder:
         key = expr.meta.serialize(format="json")
         name = self._names.get(key)
         if name is None:
-            name = f"{PREFIX}{len(self._names)}"
+            name = f"{self.prefix}{len(self._names)}"
             self._names[key] = name
             self._exprs[name] = expr.alias(name)
             self._levels[name] = self.level(expr)

@@ -1,9 +1,10 @@
 """Technical indicators as pure, causal Polars expressions (``pl.Expr -> pl.Expr``).
 
 Every function takes column expressions of **one** ticker's bars, sorted by time, and returns an
-expression (or a tuple of them) to be evaluated in a single lazy ``select`` over that ticker's
-partition; none of them knows about tickers or uses ``.over``. All are causal: the value at row
-``i`` depends only on rows ``<= i``, so appending bars never changes a past value.
+expression (or a tuple of them) to be evaluated in a single lazy ``select``; none of them knows
+about tickers or uses ``.over``. Lags and windows count rows through :func:`row`, so the feature
+engine can evaluate them over many tickers' bars in one frame (:func:`rows_from`). All are causal:
+the value at row ``i`` depends only on rows ``<= i``, so appending bars never changes a past value.
 
 The raw indicators match TA-Lib (the ``talib`` package, default settings) after the warm-up, and
 have the same warm-up: rows before TA-Lib's lookback are null (TA-Lib's NaN). Where a formula
@@ -12,38 +13,47 @@ result is the constant TA-Lib uses, documented per function, never ``inf``/``NaN
 some of these denominators against small thresholds (``1e-8``, or ``< 1`` for MFI), we test
 ``== 0`` exactly, so only prices or volumes that tiny behave differently.
 
-Everything is built from vectorized kernels (``rolling_*``, ``shift``, ``ewm_mean(adjust=False)``);
-no Python UDFs, no ``rolling_map``. Intermediate results used more than once go through a ``bind``
-argument (see :data:`Bind`): alone, an indicator is one self-contained expression; in the feature
-engine every distinct intermediate becomes one shared column.
+Windows, recursive smoothers and running sums are compiled kernels (:mod:`.kernels`, numba, one
+call per column, not per row); the rest is Polars' element-wise arithmetic. Intermediate results
+used more than once go through a ``bind`` argument (see :data:`Bind`): alone, an indicator is one
+self-contained expression; in the feature engine every distinct intermediate becomes one shared
+column.
 
 Nulls are expected only as a leading warm-up; outputs keep the name of their first input, so
 alias them. Recursive smoothers (:func:`ema`, :func:`wilder`) are seeded like TA-Lib: the SMA of
 the first ``n`` values of the input after its own warm-up of ``offset`` rows, placed on row
-``offset + n - 1``, then ``ewm_mean(adjust=False)``. Bars are assumed valid (``low <= open, close
+``offset + n - 1``, then an EWM with ``adjust=False``. Bars are assumed valid (``low <= open, close
 <= high``, prices > 0, volume >= 0), as the data layer guarantees.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import polars as pl
+
+from ploutos.features import kernels
 
 __all__ = [
     "Bind",
     "ad",
     "atr",
     "bbands",
+    "change",
     "cci",
     "dmi",
     "ema",
     "garman_klass_vol",
+    "highest",
     "inline",
+    "lag",
     "log_dist_max",
     "log_dist_min",
     "log_return",
+    "lowest",
     "macd",
     "mfi",
     "mom",
@@ -54,6 +64,8 @@ __all__ = [
     "realized_vol",
     "roc",
     "rolling_percentile",
+    "row",
+    "rows_from",
     "rsi",
     "safe_div",
     "sma",
@@ -78,8 +90,40 @@ def _period(n: int, minimum: int = 1, name: str = "n") -> int:
 _NULL = pl.lit(pl.Series("null", [None], dtype=_F64))
 """A Float64 null. ``pl.lit(None)`` (a cast null) stops Polars from sharing the expressions above it."""
 
-_row = pl.int_range(pl.len())
-"""Row number inside the partition."""
+_ROWS: ContextVar[pl.Expr | None] = ContextVar("rows", default=None)
+
+
+def row() -> pl.Expr:
+    """Each bar's row number inside its ticker's bars: the frame's row number, unless :func:`rows_from`
+    says otherwise while the expressions are built."""
+    rows = _ROWS.get()
+    return pl.int_range(pl.len()) if rows is None else rows
+
+
+@contextmanager
+def rows_from(rows: pl.Expr) -> Iterator[None]:
+    """Build indicators over many tickers' bars in one frame: ``rows`` numbers each ticker's bars
+    from 0, in time order, and every lag, sum and window restarts where it is 0.
+
+    The feature engine evaluates one query over all tickers this way (a query per ticker costs
+    a fixed ~40 ms of planning and calls); alone, an indicator sees one ticker's frame.
+    """
+    token = _ROWS.set(rows)
+    try:
+        yield
+    finally:
+        _ROWS.reset(token)
+
+
+def lag(x: pl.Expr, k: int) -> pl.Expr:
+    """x ``k`` bars earlier in the same ticker; null for its first ``k`` bars."""
+    return pl.when(row() >= k).then(x.shift(k)).otherwise(_NULL)
+
+
+def change(x: pl.Expr) -> pl.Expr:
+    """x minus x one bar earlier in the same ticker; null on its first bar."""
+    return x - lag(x, 1)
+
 
 Bind = Callable[[pl.Expr], pl.Expr]
 """Turns an intermediate result into something cheap to reference more than once."""
@@ -101,27 +145,27 @@ def inline(expr: pl.Expr) -> pl.Expr:
 
 def _rmean(x: pl.Expr, n: int) -> pl.Expr:
     """mean(x[i-n+1..i]), null unless all n values are non-null."""
-    return x.rolling_mean(n)
+    return kernels.as_expr("rolling_mean", [x], row(), n, 1.0 / n)
 
 
 def _rsum(x: pl.Expr, n: int) -> pl.Expr:
     """sum(x[i-n+1..i]), null unless all n values are non-null."""
-    return x.rolling_sum(n)
+    return kernels.as_expr("rolling_mean", [x], row(), n, 1.0)
 
 
 def _rstd(x: pl.Expr, n: int, ddof: int) -> pl.Expr:
-    """std(x[i-n+1..i], ddof), null unless all n values are non-null."""
-    return x.rolling_std(n, ddof=ddof)
+    """std(x[i-n+1..i], ddof), null unless all n values are non-null; exactly 0 on a constant window."""
+    return kernels.as_expr("rolling_std", [x], row(), n, ddof)
 
 
 def _rmax(x: pl.Expr, n: int) -> pl.Expr:
     """max(x[i-n+1..i]), null unless all n values are non-null."""
-    return x.rolling_max(n)
+    return kernels.as_expr("rolling_extreme", [x], row(), n, 1.0)
 
 
 def _rmin(x: pl.Expr, n: int) -> pl.Expr:
     """min(x[i-n+1..i]), null unless all n values are non-null."""
-    return x.rolling_min(n)
+    return kernels.as_expr("rolling_extreme", [x], row(), n, -1.0)
 
 
 def _seeded_ewm(
@@ -139,12 +183,8 @@ def _seeded_ewm(
     Null before ``seed_row`` (default ``offset + n - 1``); there, sum(x[offset:offset+n]) / divisor
     (default: the mean of the non-null values in that slice); then y_t = (1 - alpha) y_{t-1} + alpha x_t.
     """
-    x = bind(x)
     r = offset + n - 1 if seed_row is None else seed_row
-    head = x.slice(offset, n)
-    seed = head.mean() if divisor is None else head.sum() / divisor
-    y = pl.when(_row > r).then(x).when(_row == r).then(seed).otherwise(_NULL)
-    return y.ewm_mean(alpha=alpha, adjust=False)
+    return kernels.as_expr("seeded_ewm", [bind(x)], row(), float(alpha), offset, n, r, float(divisor or 0))
 
 
 def _log(x: pl.Expr) -> pl.Expr:
@@ -165,6 +205,16 @@ def safe_div(num: pl.Expr, den: pl.Expr, default: float | None = None) -> pl.Exp
 def sma(x: pl.Expr, n: int) -> pl.Expr:
     """Simple moving average: mean(x[i-n+1..i]); null for the first n-1 rows (TA-Lib SMA)."""
     return _rmean(x, _period(n))
+
+
+def highest(x: pl.Expr, n: int) -> pl.Expr:
+    """Highest value of the last n: max(x[i-n+1..i]); null for the first n-1 rows (TA-Lib MAX)."""
+    return _rmax(x, _period(n))
+
+
+def lowest(x: pl.Expr, n: int) -> pl.Expr:
+    """Lowest value of the last n: min(x[i-n+1..i]); null for the first n-1 rows (TA-Lib MIN)."""
+    return _rmin(x, _period(n))
 
 
 def ema(x: pl.Expr, n: int, offset: int = 0, *, bind: Bind = inline) -> pl.Expr:
@@ -190,7 +240,7 @@ def wilder(x: pl.Expr, n: int, offset: int = 0, *, bind: Bind = inline) -> pl.Ex
 
 def rsi(close: pl.Expr, n: int = 14, *, bind: Bind = inline) -> pl.Expr:
     """RSI = 100 * wilder(gain, n) / (wilder(gain, n) + wilder(loss, n)) of 1-bar changes; 0 if both are 0."""
-    d = bind(close.diff())
+    d = bind(change(close))
     gain = bind(wilder(d.clip(lower_bound=0.0), n, 1, bind=bind))
     loss = bind(wilder((-d).clip(lower_bound=0.0), n, 1, bind=bind))
     total = gain + loss
@@ -213,19 +263,19 @@ def macd(
     fast_ema = _seeded_ewm(close, fast, 2.0 / (fast + 1), slow - fast, bind=bind)
     line = bind(fast_ema - _seeded_ewm(close, slow, 2.0 / (slow + 1), bind=bind))
     sig = bind(ema(line, signal, slow - 1, bind=bind))
-    line_out = pl.when(_row >= slow + signal - 2).then(line).otherwise(_NULL)
+    line_out = pl.when(row() >= slow + signal - 2).then(line).otherwise(_NULL)
     return line_out, sig, line - sig
 
 
 def roc(x: pl.Expr, n: int = 10) -> pl.Expr:
     """Rate of change in percent: (x_t / x_{t-n} - 1) * 100; 0 where x_{t-n} == 0 (TA-Lib ROC)."""
-    prev = x.shift(_period(n))
+    prev = lag(x, _period(n))
     return pl.when(prev == 0).then(0.0).otherwise((x / prev - 1.0) * 100.0)
 
 
 def mom(x: pl.Expr, n: int = 10) -> pl.Expr:
     """Momentum: x_t - x_{t-n} (TA-Lib MOM)."""
-    return x - x.shift(_period(n))
+    return x - lag(x, _period(n))
 
 
 def willr(high: pl.Expr, low: pl.Expr, close: pl.Expr, n: int = 14, *, bind: Bind = inline) -> pl.Expr:
@@ -255,7 +305,7 @@ def stoch(
     ll = bind(_rmin(low, fastk))
     diff = bind((bind(_rmax(high, fastk)) - ll) / 100.0)
     k = bind(_rmean(pl.when(diff == 0).then(0.0).otherwise((close - ll) / diff), slowk))
-    return pl.when(_row >= fastk + slowk + slowd - 3).then(k).otherwise(_NULL), _rmean(k, slowd)
+    return pl.when(row() >= fastk + slowk + slowd - 3).then(k).otherwise(_NULL), _rmean(k, slowd)
 
 
 def typical_price(high: pl.Expr, low: pl.Expr, close: pl.Expr) -> pl.Expr:
@@ -269,7 +319,7 @@ def cci(high: pl.Expr, low: pl.Expr, close: pl.Expr, n: int = 20, *, bind: Bind 
     tp = bind(typical_price(high, low, close))
     avg = bind(_rmean(tp, n))
     # Mean absolute deviation around the *current* average: not a sliding statistic, so sum the n lags.
-    mad = bind(pl.sum_horizontal([(tp.shift(k) - avg).abs() for k in range(n)], ignore_nulls=False) / n)
+    mad = bind(kernels.as_expr("mean_abs_deviation", [tp, avg], row(), n))
     return pl.when(mad == 0).then(0.0).otherwise((tp - avg) / (0.015 * mad))
 
 
@@ -277,7 +327,7 @@ def mfi(high: pl.Expr, low: pl.Expr, close: pl.Expr, volume: pl.Expr, n: int = 1
     """MFI = 100 * sum_n(tp*v where tp rose) / sum_n(tp*v where tp changed); 0 if no money flowed (TA-Lib MFI)."""
     _period(n)
     tp = bind(typical_price(high, low, close))
-    flow, dtp = bind(tp * volume), bind(tp.diff())
+    flow, dtp = bind(tp * volume), bind(change(tp))
     pos = bind(_rsum(flow * (dtp > 0), n))  # float * bool keeps the null of the first row
     neg = bind(_rsum(flow * (dtp < 0), n))
     total = pos + neg
@@ -299,8 +349,8 @@ def bbands(close: pl.Expr, n: int = 20, k: float = 2.0, *, bind: Bind = inline) 
 
 def true_range(high: pl.Expr, low: pl.Expr, close: pl.Expr) -> pl.Expr:
     """True range max(high, prev close) - min(low, prev close); null on the first row (TA-Lib TRANGE)."""
-    prev = close.shift(1)
-    return pl.when(_row > 0).then(pl.max_horizontal(high, prev) - pl.min_horizontal(low, prev)).otherwise(_NULL)
+    prev = lag(close, 1)
+    return pl.when(row() > 0).then(pl.max_horizontal(high, prev) - pl.min_horizontal(low, prev)).otherwise(_NULL)
 
 
 def atr(high: pl.Expr, low: pl.Expr, close: pl.Expr, n: int = 14, *, bind: Bind = inline) -> pl.Expr:
@@ -323,7 +373,7 @@ def dmi(
     where both DIs are 0 (TA-Lib skips such bars when averaging DX: a difference on flat data only).
     """
     _period(n, 2)
-    up, down = bind(high.diff()), bind(low.shift(1) - low)
+    up, down = bind(change(high)), bind(lag(low, 1) - low)
     # TA-Lib keeps running sums S_t = S_{t-1} (1 - 1/n) + x_t seeded with the sum of rows 1..n-1 at
     # row n-1; S / n is an EWM seeded with that sum / n. Its first DI is at row n.
     plus_dm = up.clip(lower_bound=0.0) * (up > down)  # float * bool keeps the null of the first row
@@ -331,7 +381,7 @@ def dmi(
     p = bind(_seeded_ewm(plus_dm, n - 1, 1.0 / n, 1, divisor=n, bind=bind))
     m = bind(_seeded_ewm(minus_dm, n - 1, 1.0 / n, 1, divisor=n, bind=bind))
     tr = bind(_seeded_ewm(bind(true_range(high, low, close)), n - 1, 1.0 / n, 1, divisor=n, bind=bind))
-    first = _row >= n
+    first = row() >= n
     plus_di = bind(pl.when(~first).then(_NULL).when(tr == 0).then(0.0).otherwise(100.0 * (p / tr)))
     minus_di = bind(pl.when(~first).then(_NULL).when(tr == 0).then(0.0).otherwise(100.0 * (m / tr)))
     total = plus_di + minus_di
@@ -346,14 +396,14 @@ def dmi(
 
 def obv(close: pl.Expr, volume: pl.Expr) -> pl.Expr:
     """On-balance volume: v_0, then cumulative +v if close rose, -v if it fell, 0 if unchanged (TA-Lib OBV)."""
-    return (close.diff().sign() * volume).fill_null(volume).cum_sum()
+    return kernels.as_expr("cumulative_sum", [(change(close).sign() * volume).fill_null(volume)], row())
 
 
 def ad(high: pl.Expr, low: pl.Expr, close: pl.Expr, volume: pl.Expr) -> pl.Expr:
     """Chaikin A/D line: cumsum(((c - l) - (h - c)) / (h - l) * v); bars with h == l add 0 (TA-Lib AD)."""
     rng = high - low
     clv = ((close - low) - (high - close)) / rng
-    return pl.when(rng > 0).then(clv * volume).otherwise(0.0).cum_sum()
+    return kernels.as_expr("cumulative_sum", [pl.when(rng > 0).then(clv * volume).otherwise(0.0)], row())
 
 
 # --------------------------------------------------------------------------------------------
@@ -364,7 +414,7 @@ def ad(high: pl.Expr, low: pl.Expr, close: pl.Expr, volume: pl.Expr) -> pl.Expr:
 def log_return(x: pl.Expr, n: int = 1, *, bind: Bind = inline) -> pl.Expr:
     """n-bar log return ln(x_t / x_{t-n}); null where a price is <= 0."""
     lx = bind(_log(x))
-    return lx - lx.shift(_period(n))
+    return lx - lag(lx, _period(n))
 
 
 def realized_vol(close: pl.Expr, n: int = 20, ddof: int = 1, *, bind: Bind = inline) -> pl.Expr:
@@ -399,7 +449,8 @@ def zscore(x: pl.Expr, n: int, ddof: int = 0, *, bind: Bind = inline) -> pl.Expr
 def rolling_percentile(x: pl.Expr, n: int) -> pl.Expr:
     """Percentile of x_t among the last n values, (rank - 1) / (n - 1) in [0, 1], ties averaged."""
     _period(n, 2)
-    return (x.rolling_rank(n, method="average") - 1.0) / (n - 1)
+    rank = (x.rolling_rank(n, method="average") - 1.0) / (n - 1)
+    return pl.when(row() >= n - 1).then(rank).otherwise(_NULL)
 
 
 def range_position(high: pl.Expr, low: pl.Expr, close: pl.Expr, n: int, *, bind: Bind = inline) -> pl.Expr:

@@ -21,6 +21,7 @@ import polars as pl
 from ploutos.config import FeaturesConfig
 from ploutos.features import indicators as ind
 from ploutos.features.indicators import Bind, inline
+from ploutos.features.kernels import CrossSection, LocalClock
 
 Kind = Literal["raw", "observation", "cross", "macro"]
 
@@ -345,7 +346,7 @@ def observation_specs(cfg: FeaturesConfig) -> list[FeatureSpec]:
         )
     )
     add(_spec("range", "observation", "log(high / low)", 0, lambda b: (h / lo).log()))
-    add(_spec("gap", "observation", "log(open / previous close)", 1, lambda b: (o / c.shift(1)).log()))
+    add(_spec("gap", "observation", "log(open / previous close)", 1, lambda b: (o / ind.lag(c, 1)).log()))
     for n in LEVEL_WINDOWS:
         add(
             _spec(
@@ -353,7 +354,7 @@ def observation_specs(cfg: FeaturesConfig) -> list[FeatureSpec]:
                 "observation",
                 f"log(close / highest high of {n} bars): distance to resistance",
                 n - 1,
-                lambda b, n=n: (c / h.rolling_max(n)).log(),
+                lambda b, n=n: (c / b(ind.highest(h, n))).log(),
             )
         )
         add(
@@ -362,7 +363,7 @@ def observation_specs(cfg: FeaturesConfig) -> list[FeatureSpec]:
                 "observation",
                 f"log(close / lowest low of {n} bars): distance to support",
                 n - 1,
-                lambda b, n=n: (c / lo.rolling_min(n)).log(),
+                lambda b, n=n: (c / b(ind.lowest(lo, n))).log(),
             )
         )
     hour, weekday = _local_clock()
@@ -418,7 +419,7 @@ def cross_specs(n_tickers: int, cfg: FeaturesConfig) -> list[FeatureSpec]:
                 "cross",
                 f"ret_{n} minus its universe mean at the same bar",
                 n,
-                lambda b, ret=ret: ret - ret.mean().over("timestamp"),
+                lambda b, ret=ret: _cross_section(b, ret, rank=False),
             )
         )
         specs.append(
@@ -427,12 +428,17 @@ def cross_specs(n_tickers: int, cfg: FeaturesConfig) -> list[FeatureSpec]:
                 "cross",
                 f"rank of ret_{n} in the universe at the same bar, in [-0.5, 0.5]",
                 n,
-                lambda b, ret=ret: (
-                    (ret.rank() - 1).over("timestamp") / (ret.count().over("timestamp") - 1).clip(1) - 0.5
-                ),
+                lambda b, ret=ret: _cross_section(b, ret, rank=True),
             )
         )
     return specs
+
+
+def _cross_section(b: Bind, x: pl.Expr, *, rank: bool) -> pl.Expr:
+    """``x`` against the universe at the same timestamp (:class:`~.kernels.CrossSection`); the
+    timestamps' sort order is one shared intermediate."""
+    stamp = pl.col("timestamp")
+    return pl.map_batches([stamp, b(stamp.arg_sort()), x], CrossSection(rank), return_dtype=pl.Float64)
 
 
 def macro_specs(macro_columns: Sequence[str]) -> list[FeatureSpec]:
@@ -456,7 +462,7 @@ def macro_specs(macro_columns: Sequence[str]) -> list[FeatureSpec]:
                 "macro",
                 f"log change of {name.upper()} over {MACRO_CHANGE_BARS} bars",
                 MACRO_CHANGE_BARS,
-                lambda b, x=x: (x / x.shift(MACRO_CHANGE_BARS)).log(),
+                lambda b, x=x: (x / ind.lag(x, MACRO_CHANGE_BARS)).log(),
             )
         )
     return specs
@@ -486,10 +492,9 @@ def _safe_ratio(numerator: pl.Expr, denominator: pl.Expr, flat: float) -> pl.Exp
 
 
 def _local_clock() -> tuple[Callable[[Bind], pl.Expr], Callable[[Bind], pl.Expr]]:
-    def local(b: Bind) -> pl.Expr:
-        return b(pl.col("timestamp").dt.convert_time_zone(LOCAL_TZ))
-
+    """Hour (plus minutes / 60) and weekday (Monday 0) on the :data:`LOCAL_TZ` clock."""
+    stamp = pl.col("timestamp")
     return (
-        lambda b: local(b).dt.hour().cast(pl.Float64) + local(b).dt.minute().cast(pl.Float64) / 60,
-        lambda b: local(b).dt.weekday().cast(pl.Float64) - 1,
+        lambda b: stamp.map_batches(LocalClock(LOCAL_TZ, weekday=False), return_dtype=pl.Float64),
+        lambda b: stamp.map_batches(LocalClock(LOCAL_TZ, weekday=True), return_dtype=pl.Float64),
     )

@@ -28,6 +28,7 @@ from ploutos.commandline import Parser
 from ploutos.config import DataConfig
 from ploutos.data.sources.synthetic import SyntheticSource
 from ploutos.features import compute
+from ploutos.node.allocator import keep_freed_memory
 
 WINDOWS = (5, 10, 20, 50, 100, 200)
 """Windows of the SMA/EMA/std/z-score outputs (the default ``FeaturesConfig.windows``)."""
@@ -310,6 +311,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
     print(environment_line(args.repeats), flush=True)
+    if keep_freed_memory():
+        print("# both sides in this process: glibc keeps freed memory (hardware.keep_freed_memory), as a task does")
     results = run(quick=args.quick, repeats=args.repeats, log=lambda msg: print(msg, flush=True))
     for line in format_results(results):
         print(line)

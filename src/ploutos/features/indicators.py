@@ -50,6 +50,8 @@ __all__ = [
     "highest",
     "inline",
     "lag",
+    "log",
+    "log1p",
     "log_dist_max",
     "log_dist_min",
     "log_return",
@@ -115,6 +117,22 @@ def rows_from(rows: pl.Expr) -> Iterator[None]:
         _ROWS.reset(token)
 
 
+def _kernel(name: str, inputs: list[pl.Expr], *args: object) -> pl.Expr:
+    """Compiled kernel ``name`` per ticker; inside the engine (:func:`rows_from`) its missing values
+    stay ``NaN`` (the engine nulls what is not finite once, at the end)."""
+    return kernels.as_expr(name, inputs, row(), *args, nulls=_ROWS.get() is None)
+
+
+def log(x: pl.Expr) -> pl.Expr:
+    """ln(x) where x > 0, else null (numpy's log: Polars' costs 6 x as much)."""
+    return kernels.elementwise("log", x, nulls=_ROWS.get() is None)
+
+
+def log1p(x: pl.Expr) -> pl.Expr:
+    """ln(1 + x) where x > -1, else null."""
+    return kernels.elementwise("log1p", x, nulls=_ROWS.get() is None)
+
+
 def lag(x: pl.Expr, k: int) -> pl.Expr:
     """x ``k`` bars earlier in the same ticker; null for its first ``k`` bars."""
     return pl.when(row() >= k).then(x.shift(k)).otherwise(_NULL)
@@ -145,27 +163,27 @@ def inline(expr: pl.Expr) -> pl.Expr:
 
 def _rmean(x: pl.Expr, n: int) -> pl.Expr:
     """mean(x[i-n+1..i]), null unless all n values are non-null."""
-    return kernels.as_expr("rolling_mean", [x], row(), n, 1.0 / n)
+    return _kernel("rolling_mean", [x], n, 1.0 / n)
 
 
 def _rsum(x: pl.Expr, n: int) -> pl.Expr:
     """sum(x[i-n+1..i]), null unless all n values are non-null."""
-    return kernels.as_expr("rolling_mean", [x], row(), n, 1.0)
+    return _kernel("rolling_mean", [x], n, 1.0)
 
 
 def _rstd(x: pl.Expr, n: int, ddof: int) -> pl.Expr:
     """std(x[i-n+1..i], ddof), null unless all n values are non-null; exactly 0 on a constant window."""
-    return kernels.as_expr("rolling_std", [x], row(), n, ddof)
+    return _kernel("rolling_std", [x], n, ddof)
 
 
 def _rmax(x: pl.Expr, n: int) -> pl.Expr:
     """max(x[i-n+1..i]), null unless all n values are non-null."""
-    return kernels.as_expr("rolling_extreme", [x], row(), n, 1.0)
+    return _kernel("rolling_extreme", [x], n, 1.0)
 
 
 def _rmin(x: pl.Expr, n: int) -> pl.Expr:
     """min(x[i-n+1..i]), null unless all n values are non-null."""
-    return kernels.as_expr("rolling_extreme", [x], row(), n, -1.0)
+    return _kernel("rolling_extreme", [x], n, -1.0)
 
 
 def _seeded_ewm(
@@ -184,12 +202,7 @@ def _seeded_ewm(
     (default: the mean of the non-null values in that slice); then y_t = (1 - alpha) y_{t-1} + alpha x_t.
     """
     r = offset + n - 1 if seed_row is None else seed_row
-    return kernels.as_expr("seeded_ewm", [bind(x)], row(), float(alpha), offset, n, r, float(divisor or 0))
-
-
-def _log(x: pl.Expr) -> pl.Expr:
-    """ln(x) where x > 0, else null."""
-    return pl.when(x > 0).then(x.log()).otherwise(_NULL)
+    return _kernel("seeded_ewm", [bind(x)], float(alpha), offset, n, r, float(divisor or 0))
 
 
 def safe_div(num: pl.Expr, den: pl.Expr, default: float | None = None) -> pl.Expr:
@@ -319,7 +332,7 @@ def cci(high: pl.Expr, low: pl.Expr, close: pl.Expr, n: int = 20, *, bind: Bind 
     tp = bind(typical_price(high, low, close))
     avg = bind(_rmean(tp, n))
     # Mean absolute deviation around the *current* average: not a sliding statistic, so sum the n lags.
-    mad = bind(kernels.as_expr("mean_abs_deviation", [tp, avg], row(), n))
+    mad = bind(_kernel("mean_abs_deviation", [tp, avg], n))
     return pl.when(mad == 0).then(0.0).otherwise((tp - avg) / (0.015 * mad))
 
 
@@ -396,14 +409,14 @@ def dmi(
 
 def obv(close: pl.Expr, volume: pl.Expr) -> pl.Expr:
     """On-balance volume: v_0, then cumulative +v if close rose, -v if it fell, 0 if unchanged (TA-Lib OBV)."""
-    return kernels.as_expr("cumulative_sum", [(change(close).sign() * volume).fill_null(volume)], row())
+    return _kernel("cumulative_sum", [(change(close).sign() * volume).fill_null(volume)])
 
 
 def ad(high: pl.Expr, low: pl.Expr, close: pl.Expr, volume: pl.Expr) -> pl.Expr:
     """Chaikin A/D line: cumsum(((c - l) - (h - c)) / (h - l) * v); bars with h == l add 0 (TA-Lib AD)."""
     rng = high - low
     clv = ((close - low) - (high - close)) / rng
-    return kernels.as_expr("cumulative_sum", [pl.when(rng > 0).then(clv * volume).otherwise(0.0)], row())
+    return _kernel("cumulative_sum", [pl.when(rng > 0).then(clv * volume).otherwise(0.0)])
 
 
 # --------------------------------------------------------------------------------------------
@@ -413,7 +426,7 @@ def ad(high: pl.Expr, low: pl.Expr, close: pl.Expr, volume: pl.Expr) -> pl.Expr:
 
 def log_return(x: pl.Expr, n: int = 1, *, bind: Bind = inline) -> pl.Expr:
     """n-bar log return ln(x_t / x_{t-n}); null where a price is <= 0."""
-    lx = bind(_log(x))
+    lx = bind(log(x))
     return lx - lag(lx, _period(n))
 
 
@@ -424,7 +437,7 @@ def realized_vol(close: pl.Expr, n: int = 20, ddof: int = 1, *, bind: Bind = inl
 
 def parkinson_vol(high: pl.Expr, low: pl.Expr, n: int = 20, *, bind: Bind = inline) -> pl.Expr:
     """Parkinson volatility sqrt(mean_n(ln(h/l)^2) / (4 ln 2)); per bar, not annualized."""
-    hl = bind(_log(high) - _log(low))
+    hl = bind(log(high) - log(low))
     return (_rmean(bind(hl * hl), _period(n)) / (4.0 * math.log(2.0))).sqrt()
 
 
@@ -432,8 +445,8 @@ def garman_klass_vol(
     open: pl.Expr, high: pl.Expr, low: pl.Expr, close: pl.Expr, n: int = 20, *, bind: Bind = inline
 ) -> pl.Expr:
     """Garman-Klass volatility sqrt(mean_n(0.5 ln(h/l)^2 - (2 ln 2 - 1) ln(c/o)^2)), clipped at 0; per bar."""
-    hl = bind(_log(high) - _log(low))
-    co = bind(_log(close) - _log(open))
+    hl = bind(log(high) - log(low))
+    co = bind(log(close) - log(open))
     term = bind(0.5 * (hl * hl) - (2.0 * math.log(2.0) - 1.0) * (co * co))
     return _rmean(term, _period(n)).clip(lower_bound=0.0).sqrt()
 
@@ -462,11 +475,11 @@ def range_position(high: pl.Expr, low: pl.Expr, close: pl.Expr, n: int, *, bind:
 
 def log_dist_max(x: pl.Expr, n: int, *, bind: Bind = inline) -> pl.Expr:
     """ln(x_t / max(x[t-n+1..t])) <= 0: log drawdown from the n-bar high; null where x <= 0."""
-    lx = bind(_log(x))
+    lx = bind(log(x))
     return lx - _rmax(lx, _period(n))
 
 
 def log_dist_min(x: pl.Expr, n: int, *, bind: Bind = inline) -> pl.Expr:
     """ln(x_t / min(x[t-n+1..t])) >= 0: log run-up from the n-bar low; null where x <= 0."""
-    lx = bind(_log(x))
+    lx = bind(log(x))
     return lx - _rmin(lx, _period(n))

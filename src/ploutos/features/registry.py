@@ -11,7 +11,6 @@ A feature's warm-up is the number of leading bars of a ticker for which it is un
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -189,7 +188,7 @@ def observation_specs(cfg: FeaturesConfig) -> list[FeatureSpec]:
                 "observation",
                 f"log(close / SMA{n})",
                 n - 1,
-                lambda b, n=n: (c / b(ind.sma(c, n))).log(),
+                lambda b, n=n: ind.log(c / b(ind.sma(c, n))),
             )
         )
         add(
@@ -198,7 +197,7 @@ def observation_specs(cfg: FeaturesConfig) -> list[FeatureSpec]:
                 "observation",
                 f"log(close / EMA{n})",
                 n - 1,
-                lambda b, n=n: (c / b(ind.ema(c, n, bind=b))).log(),
+                lambda b, n=n: ind.log(c / b(ind.ema(c, n, bind=b))),
             )
         )
         add(
@@ -216,7 +215,7 @@ def observation_specs(cfg: FeaturesConfig) -> list[FeatureSpec]:
                 "observation",
                 f"z-score of log(1 + volume) in its last {n} bars",
                 n - 1,
-                lambda b, n=n: ind.zscore(v.log1p(), n, bind=b),
+                lambda b, n=n: ind.zscore(ind.log1p(v), n, bind=b),
             )
         )
     for fast, slow in zip(windows, windows[1:], strict=False):
@@ -226,7 +225,7 @@ def observation_specs(cfg: FeaturesConfig) -> list[FeatureSpec]:
                 "observation",
                 f"log(SMA{fast} / SMA{slow})",
                 slow - 1,
-                lambda b, f=fast, s=slow: (b(ind.sma(c, f)) / b(ind.sma(c, s))).log(),
+                lambda b, f=fast, s=slow: ind.log(b(ind.sma(c, f)) / b(ind.sma(c, s))),
             )
         )
     for n in RSI_WINDOWS:
@@ -345,8 +344,8 @@ def observation_specs(cfg: FeaturesConfig) -> list[FeatureSpec]:
             lambda b: _safe_ratio(pl.min_horizontal(o, c) - lo, h - lo, 0.0),
         )
     )
-    add(_spec("range", "observation", "log(high / low)", 0, lambda b: (h / lo).log()))
-    add(_spec("gap", "observation", "log(open / previous close)", 1, lambda b: (o / ind.lag(c, 1)).log()))
+    add(_spec("range", "observation", "log(high / low)", 0, lambda b: ind.log(h / lo)))
+    add(_spec("gap", "observation", "log(open / previous close)", 1, lambda b: ind.log(o / ind.lag(c, 1))))
     for n in LEVEL_WINDOWS:
         add(
             _spec(
@@ -354,7 +353,7 @@ def observation_specs(cfg: FeaturesConfig) -> list[FeatureSpec]:
                 "observation",
                 f"log(close / highest high of {n} bars): distance to resistance",
                 n - 1,
-                lambda b, n=n: (c / b(ind.highest(h, n))).log(),
+                lambda b, n=n: ind.log(c / b(ind.highest(h, n))),
             )
         )
         add(
@@ -363,46 +362,22 @@ def observation_specs(cfg: FeaturesConfig) -> list[FeatureSpec]:
                 "observation",
                 f"log(close / lowest low of {n} bars): distance to support",
                 n - 1,
-                lambda b, n=n: (c / b(ind.lowest(lo, n))).log(),
+                lambda b, n=n: ind.log(c / b(ind.lowest(lo, n))),
             )
         )
-    hour, weekday = _local_clock()
-    add(
-        _spec(
-            "hour_sin",
-            "observation",
-            "sin(2 pi hour / 24), New York clock",
-            0,
-            lambda b: (b(hour(b)) * (2 * math.pi / 24)).sin(),
-        )
-    )
-    add(
-        _spec(
-            "hour_cos",
-            "observation",
-            "cos(2 pi hour / 24), New York clock",
-            0,
-            lambda b: (b(hour(b)) * (2 * math.pi / 24)).cos(),
-        )
-    )
-    add(
-        _spec(
-            "dow_sin",
-            "observation",
-            "sin(2 pi weekday / 7), New York clock",
-            0,
-            lambda b: (b(weekday(b)) * (2 * math.pi / 7)).sin(),
-        )
-    )
-    add(
-        _spec(
-            "dow_cos",
-            "observation",
-            "cos(2 pi weekday / 7), New York clock",
-            0,
-            lambda b: (b(weekday(b)) * (2 * math.pi / 7)).cos(),
-        )
-    )
+    for part, period, weekday in (("hour", 24, False), ("dow", 7, True)):
+        for function in ("sin", "cos"):
+            add(
+                _spec(
+                    f"{part}_{function}",
+                    "observation",
+                    f"{function}(2 pi {'hour' if part == 'hour' else 'weekday'} / {period}), New York clock",
+                    0,
+                    lambda b, w=weekday, f=function: pl.col("timestamp").map_batches(
+                        LocalClock(LOCAL_TZ, w, f), return_dtype=pl.Float64
+                    ),
+                )
+            )
     return specs
 
 
@@ -462,7 +437,7 @@ def macro_specs(macro_columns: Sequence[str]) -> list[FeatureSpec]:
                 "macro",
                 f"log change of {name.upper()} over {MACRO_CHANGE_BARS} bars",
                 MACRO_CHANGE_BARS,
-                lambda b, x=x: (x / ind.lag(x, MACRO_CHANGE_BARS)).log(),
+                lambda b, x=x: ind.log(x / ind.lag(x, MACRO_CHANGE_BARS)),
             )
         )
     return specs
@@ -489,12 +464,3 @@ def _band_width(b: Bind) -> pl.Expr:
 def _safe_ratio(numerator: pl.Expr, denominator: pl.Expr, flat: float) -> pl.Expr:
     """numerator / denominator, or ``flat`` where the denominator is 0 (a bar with no range)."""
     return pl.when(denominator == 0).then(flat).otherwise(numerator / denominator)
-
-
-def _local_clock() -> tuple[Callable[[Bind], pl.Expr], Callable[[Bind], pl.Expr]]:
-    """Hour (plus minutes / 60) and weekday (Monday 0) on the :data:`LOCAL_TZ` clock."""
-    stamp = pl.col("timestamp")
-    return (
-        lambda b: stamp.map_batches(LocalClock(LOCAL_TZ, weekday=False), return_dtype=pl.Float64),
-        lambda b: stamp.map_batches(LocalClock(LOCAL_TZ, weekday=True), return_dtype=pl.Float64),
-    )

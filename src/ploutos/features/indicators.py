@@ -163,17 +163,17 @@ def inline(expr: pl.Expr) -> pl.Expr:
 
 def _rmean(x: pl.Expr, n: int) -> pl.Expr:
     """mean(x[i-n+1..i]), null unless all n values are non-null."""
-    return _kernel("rolling_mean", [x], n, 1.0 / n)
+    return _kernel("rolling_mean", [x], n, 1.0 / n, False)
 
 
 def _rsum(x: pl.Expr, n: int) -> pl.Expr:
     """sum(x[i-n+1..i]), null unless all n values are non-null."""
-    return _kernel("rolling_mean", [x], n, 1.0)
+    return _kernel("rolling_mean", [x], n, 1.0, False)
 
 
 def _rstd(x: pl.Expr, n: int, ddof: int) -> pl.Expr:
     """std(x[i-n+1..i], ddof), null unless all n values are non-null; exactly 0 on a constant window."""
-    return _kernel("rolling_std", [x], n, ddof)
+    return _kernel("rolling_std", [x], n, ddof, False)
 
 
 def _rmax(x: pl.Expr, n: int) -> pl.Expr:
@@ -438,7 +438,7 @@ def realized_vol(close: pl.Expr, n: int = 20, ddof: int = 1, *, bind: Bind = inl
 def parkinson_vol(high: pl.Expr, low: pl.Expr, n: int = 20, *, bind: Bind = inline) -> pl.Expr:
     """Parkinson volatility sqrt(mean_n(ln(h/l)^2) / (4 ln 2)); per bar, not annualized."""
     hl = bind(log(high) - log(low))
-    return (_rmean(bind(hl * hl), _period(n)) / (4.0 * math.log(2.0))).sqrt()
+    return _kernel("rolling_mean", [bind(hl * hl)], _period(n), 1.0 / (n * 4.0 * math.log(2.0)), True)
 
 
 def garman_klass_vol(
@@ -448,15 +448,12 @@ def garman_klass_vol(
     hl = bind(log(high) - log(low))
     co = bind(log(close) - log(open))
     term = bind(0.5 * (hl * hl) - (2.0 * math.log(2.0) - 1.0) * (co * co))
-    return _rmean(term, _period(n)).clip(lower_bound=0.0).sqrt()
+    return _kernel("rolling_mean", [term], _period(n), 1.0 / n, True)
 
 
 def zscore(x: pl.Expr, n: int, ddof: int = 0, *, bind: Bind = inline) -> pl.Expr:
     """Rolling z-score (x - SMA_n) / std_n (population std by default); 0 where the window is constant (std == 0)."""
-    _period(n, 2)
-    x = bind(x)
-    std = bind(_rstd(x, n, ddof))
-    return pl.when(std == 0).then(0.0).otherwise((x - bind(_rmean(x, n))) / std)
+    return _kernel("rolling_std", [bind(x)], _period(n, 2), ddof, True)
 
 
 def rolling_percentile(x: pl.Expr, n: int) -> pl.Expr:

@@ -2,16 +2,19 @@
 
 Why compiled: Polars' own ``rolling_mean``, ``rolling_std`` and ``ewm_mean`` take 5-8 times TA-Lib's
 time for the same windows (measured in ``ploutos bench features``), and the feature set runs about
-ninety of them. Each kernel here is one pass over one ticker's float64 column, in numba, with the
-GIL released, so Polars' threads run the columns of a stage side by side.
+ninety of them. Each kernel here is one pass over a float64 column, in numba, with the GIL
+released, so Polars' threads run the columns of a stage side by side. The column may hold many
+tickers one after another: a ``rows`` input numbers each bar inside its ticker, and every kernel
+starts afresh where it is 0 (:func:`_starts`), so one call serves every ticker.
 
 Conventions, the same for every kernel:
 
 - a missing input is ``NaN`` (a Polars null arrives as ``NaN``; see :func:`as_expr`), and so is a
   non-finite one: an ``inf`` inside a running sum would poison every later window;
-- a window's output is ``NaN`` (a null once back in Polars) unless all its ``n`` inputs are
-  present, so the warm-up is ``n - 1`` rows after the input's own, as in TA-Lib;
-- everything depends on earlier rows only, and on the row's position from the first row only
+- a window's output is ``NaN`` unless all its ``n`` inputs are present, so the warm-up is ``n - 1``
+  rows after the input's own, as in TA-Lib; back in Polars a ``NaN`` becomes a null, except
+  inside the feature engine, which nulls every non-finite output once, at the end;
+- everything depends on earlier rows only, and on the row's position from its ticker's first row
   (the running sums are recomputed from scratch at fixed positions, every :data:`RESYNC` rows, so
   rounding cannot drift across a long column): a prefix of the bars gives bit-identical values.
 
@@ -21,12 +24,9 @@ first process on a machine pays the compile.
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import numpy as np
 import polars as pl
@@ -40,8 +40,9 @@ rows then pays for one extra pass over its window)."""
 
 
 @njit(cache=True, nogil=True)
-def _rolling_mean(x: np.ndarray, out: np.ndarray, n: int, scale: float) -> None:
-    """``scale * sum(x[i-n+1..i])``: the window's sum (``scale = 1``) or mean (``scale = 1 / n``).
+def _rolling_mean(x: np.ndarray, out: np.ndarray, n: int, scale: float, root: bool) -> None:
+    """``scale * sum(x[i-n+1..i])``: the window's sum (``scale = 1``) or mean (``scale = 1 / n``);
+    with ``root``, the square root of that, 0 where it is negative (a root-mean-square volatility).
 
     A running sum, as TA-Lib keeps one, summed afresh from the window every :data:`RESYNC` rows
     and set to ``n x`` on a window of equal values.
@@ -70,13 +71,14 @@ def _rolling_mean(x: np.ndarray, out: np.ndarray, n: int, scale: float) -> None:
             total = 0.0
             for j in range(first, i + 1):
                 total += x[j]
-        out[i] = total * scale
+        out[i] = math.sqrt(max(total * scale, 0.0)) if root else total * scale
     return
 
 
 @njit(cache=True, nogil=True)
-def _rolling_std(x: np.ndarray, out: np.ndarray, n: int, ddof: int) -> None:
-    """Standard deviation of ``x[i-n+1..i]`` with ``ddof``: 0 exactly when the window is constant.
+def _rolling_std(x: np.ndarray, out: np.ndarray, n: int, ddof: int, zscore: bool) -> None:
+    """Standard deviation of ``x[i-n+1..i]`` with ``ddof``: 0 exactly when the window is constant;
+    or, with ``zscore``, ``(x_i - mean) / std`` of that window, 0 where the std is 0.
 
     Running sums of ``x - ref`` and its square, where ``ref`` is a recent value: the shift keeps
     the sums near the window's spread, so ``sum d^2 - (sum d)^2 / n`` cancels few digits (TA-Lib
@@ -121,7 +123,11 @@ def _rolling_std(x: np.ndarray, out: np.ndarray, n: int, ddof: int) -> None:
                 d = x[j] - ref
                 s1 += d
                 s2 += d * d
-        out[i] = math.sqrt(max(s2 - s1 * s1 / n, 0.0) / (n - ddof))
+        std = math.sqrt(max(s2 - s1 * s1 / n, 0.0) / (n - ddof))
+        if not zscore:
+            out[i] = std
+        else:
+            out[i] = 0.0 if std == 0.0 else (v - ref - s1 / n) / std
     return
 
 
@@ -221,20 +227,20 @@ def _starts(rows: np.ndarray) -> np.ndarray:
 
 
 @njit(cache=True, nogil=True)
-def rolling_mean(x: np.ndarray, rows: np.ndarray, n: int, scale: float) -> np.ndarray:
+def rolling_mean(x: np.ndarray, rows: np.ndarray, n: int, scale: float, root: bool) -> np.ndarray:
     """:func:`_rolling_mean` per ticker (``rows``: each bar's row number inside its ticker)."""
     out, bounds = np.empty(x.shape[0]), _starts(rows)
     for k in range(bounds.shape[0] - 1):
-        _rolling_mean(x[bounds[k] : bounds[k + 1]], out[bounds[k] : bounds[k + 1]], n, scale)
+        _rolling_mean(x[bounds[k] : bounds[k + 1]], out[bounds[k] : bounds[k + 1]], n, scale, root)
     return out
 
 
 @njit(cache=True, nogil=True)
-def rolling_std(x: np.ndarray, rows: np.ndarray, n: int, ddof: int) -> np.ndarray:
+def rolling_std(x: np.ndarray, rows: np.ndarray, n: int, ddof: int, zscore: bool) -> np.ndarray:
     """:func:`_rolling_std` per ticker."""
     out, bounds = np.empty(x.shape[0]), _starts(rows)
     for k in range(bounds.shape[0] - 1):
-        _rolling_std(x[bounds[k] : bounds[k + 1]], out[bounds[k] : bounds[k + 1]], n, ddof)
+        _rolling_std(x[bounds[k] : bounds[k + 1]], out[bounds[k] : bounds[k + 1]], n, ddof, zscore)
     return out
 
 
@@ -283,151 +289,6 @@ def cumulative_sum(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return out
 
 
-@njit(cache=True, nogil=True)
-def local_cycle(
-    seconds: np.ndarray, starts: np.ndarray, offsets: np.ndarray, table: np.ndarray, weekday: bool
-) -> np.ndarray:
-    """``table[minute of the day]`` (or ``table[weekday]``, Monday 0) of UTC epoch ``seconds`` on a
-    local clock ``offsets[k]`` seconds ahead of UTC from ``starts[k]`` on (``starts`` sorted)."""
-    out = np.empty(seconds.shape[0])
-    k = 0
-    for i in range(seconds.shape[0]):
-        t = seconds[i]
-        if k + 1 < starts.shape[0] and t >= starts[k + 1] or t < starts[k]:
-            k = np.searchsorted(starts, t, side="right") - 1
-        local = t + offsets[k]
-        if weekday:
-            out[i] = table[(local // 86400 + 3) % 7]  # 1970-01-01 was a Thursday
-        else:
-            out[i] = table[local % 86400 // 60]
-    return out
-
-
-@njit(cache=True, nogil=True)
-def cross_section(stamps: np.ndarray, order: np.ndarray, x: np.ndarray, rank: bool) -> np.ndarray:
-    """Each row's ``x`` against the rows at its timestamp (``order`` sorts ``stamps``).
-
-    ``rank``: the average rank among the present values, scaled to ``[-0.5, 0.5]`` as
-    ``(rank - 1) / max(count - 1, 1) - 0.5``; otherwise ``x`` minus their mean. Missing stays missing.
-    """
-    size = x.shape[0]
-    out = np.full(size, np.nan)
-    values = np.empty(size)  # one timestamp's present values and their rows, reused for every timestamp
-    rows = np.empty(size, np.int64)
-    first = 0
-    while first < size:
-        stamp = stamps[order[first]]
-        count = 0
-        last = first
-        while last < size and stamps[order[last]] == stamp:
-            row = order[last]
-            v = x[row]
-            if math.isfinite(v):
-                if rank:  # insertion sort: a timestamp holds a handful of tickers
-                    k = count
-                    while k > 0 and values[k - 1] > v:
-                        values[k], rows[k] = values[k - 1], rows[k - 1]
-                        k -= 1
-                    values[k], rows[k] = v, row
-                else:
-                    values[count], rows[count] = v, row
-                count += 1
-            last += 1
-        if rank:
-            scale = 1.0 / max(count - 1, 1)
-            k = 0
-            while k < count:  # ties share the average of their ranks
-                tie = k
-                while tie + 1 < count and values[tie + 1] == values[k]:
-                    tie += 1
-                position = (k + tie) / 2.0
-                for j in range(k, tie + 1):
-                    out[rows[j]] = position * scale - 0.5
-                k = tie + 1
-        elif count > 0:
-            mean = 0.0
-            for k in range(count):
-                mean += values[k]
-            mean /= count
-            for k in range(count):
-                out[rows[k]] = values[k] - mean
-        first = last
-    return out
-
-
-@dataclass(frozen=True)
-class CrossSection:
-    """Polars' batch function of :func:`cross_section` over ``[timestamp, order, x]``.
-
-    Why not ``.over("timestamp")``: with thousands of timestamps of a few tickers each it costs
-    0.8 s over 15 x 50k bars, more than TA-Lib needs for every ticker's indicators.
-    """
-
-    rank: bool
-
-    def __call__(self, columns: list[pl.Series]) -> pl.Series:
-        stamps, order, x = columns
-        out = cross_section(stamps.cast(pl.Int64).to_numpy(), order.cast(pl.Int64).to_numpy(), _floats(x), self.rank)
-        return _with_nulls(x.name, out)
-
-
-@functools.lru_cache(maxsize=64)
-def utc_offsets(zone: str, first_year: int, last_year: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(starts, offsets)`` of :func:`local_clock` for ``zone`` over these years (daily scan, then a
-    bisection to the second at each change of offset)."""
-    tz = ZoneInfo(zone)
-
-    def offset(t: int) -> int:
-        return int(datetime.fromtimestamp(t, tz).utcoffset().total_seconds())  # type: ignore[union-attr]
-
-    first = int(datetime(first_year, 1, 1, tzinfo=timezone.utc).timestamp())
-    last = int(datetime(last_year + 1, 1, 1, tzinfo=timezone.utc).timestamp())
-    starts, offsets = [np.iinfo(np.int64).min], [offset(first)]
-    for day in range(first + 86400, last + 86400, 86400):
-        found = offset(day)
-        if found != offsets[-1]:
-            low, high = day - 86400, day  # offset(low) is the old one, offset(high) the new
-            while high - low > 1:
-                middle = (low + high) // 2
-                low, high = (middle, high) if offset(middle) == offsets[-1] else (low, middle)
-            starts.append(high)
-            offsets.append(found)
-    return np.array(starts, np.int64), np.array(offsets, np.int64)
-
-
-@dataclass(frozen=True)
-class LocalClock:
-    """Polars' batch function for a cyclic encoding of the time of day or of the weekday.
-
-    ``function(2 pi part / period)`` of a UTC ``timestamp`` column on the clock of ``zone``, where
-    ``part`` is the hour (plus minutes / 60; period 24) or the weekday (Monday 0; period 7) and
-    ``function`` is ``sin`` or ``cos``. Polars converts every timestamp through the time-zone
-    database (17 ms per 100k bars for the hour, then 2 ms per sine): the offsets change twice a
-    year, so they are looked up once, and the 1,440 minutes of a day (or 7 days) are a table.
-    """
-
-    zone: str
-    weekday: bool
-    function: str
-
-    def __call__(self, column: pl.Series) -> pl.Series:
-        per_second = {"ns": 10**9, "us": 10**6, "ms": 10**3}[column.dtype.time_unit]  # type: ignore[attr-defined]
-        present = column.is_not_null().to_numpy() if column.null_count() else None
-        ticks = column.cast(pl.Int64).to_numpy()
-        found = np.ascontiguousarray((ticks if present is None else ticks[present]) // per_second, dtype=np.int64)
-        if len(found) == 0:
-            return pl.Series(column.name, np.full(len(column), np.nan)).fill_nan(None)
-        years = [datetime.fromtimestamp(int(t), timezone.utc).year for t in (found.min(), found.max())]
-        starts, offsets = utc_offsets(self.zone, years[0] - 1, years[1] + 1)
-        parts = np.arange(7.0) / 7 if self.weekday else (np.arange(1440) // 60 + np.arange(1440) % 60 / 60.0) / 24
-        cycle = local_cycle(found, starts, offsets, getattr(np, self.function)(2 * np.pi * parts), self.weekday)
-        if present is None:
-            return pl.Series(column.name, cycle)
-        out = np.full(len(column), np.nan)
-        out[present] = cycle
-        return _with_nulls(column.name, out)
-
-
 @dataclass(frozen=True)
 class _Call:
     """A kernel and its static arguments, as Polars calls it on each batch.
@@ -443,11 +304,11 @@ class _Call:
     args: tuple[Any, ...]
     nulls: bool = True
 
-    def __call__(self, series: list[pl.Series]) -> pl.Series:
-        *values, rows = series
-        arrays = [_floats(column) for column in values]
+    def __call__(self, columns: list[pl.Series]) -> pl.Series:
+        *values, rows = columns
+        arrays = [floats(column) for column in values]
         out = _KERNELS[self.kernel](*arrays, rows.cast(pl.Int64).to_numpy(), *self.args)
-        return _series(values[0].name, out, self.nulls)
+        return to_series(values[0].name, out, self.nulls)
 
 
 @dataclass(frozen=True)
@@ -462,7 +323,7 @@ class Elementwise:
     nulls: bool = True
 
     def __call__(self, column: pl.Series) -> pl.Series:
-        x = _floats(column)
+        x = floats(column)
         with np.errstate(divide="ignore", invalid="ignore"):
             if self.function == "log":
                 out = np.log(x, out=np.full(x.shape, np.nan), where=x > 0)
@@ -470,21 +331,17 @@ class Elementwise:
                 out = np.log1p(x, out=np.full(x.shape, np.nan), where=x > -1)
             else:
                 out = getattr(np, self.function)(x)
-        return _series(column.name, out, self.nulls)
+        return to_series(column.name, out, self.nulls)
 
 
-def _series(name: str, values: np.ndarray, nulls: bool) -> pl.Series:
+def to_series(name: str, values: np.ndarray, nulls: bool) -> pl.Series:
     """``values`` as a Float64 Series, null where NaN if ``nulls`` (``nan_to_null=True`` costs 4 x
     as much as ``fill_nan``)."""
-    series = pl.Series(name, values)
-    return series.fill_nan(None) if nulls else series
+    found = pl.Series(name, values)
+    return found.fill_nan(None) if nulls else found
 
 
-def _with_nulls(name: str, values: np.ndarray) -> pl.Series:
-    return _series(name, values, True)
-
-
-def _floats(column: pl.Series) -> np.ndarray:
+def floats(column: pl.Series) -> np.ndarray:
     """The column as contiguous float64, nulls as NaN (no copy when it is float64 without nulls)."""
     if column.dtype != pl.Float64:
         column = column.cast(pl.Float64)

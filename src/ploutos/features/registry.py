@@ -19,8 +19,9 @@ import polars as pl
 
 from ploutos.config import FeaturesConfig
 from ploutos.features import indicators as ind
+from ploutos.features.clock import LocalClock
+from ploutos.features.cross import CrossSection
 from ploutos.features.indicators import Bind, inline
-from ploutos.features.kernels import CrossSection, LocalClock
 
 Kind = Literal["raw", "observation", "cross", "macro"]
 

@@ -220,10 +220,18 @@ def _mean_abs_deviation(x: np.ndarray, center: np.ndarray, out: np.ndarray, n: i
 @njit(cache=True, nogil=True)
 def _starts(rows: np.ndarray) -> np.ndarray:
     """Where each ticker's bars begin: the rows numbered 0 (and the first row), then the end."""
-    starts = np.flatnonzero(rows == 0)
-    if starts.shape[0] == 0 or starts[0] != 0:
-        starts = np.concatenate((np.zeros(1, np.int64), starts))
-    return np.concatenate((starts, np.full(1, rows.shape[0], np.int64)))
+    count = 1
+    for i in range(1, rows.shape[0]):
+        if rows[i] == 0:
+            count += 1
+    bounds = np.empty(count + 1, np.int64)
+    bounds[0], k = 0, 1
+    for i in range(1, rows.shape[0]):
+        if rows[i] == 0:
+            bounds[k] = i
+            k += 1
+    bounds[count] = rows.shape[0]
+    return bounds
 
 
 @njit(cache=True, nogil=True)

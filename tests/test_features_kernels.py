@@ -90,6 +90,7 @@ def test_every_kernel_restarts_at_each_tickers_first_row(walk: np.ndarray) -> No
         "seeded_ewm": lambda x, r: kernels.seeded_ewm(x, r, 0.1, 0, 20, 19, 0.0),
         "mean_abs_deviation": lambda x, r: kernels.mean_abs_deviation(x, x * 0.99, r, 20),
         "cumulative_sum": lambda x, r: kernels.cumulative_sum(x, r),
+        "difference": lambda x, r: kernels.difference(x, r, 3),
     }
     for name, call in calls.items():
         together = call(both, rows)

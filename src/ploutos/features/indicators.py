@@ -108,7 +108,9 @@ def rows_from(rows: pl.Expr) -> Iterator[None]:
     from 0, in time order, and every lag, sum and window restarts where it is 0.
 
     The feature engine evaluates one query over all tickers this way (a query per ticker costs
-    a fixed ~40 ms of planning and calls); alone, an indicator sees one ticker's frame.
+    a fixed ~40 ms of planning and calls); alone, an indicator sees one ticker's frame. Inside,
+    the compiled kernels and logs leave a missing value as ``NaN`` instead of a null (the engine
+    nulls every non-finite output once, at the end).
     """
     token = _ROWS.set(rows)
     try:
@@ -288,7 +290,7 @@ def roc(x: pl.Expr, n: int = 10) -> pl.Expr:
 
 def mom(x: pl.Expr, n: int = 10) -> pl.Expr:
     """Momentum: x_t - x_{t-n} (TA-Lib MOM)."""
-    return x - lag(x, _period(n))
+    return _kernel("difference", [x], _period(n))
 
 
 def willr(high: pl.Expr, low: pl.Expr, close: pl.Expr, n: int = 14, *, bind: Bind = inline) -> pl.Expr:
@@ -426,8 +428,7 @@ def ad(high: pl.Expr, low: pl.Expr, close: pl.Expr, volume: pl.Expr) -> pl.Expr:
 
 def log_return(x: pl.Expr, n: int = 1, *, bind: Bind = inline) -> pl.Expr:
     """n-bar log return ln(x_t / x_{t-n}); null where a price is <= 0."""
-    lx = bind(log(x))
-    return lx - lag(lx, _period(n))
+    return _kernel("difference", [bind(log(x))], _period(n))
 
 
 def realized_vol(close: pl.Expr, n: int = 20, ddof: int = 1, *, bind: Bind = inline) -> pl.Expr:

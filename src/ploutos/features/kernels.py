@@ -283,6 +283,15 @@ def mean_abs_deviation(x: np.ndarray, center: np.ndarray, rows: np.ndarray, n: i
 
 
 @njit(cache=True, nogil=True)
+def difference(x: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
+    """``x[i] - x[i - k]`` inside each ticker; missing for its first ``k`` bars."""
+    out = np.empty(x.shape[0])
+    for i in range(x.shape[0]):
+        out[i] = x[i] - x[i - k] if rows[i] >= k else np.nan
+    return out
+
+
+@njit(cache=True, nogil=True)
 def cumulative_sum(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """Running sum per ticker, in row order; a missing value is missing and adds nothing."""
     out, total = np.empty(x.shape[0]), 0.0
@@ -365,6 +374,7 @@ _KERNELS = {
     "seeded_ewm": seeded_ewm,
     "mean_abs_deviation": mean_abs_deviation,
     "cumulative_sum": cumulative_sum,
+    "difference": difference,
 }
 
 

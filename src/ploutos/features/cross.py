@@ -16,6 +16,25 @@ from numba import njit
 
 from ploutos.features.kernels import floats, to_series
 
+INSERTION_SORT_MAX = 32
+"""Timestamps with up to this many tickers are sorted by insertion (no allocation), larger ones by numpy."""
+
+
+@njit(cache=True, nogil=True)
+def _sort_together(values: np.ndarray, rows: np.ndarray, count: int) -> None:
+    """Sort ``values[:count]`` ascending, ``rows[:count]`` along with them."""
+    if count > INSERTION_SORT_MAX:
+        order = np.argsort(values[:count])
+        sorted_values, sorted_rows = values[:count][order], rows[:count][order]
+        values[:count], rows[:count] = sorted_values, sorted_rows
+        return
+    for i in range(1, count):
+        v, row, k = values[i], rows[i], i
+        while k > 0 and values[k - 1] > v:
+            values[k], rows[k] = values[k - 1], rows[k - 1]
+            k -= 1
+        values[k], rows[k] = v, row
+
 
 @njit(cache=True, nogil=True)
 def cross_section(stamps: np.ndarray, order: np.ndarray, x: np.ndarray, rank: bool) -> np.ndarray:
@@ -35,18 +54,12 @@ def cross_section(stamps: np.ndarray, order: np.ndarray, x: np.ndarray, rank: bo
         last = first
         while last < size and stamps[order[last]] == stamp:
             row = order[last]
-            v = x[row]
-            if math.isfinite(v):
-                if rank:  # insertion sort: a timestamp holds a handful of tickers
-                    k = count
-                    while k > 0 and values[k - 1] > v:
-                        values[k], rows[k] = values[k - 1], rows[k - 1]
-                        k -= 1
-                    values[k], rows[k] = v, row
-                else:
-                    values[count], rows[count] = v, row
+            if math.isfinite(x[row]):
+                values[count], rows[count] = x[row], row
                 count += 1
             last += 1
+        if rank:
+            _sort_together(values, rows, count)
         if rank:
             scale = 1.0 / max(count - 1, 1)
             k = 0

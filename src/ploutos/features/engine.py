@@ -70,7 +70,7 @@ class _Plan:
     """The shared intermediates, one ``with_columns`` per stage (:class:`~.binder.Binder`)."""
     per_ticker: tuple[pl.Expr, ...]
     cross_stages: tuple[tuple[pl.Expr, ...], ...]
-    """The cross-asset features' shared intermediates, over every ticker after the partitions."""
+    """The cross-asset features' shared intermediates, over every ticker's per-ticker features."""
     cross: tuple[pl.Expr, ...]
     cross_inputs: tuple[str, ...]
     """The per-ticker columns (and keys) the cross-asset features read."""

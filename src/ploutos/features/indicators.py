@@ -119,20 +119,25 @@ def rows_from(rows: pl.Expr) -> Iterator[None]:
         _ROWS.reset(token)
 
 
+def _alone() -> bool:
+    """Whether the expressions are built for an indicator on its own (outside :func:`rows_from`):
+    then kernels return nulls; inside the engine they leave ``NaN``, nulled once at the end."""
+    return _ROWS.get() is None
+
+
 def _kernel(name: str, inputs: list[pl.Expr], *args: object) -> pl.Expr:
-    """Compiled kernel ``name`` per ticker; inside the engine (:func:`rows_from`) its missing values
-    stay ``NaN`` (the engine nulls what is not finite once, at the end)."""
-    return kernels.as_expr(name, inputs, row(), *args, nulls=_ROWS.get() is None)
+    """Compiled kernel ``name`` per ticker (missing values as :func:`_alone` says)."""
+    return kernels.as_expr(name, inputs, row(), *args, nulls=_alone())
 
 
 def log(x: pl.Expr) -> pl.Expr:
     """ln(x) where x > 0, else null (numpy's log: Polars' costs 6 x as much)."""
-    return kernels.elementwise("log", x, nulls=_ROWS.get() is None)
+    return kernels.elementwise("log", x, nulls=_alone())
 
 
 def log1p(x: pl.Expr) -> pl.Expr:
     """ln(1 + x) where x > -1, else null."""
-    return kernels.elementwise("log1p", x, nulls=_ROWS.get() is None)
+    return kernels.elementwise("log1p", x, nulls=_alone())
 
 
 def lag(x: pl.Expr, k: int) -> pl.Expr:

@@ -273,15 +273,21 @@ def test_per_asset_heads_act_alike_on_every_asset(action_mode: str):
     assert actor_size(policy8) == actor_size(policy)
 
 
-def test_the_closed_form_rollout_forward_is_sb3s_bitwise():
-    """Same random draws, same actions, values and log-probabilities as SB3's forward through
-    ``torch.distributions.Normal``; NaN means still fail loudly; discrete actions use SB3's path."""
-    config = _config(encoder="attention")
+def _gaussian_policy(config):
+    """The policy of a fresh model on one env, its log standard deviation -0.7."""
     venv = _venv(config, n=1)
     policy = _model(config, venv).policy
     venv.close()
     with torch.no_grad():
         policy.log_std.fill_(-0.7)
+    return policy
+
+
+def test_the_closed_form_rollout_forward_is_sb3s_bitwise():
+    """Same random draws, same actions, values and log-probabilities as SB3's forward through
+    ``torch.distributions.Normal``; NaN means still fail loudly; discrete actions use SB3's path."""
+    config = _config(encoder="attention")
+    policy = _gaussian_policy(config)
     obs = torch.zeros(5, 1 + 4 + 3)
     obs[:, 0] = torch.tensor([20.0, 80, 150, 300, 499])
     obs[:, 1:5] = torch.rand(5, 4) / 4
@@ -306,6 +312,65 @@ def test_the_closed_form_rollout_forward_is_sb3s_bitwise():
     ours = policy(obs)
     torch.manual_seed(3)
     assert all(map(torch.equal, ours, ActorCriticPolicy.forward(policy, obs)))
+
+
+def _rollout_observations(n: int, seed: int) -> torch.Tensor:
+    """``n`` reference observations at rows that move one bar at a time, as a rollout's do."""
+    generator = torch.Generator().manual_seed(seed)
+    obs = torch.zeros(n, 1 + 4 + 3)
+    obs[:, 0] = torch.arange(n) + 40.0
+    obs[:, 1:5] = torch.rand(n, 4, generator=generator) / 4 - 0.1
+    obs[:, 5:] = torch.rand(n, 3, generator=generator)
+    return obs
+
+
+def test_the_compiled_rollout_forward_is_the_torch_forward_to_float32_rounding():
+    """Without gradients the shared encoder's heads run compiled: the same actions (same draws),
+    values and log-probabilities as torch's path to 1e-5, through its caches as the rows move,
+    after the weights change (an optimizer step) and on another store; NaN means still fail."""
+    policy = _gaussian_policy(_config(encoder="shared"))
+    with torch.no_grad():
+        for p in policy.parameters():  # away from the orthogonal init's zero biases
+            p.add_(torch.randn_like(p) * 0.05)
+
+    def both(obs: torch.Tensor, deterministic: bool = False) -> None:
+        with torch.no_grad():
+            torch.manual_seed(5)
+            fast = policy(obs, deterministic)
+            policy.compiled_rollout = False
+            torch.manual_seed(5)
+            slow = policy(obs, deterministic)
+            policy.compiled_rollout = True
+        for a, b in zip(fast, slow, strict=True):
+            assert a.shape == b.shape and a.dtype == b.dtype
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-5)
+        assert not torch.equal(fast[0], policy(obs, deterministic=True)[0]) or deterministic
+
+    for start in range(0, 40, 2):  # two envs a step, one row on: each step embeds one new bar
+        both(_rollout_observations(40, 1)[start : start + 2])
+    assert policy._compiled is not None  # the compiled path ran
+    both(_rollout_observations(7, 2), deterministic=True)
+    edges = _rollout_observations(3, 3)
+    edges[:, 0] = torch.tensor([0.0, 3.4, 10_000.0])  # clamped to the first and last full windows
+    both(edges)
+    with torch.no_grad():
+        torch.manual_seed(5)
+        first = policy(_rollout_observations(4, 4))
+    optimizer = torch.optim.SGD(policy.parameters(), lr=0.5)
+    loss = policy.evaluate_actions(_rollout_observations(8, 5), torch.zeros(8, 4))[1].sum()
+    loss.backward()
+    optimizer.step()  # the embedding's weights move in place: the caches must be forgotten
+    both(_rollout_observations(4, 4))
+    with torch.no_grad():
+        torch.manual_seed(5)
+        assert not torch.equal(first[1], policy(_rollout_observations(4, 4))[1])
+    other = synthetic_arrays(500, 4, 6, seed=9)
+    bind_store(policy, other.values)
+    both(_rollout_observations(4, 6))
+    with torch.no_grad():
+        policy.features_extractor.embed[0].weight[0, 0] = float("nan")
+        with pytest.raises(ValueError, match="action means are NaN"):
+            policy(_rollout_observations(2, 7))
 
 
 def test_per_asset_heads_are_ppos_on_store_encoders_only():

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import zipfile
+from collections import deque
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,7 +21,10 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from stable_baselines3 import PPO as SB3PPO
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.vec_env import VecMonitor
 from torch import nn
 
 import ploutos.train.encoders as encoders_module
@@ -42,6 +46,7 @@ from ploutos.train.encoders import (
 )
 from ploutos.train.model import build_model
 from ploutos.train.policies import AssetHeadsPolicy
+from ploutos.train.ppo import PPO
 
 ARRAYS = synthetic_arrays(500, 4, 6, seed=8)
 READ_ONLY = ARRAYS.values.view()
@@ -312,6 +317,67 @@ def test_the_closed_form_rollout_forward_is_sb3s_bitwise():
     ours = policy(obs)
     torch.manual_seed(3)
     assert all(map(torch.equal, ours, ActorCriticPolicy.forward(policy, obs)))
+
+
+def test_the_closed_form_evaluation_is_sb3s_bitwise():
+    """PPO's update reads values, log-probabilities and entropies from ``evaluate_actions``: the closed
+    form gives SB3's through ``torch.distributions.Normal`` bitwise, and the same gradients."""
+    policy = _gaussian_policy(_config(encoder="shared"))
+    obs = _rollout_observations(6, 8)
+    actions = torch.randn(6, 4, generator=torch.Generator().manual_seed(8))
+    found = []
+    for evaluate in (policy.evaluate_actions, lambda o, a: ActorCriticPolicy.evaluate_actions(policy, o, a)):
+        policy.zero_grad()
+        values, log_prob, entropy = evaluate(obs, actions)
+        (values.sum() + log_prob.sum() - 0.01 * entropy.sum()).backward()
+        found.append(([values, log_prob, entropy], [p.grad.clone() for p in policy.parameters()]))
+    (ours, our_grads), (theirs, their_grads) = found
+    assert all(torch.equal(a, b) for a, b in zip(ours, theirs, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(our_grads, their_grads, strict=True))
+
+
+class _CountingCallback(BaseCallback):
+    def __init__(self) -> None:
+        super().__init__()
+        self.steps, self.rollouts = 0, 0
+
+    def _on_step(self) -> bool:
+        assert {"actions", "rewards", "dones", "infos", "new_obs"} <= set(self.locals)
+        self.steps += 1
+        return True
+
+    def _on_rollout_end(self) -> None:
+        self.rollouts += 1
+
+
+def test_array_rollouts_fill_the_buffer_bitwise_as_sb3s_loop():
+    """Ploutos's PPO collects a rollout of the compiled policy by numpy arrays: the buffer (with
+    truncated episodes bootstrapped, returns and advantages), the step count, the episode infos and
+    the callbacks are SB3's loop's, bitwise, on the same seeds."""
+    config = _config(encoder="shared")
+    venv = VecMonitor(_venv(config, n=2))
+    model = _model(replace(config, ppo=replace(config.ppo, n_steps=70)), venv)  # episodes of 60 bars end
+    assert isinstance(model, PPO) and model.policy.compiled_arrays_apply()
+    fields = ("observations", "actions", "rewards", "episode_starts", "values", "log_probs", "advantages", "returns")
+
+    def collect(loop) -> tuple:
+        torch.manual_seed(11)
+        venv.seed(3)
+        model._last_obs, model._last_episode_starts = venv.reset(), np.ones(2, dtype=bool)
+        model.num_timesteps = 0
+        model.ep_info_buffer, model.ep_success_buffer = deque(maxlen=100), deque(maxlen=100)
+        callback = _CountingCallback()
+        callback.init_callback(model)
+        assert loop(model, venv, callback, model.rollout_buffer, 70)
+        arrays = [getattr(model.rollout_buffer, name).copy() for name in fields]
+        episodes = [(info["r"], info["l"]) for info in model.ep_info_buffer]  # not "t", the wall clock
+        return arrays, model.num_timesteps, episodes, (callback.steps, callback.rollouts)
+
+    ours, theirs = collect(PPO.collect_rollouts), collect(SB3PPO.collect_rollouts)
+    for name, a, b in zip(fields, ours[0], theirs[0], strict=True):
+        assert np.array_equal(a, b), name
+    assert ours[1:] == theirs[1:] and ours[1] == 140 and len(ours[2]) >= 2 and ours[3] == (70, 1)
+    venv.close()
 
 
 def _rollout_observations(n: int, seed: int) -> torch.Tensor:

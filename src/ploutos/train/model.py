@@ -7,12 +7,12 @@ from typing import Any
 
 import numpy as np
 from sb3_contrib import RecurrentPPO
-from stable_baselines3 import PPO
 
 from ploutos.config import Config
 from ploutos.node.hardware import HardwarePlan
 from ploutos.train import encoders
 from ploutos.train.policies import POLICIES
+from ploutos.train.ppo import PPO
 
 
 def member_seed(base: int, fold: int, member: int) -> int:
@@ -21,7 +21,7 @@ def member_seed(base: int, fold: int, member: int) -> int:
 
 
 ALGORITHMS: dict[str, type[PPO] | type[RecurrentPPO]] = {"ppo": PPO, "recurrent_ppo": RecurrentPPO}
-"""The SB3 class of each ``ppo.algo``."""
+"""The SB3 class of each ``ppo.algo`` (PPO: :class:`ploutos.train.ppo.PPO`, SB3's with array rollouts)."""
 
 
 def algorithm(config: Config) -> type[PPO] | type[RecurrentPPO]:

@@ -132,7 +132,7 @@ class AssetHeadsPolicy(ActorCriticPolicy):
         # exactly the plain Gaussian: a subclass (SB3's squashed one) transforms its samples
         if type(self.action_dist) is not DiagGaussianDistribution or not self.share_features_extractor:
             return super().forward(obs, deterministic)
-        if self.compiled_rollout and not torch.is_grad_enabled() and self._compiled_applies(obs):
+        if not torch.is_grad_enabled() and self._compiled_applies(obs):
             return self._compiled_forward(obs, deterministic)
         latent_pi, latent_vf = self.mlp_extractor(self.extract_features(obs))
         values = self.value_net(latent_vf)
@@ -143,6 +143,26 @@ class AssetHeadsPolicy(ActorCriticPolicy):
         actions = mean if deterministic else mean + torch.empty_like(mean).normal_() * scale
         log_prob = (-((actions - mean) ** 2) / (2 * scale**2) - scale.log() - LOG_SQRT_2PI).sum(dim=1)
         return actions.reshape((-1, *self.action_space.shape)), values, log_prob
+
+    def evaluate_actions(
+        self, obs: torch.Tensor, actions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """SB3's ``evaluate_actions`` (values, log-probabilities, entropy), Gaussian in closed form.
+
+        PPO's update calls this once per minibatch; ``torch.distributions.Normal`` validates its
+        arguments and sample there (full passes over the batch, and their backward). The same
+        expressions as ``Normal.log_prob`` and ``Normal.entropy``, summed over the action
+        dimensions as SB3 sums them, give bitwise SB3's results (a test compares them).
+        """
+        if type(self.action_dist) is not DiagGaussianDistribution or not self.share_features_extractor:
+            return super().evaluate_actions(obs, actions)
+        latent_pi, latent_vf = self.mlp_extractor(self.extract_features(obs))
+        mean = self.action_net(latent_pi)
+        scale = torch.ones_like(mean) * self.log_std.exp()
+        log_scale = scale.log()
+        log_prob = (-((actions - mean) ** 2) / (2 * scale**2) - log_scale - LOG_SQRT_2PI).sum(dim=1)
+        entropy = (0.5 + 0.5 * math.log(2 * math.pi) + log_scale).sum(dim=1)
+        return self.value_net(latent_vf), log_prob, entropy
 
     def _build(self, lr_schedule: Any) -> None:
         super()._build(lr_schedule)
@@ -175,7 +195,16 @@ class AssetHeadsPolicy(ActorCriticPolicy):
         return [*layers[::2], self.value_net] if compilable else None
 
     def _compiled_applies(self, obs: torch.Tensor) -> bool:
-        if self._critic_linears is None or obs.device.type != "cpu" or obs.dtype != torch.float32:
+        return obs.device.type == "cpu" and obs.dtype == torch.float32 and self.compiled_arrays_apply()
+
+    def compiled_arrays_apply(self) -> bool:
+        """Whether :meth:`act_arrays` computes (this policy's layers, its store's size), given float32
+        observations on the CPU; with ``compiled_rollout`` off, False."""
+        if (
+            self._critic_linears is None
+            or not self.compiled_rollout
+            or type(self.action_dist) is not (DiagGaussianDistribution)
+        ):
             return False
         source = self.features_extractor._source
         if source is not self._compiled_source[0]:  # the store's size decides; asked once per store
@@ -185,21 +214,26 @@ class AssetHeadsPolicy(ActorCriticPolicy):
             self._compiled_source = (source, fits)
         return self._compiled_source[1]
 
-    def _compiled_forward(
-        self, obs: torch.Tensor, deterministic: bool
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """:meth:`forward` by :class:`ploutos.train.rollout.CompiledHeads`, the draws from torch's
-        generator as the torch path draws them."""
+    def act_arrays(self, observations: np.ndarray, deterministic: bool = False) -> tuple[np.ndarray, ...]:
+        """``(actions, values (B, 1), log-probabilities (B,))`` of float32 ``observations`` as numpy
+        arrays, by :class:`ploutos.train.rollout.CompiledHeads` (when :meth:`compiled_arrays_apply`);
+        the draws from torch's generator, as the torch path draws them."""
         if self._compiled is None:
             head, output = self.mlp_extractor.head[0], self.action_net.linear
             critic = self._critic_linears or []
             self._compiled = CompiledHeads(self.features_extractor, head, output, critic, self.log_std)
-        shape = (len(obs), self.mlp_extractor.n_assets)
+        shape = (len(observations), self.mlp_extractor.n_assets)
         noise = np.zeros(shape, dtype=np.float32) if deterministic else torch.empty(shape).normal_().numpy()
-        actions, values, log_prob, finite = self._compiled(obs.numpy(), noise)
+        actions, values, log_prob, finite = self._compiled(observations, noise)
         if not finite:
             raise ValueError("the policy's action means are NaN: its weights diverged (lower the learning rate)")
-        actions = actions.reshape((-1, *self.action_space.shape))
+        return actions.reshape((-1, *self.action_space.shape)), values, log_prob
+
+    def _compiled_forward(
+        self, obs: torch.Tensor, deterministic: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`forward` by :meth:`act_arrays`."""
+        actions, values, log_prob = self.act_arrays(obs.numpy(), deterministic)
         return torch.from_numpy(actions), torch.from_numpy(values), torch.from_numpy(log_prob)
 
 

@@ -228,7 +228,7 @@ class CompiledHeads:
         self.encoder = encoder
         modules = (encoder.embed[0], encoder.temporal, head, output, *critic)
         self._params = [*(p for module in modules for p in (module.weight, module.bias)), log_std]
-        self._pointers: tuple[int, ...] = ()
+        self._pointers: list[int] = []
         self._arguments: tuple[tuple[np.ndarray, ...], ...] = ()
         self._log_std = np.empty(0, dtype=np.float32)
         self._store: np.ndarray | None = None
@@ -237,7 +237,7 @@ class CompiledHeads:
     def _weights(self) -> tuple[tuple[np.ndarray, ...], ...]:
         """The kernel's weight arguments (numpy views), made again when any parameter's memory moved
         (a load into new tensors, a ``to``)."""
-        pointers = tuple(p.data_ptr() for p in self._params)
+        pointers = [p.data_ptr() for p in self._params]
         if pointers != self._pointers:
             views = [p.detach().numpy() for p in self._params]
             critic = views[8:-1]

@@ -10,7 +10,8 @@ PPO trains, in one run, with repeats interleaved:
   the same input, the window gathered from the store inside the policy;
 - **shared by reference**: ``obs_layout: reference`` with the ``shared`` encoder;
 - **attention by reference**: the same with the ``attention`` encoder;
-- **plain SB3**: ``DummyVecEnv`` over the flat env, ``PPO("MlpPolicy")`` with the same arguments.
+- **plain SB3**: ``DummyVecEnv`` over the flat env, SB3's ``PPO("MlpPolicy")`` with the same arguments
+  (SB3's class itself, not ploutos's subclass).
 
 Every setup has the same envs (the plan's count, stepped as one batch in the learner's process,
 except plain SB3's ``DummyVecEnv``), the same torch threads (the plan's learner threads, pinned)
@@ -27,6 +28,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+import stable_baselines3 as sb3
 from stable_baselines3.common.vec_env import DummyVecEnv, VecMonitor
 
 from ploutos.bench.env import synthetic_arrays
@@ -116,7 +118,8 @@ def _models(config: Config, arrays: FeatureArrays, layout: Any, seed: int) -> It
             else:
                 venv = VecMonitor(BatchedVecEnv([make] * layout.n_envs, copy_obs=False))
             venvs.append(venv)
-            models[label] = build_model(cfg, venv, layout, seed, values=arrays.values)
+            plain = sb3.PPO if label == "plain SB3" and cfg.ppo.algo == "ppo" else None
+            models[label] = build_model(cfg, venv, layout, seed, values=arrays.values, algorithm_class=plain)
             venv.seed(seed)
         yield models
     finally:

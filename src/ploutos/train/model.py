@@ -66,12 +66,14 @@ def policy_kwargs(config: Config, values: np.ndarray | None = None) -> dict[str,
 
 
 def build_model(
-    config: Config, venv: Any, layout: HardwarePlan, seed: int | None, values: np.ndarray | None = None
-) -> Any:
+    config: Config, venv: Any, layout: HardwarePlan, seed: int | None, values: np.ndarray | None = None,
+    algorithm_class: type | None = None,
+) -> Any:  # fmt: skip
     """A fresh PPO / RecurrentPPO with the config's hyperparameters on ``venv``; ``values`` is the
-    store the envs trade (``arrays.values``), which the encoder of reference observations reads."""
+    store the envs trade (``arrays.values``), which the encoder of reference observations reads;
+    ``algorithm_class`` replaces :func:`algorithm`'s (the benchmarks' plain SB3)."""
     ppo = config.ppo
-    return algorithm(config)(
+    return (algorithm_class or algorithm(config))(
         policy_class(ppo.algo, policy_name(config)),
         venv,
         n_steps=ppo.n_steps,

@@ -108,10 +108,8 @@ def _forget_if_changed(kept: tuple, weights: tuple, known: np.ndarray) -> None: 
     changed = False
     for k in range(len(kept)):
         old, new = kept[k], weights[k]
-        for j in range(new.shape[0]):
-            if old[j] != new[j]:  # NaN differs from everything, itself included
-                changed = True
-                break
+        for j in range(new.shape[0]):  # no early exit: the loop vectorizes
+            changed |= old[j] != new[j]  # NaN differs from everything, itself included
     if changed:
         for k in range(len(kept)):
             kept[k][:] = weights[k]

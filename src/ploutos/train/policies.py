@@ -93,7 +93,7 @@ class AssetHeadsPolicy(ActorCriticPolicy):
     """
 
     compiled_rollout = True
-    """Whether forward without gradients on the CPU computes the means and values compiled (see :meth:`forward`)."""
+    """Whether the policy acts compiled where it can (:meth:`forward` without gradients, :meth:`act_arrays`)."""
 
     def __init__(self, *args: Any, head_width: int = 32, **kwargs: Any) -> None:
         self.head_width = int(head_width)
@@ -124,10 +124,10 @@ class AssetHeadsPolicy(ActorCriticPolicy):
         (a test compares them); discrete actions and anything but a plain diagonal Gaussian go
         through SB3's path.
 
-        Without gradients, on the CPU, on the ``shared`` encoder (a rollout), the means and values
-        come from one compiled pass (:mod:`ploutos.train.rollout`: 1.5 ms -> tens of microseconds
-        per call), equal to the torch path's to float32 rounding; ``compiled_rollout = False``
-        turns it off.
+        Without gradients, on the CPU, on the ``shared`` encoder (a rollout), actions, values and
+        log-probabilities come from one compiled pass on the same draws (:meth:`act_arrays`,
+        :mod:`ploutos.train.rollout`: 1.2 -> 0.16 ms a call at 2 envs), equal to the torch path's
+        to float32 rounding; ``compiled_rollout = False`` turns it off.
         """
         # exactly the plain Gaussian: a subclass (SB3's squashed one) transforms its samples
         if type(self.action_dist) is not DiagGaussianDistribution or not self.share_features_extractor:

@@ -6,12 +6,14 @@ checks, allocations): 1.2-1.5 ms at 2 envs on 2 cores, three quarters of a rollo
 the batch. The same arithmetic in one compiled pass takes tens of microseconds.
 
 :class:`CompiledHeads` computes, for a batch of reference observations, what
-:class:`~ploutos.train.policies.AssetHeadsPolicy` computes before its Gaussian: each asset's
-action mean and the critic's value. Like the encoder's torch path it keeps the convolution output
-of every stride it computed, per store row, and forgets them all when the embedding or the
-convolution weights differ from the copy it kept (compared in full at each call, as they may
-change in any way: optimizer, MPI broadcast, load) or when the store changes. Its cache is its own:
-the torch path's validity rules stay untouched.
+:class:`~ploutos.train.policies.AssetHeadsPolicy` computes: each asset's action mean, the
+critic's value, and the Gaussian action and its log-probability from standard normal draws it is
+given (the policy draws them from torch's generator). Like the encoder's torch path it keeps the
+convolution output of every stride it computed, per store row, and also each bar's embedding (a
+rollout moves one row a step: one new bar to embed per env); it forgets them all when the
+embedding or the convolution weights differ from the copy it kept (compared in full at each call,
+as they may change in any way: optimizer, MPI broadcast, load) or when the store changes. Its
+caches are its own: the torch path's validity rules stay untouched.
 
 Products are summed in float32 in whatever order the compiler vectorizes them (``reassoc``), as
 a BLAS does, so the results agree with torch's to float32 rounding, not bitwise (a test holds them

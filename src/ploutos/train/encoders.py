@@ -229,18 +229,6 @@ class SharedStoreEncoder(StoreEncoder):
         store = self._store
         return store is not None and store.shape[0] * self.n_assets * self.embed_dim * 4 <= CACHE_BYTES
 
-    def stride_cache(self, store: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(outputs (T, A, E), known (T,))``: the convolution output per store row (a stride ending
-        there), valid where ``known``; both emptied when the weights or the store changed since."""
-        cache = self._cache
-        cached = [*self.embed.parameters(), *self.temporal.parameters()]  # what the stride outputs depend on
-        if cache is None or cache[0] is not store or not all(map(torch.equal, cached, cache[1])):
-            weights = [p.detach().clone() for p in cached]
-            outputs = torch.empty((store.shape[0], self.n_assets, self.embed_dim), device=store.device)
-            known = torch.zeros(store.shape[0], dtype=torch.bool, device=store.device)
-            cache = self._cache = (store, weights, outputs, known)
-        return cache[2], cache[3]
-
     def _summaries_from_cache(self, observations: torch.Tensor) -> torch.Tensor:
         """The summaries without gradients, from convolution outputs kept per store row.
 
@@ -251,7 +239,14 @@ class SharedStoreEncoder(StoreEncoder):
         optimizer, MPI broadcast, load) or the store change.
         """
         store = self.store_on(observations.device)
-        outputs, known = self.stride_cache(store)
+        cache = self._cache
+        cached = [*self.embed.parameters(), *self.temporal.parameters()]  # what the stride outputs depend on
+        if cache is None or cache[0] is not store or not all(map(torch.equal, cached, cache[1])):
+            weights = [p.detach().clone() for p in cached]
+            outputs = torch.empty((store.shape[0], self.n_assets, self.embed_dim), device=store.device)
+            known = torch.zeros(store.shape[0], dtype=torch.bool, device=store.device)
+            cache = self._cache = (store, weights, outputs, known)
+        _, _, outputs, known = cache
         kernel, n_assets, width = self.kernel, self.n_assets, self.embed_dim
         if self._ends.device != store.device:
             self._ends, self._stride = self._ends.to(store.device), self._stride.to(store.device)

@@ -37,10 +37,7 @@ from torch import nn
 
 from ploutos.env.core import PORTFOLIO_FIELDS
 from ploutos.train.encoders import CACHE_BYTES, SharedStoreEncoder, split_features
-from ploutos.train.rollout import CompiledHeads
-
-LOG_SQRT_2PI = math.log(math.sqrt(2 * math.pi))
-"""The Gaussian log-density's constant, as ``torch.distributions.Normal.log_prob`` computes it."""
+from ploutos.train.rollout import LOG_SQRT_2PI, CompiledHeads
 
 
 class AssetHeads(nn.Module):

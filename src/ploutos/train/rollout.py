@@ -31,7 +31,7 @@ import numpy as np
 from torch import nn
 
 LOG_SQRT_2PI = math.log(math.sqrt(2 * math.pi))
-"""The Gaussian log-density's constant."""
+"""The Gaussian log-density's constant, as ``torch.distributions.Normal.log_prob`` computes it."""
 FASTMATH = {"reassoc", "contract"}
 """Reorder and fuse sums (vectorized dot products); nothing that assumes finite values."""
 
@@ -232,6 +232,8 @@ class CompiledHeads:
         self._arguments: tuple[tuple[np.ndarray, ...], ...] = ()
         self._log_std = np.empty(0, dtype=np.float32)
         self._store: np.ndarray | None = None
+        self._read_only = np.empty((0, 0, 0), dtype=np.float32)
+        """The store as a read-only view: one compiled variant of the kernel whatever the caller's flags."""
         self._caches: tuple[np.ndarray, ...] = ()
 
     def _weights(self) -> tuple[tuple[np.ndarray, ...], ...]:
@@ -259,8 +261,10 @@ class CompiledHeads:
             known = np.zeros((2, store.shape[0]), dtype=np.bool_)
             kept = tuple(np.full_like(flat, np.nan) for flat in arguments[0])
             self._caches, self._store = (outputs, known, embedded, kept), store
+            self._read_only = store.view()
+            self._read_only.flags.writeable = False
         return heads_forward(  # type: ignore[no-any-return]
-            observations, self.encoder.lookback, store, *self._caches, *arguments, self._log_std, noise
+            observations, self.encoder.lookback, self._read_only, *self._caches, *arguments, self._log_std, noise
         )
 
     @staticmethod
@@ -270,9 +274,9 @@ class CompiledHeads:
 
 
 def compile_kernels(critic_layers: int = 3) -> None:
-    """Compile :func:`heads_forward` for the argument types a rollout passes (a read-only store, as
-    the node store maps it; ``critic_layers`` linear layers: ``len(ppo.net_arch) + 1``), so the
-    machine code is cached before the first training run (setup calls this: about 15 s cold)."""
+    """Compile :func:`heads_forward` for the argument types a rollout passes (the store read-only, as
+    :class:`CompiledHeads` passes it; ``critic_layers`` linear layers: ``len(ppo.net_arch) + 1``), so
+    the machine code is cached before the first training run (setup calls this: about 18 s cold)."""
     rows, n_assets, n_features, width, kernel, lookback = 16, 2, 3, 2, 2, 4
     store = np.zeros((rows, n_assets, n_features), dtype=np.float32)
     store.flags.writeable = False

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import stable_baselines3 as sb3
+from sb3_contrib import RecurrentPPO
 from stable_baselines3.common.vec_env import DummyVecEnv, VecMonitor
 
 from ploutos.bench.env import synthetic_arrays
@@ -118,7 +119,9 @@ def _models(config: Config, arrays: FeatureArrays, layout: Any, seed: int) -> It
             else:
                 venv = VecMonitor(BatchedVecEnv([make] * layout.n_envs, copy_obs=False))
             venvs.append(venv)
-            plain = sb3.PPO if label == "plain SB3" and cfg.ppo.algo == "ppo" else None
+            plain = None
+            if label == "plain SB3":  # SB3's classes as shipped (their optimizer settings too)
+                plain = sb3.PPO if cfg.ppo.algo == "ppo" else RecurrentPPO
             models[label] = build_model(cfg, venv, layout, seed, values=arrays.values, algorithm_class=plain)
             venv.seed(seed)
         yield models

@@ -38,6 +38,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
+from sb3_contrib import RecurrentPPO
 from stable_baselines3 import PPO as SB3PPO
 from stable_baselines3.common.vec_env import DummyVecEnv, VecMonitor
 from threadpoolctl import threadpool_info, threadpool_limits
@@ -167,7 +168,7 @@ def _setups(
         plain = VecMonitor(DummyVecEnv([plain_env_fn(arrays, config, slice(*rows))] * layout.n_envs))
         venvs.append(plain)
         models = []
-        for venv, cls in ((ours, None), (plain, SB3PPO if config.ppo.algo == "ppo" else None)):
+        for venv, cls in ((ours, None), (plain, SB3PPO if config.ppo.algo == "ppo" else RecurrentPPO)):
             model = build_model(config, venv, layout, seed, values=arrays.values, algorithm_class=cls)
             venv.seed(seed)
             models.append(model)

@@ -51,6 +51,7 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
 from ploutos.env.core import PORTFOLIO_FIELDS
+from ploutos.train.update import StridedSummaries, distinct_rows
 
 CACHE_BYTES = 256 * 2**20
 """Largest per-row cache of the shared encoder (``T x A x E`` float32); a larger store computes afresh."""
@@ -192,31 +193,22 @@ class SharedStoreEncoder(StoreEncoder):
         super().bind(values)
 
     def forward(self, observations: torch.Tensor) -> torch.Tensor:
-        return join_features(self.asset_summaries(observations), self.portfolio(observations))
+        return join_features(self.asset_blocks(observations), self.portfolio(observations))
+
+    def asset_blocks(self, observations: torch.Tensor) -> torch.Tensor:
+        """``(B, A, 2 E)``: the per-asset blocks of the features (:func:`join_features`)."""
+        return self.asset_summaries(observations)
 
     def asset_summaries(self, observations: torch.Tensor) -> torch.Tensor:
         """``(B, A, 2 E)``: each asset's summary (:meth:`_pooled`)."""
         if not torch.is_grad_enabled() and self._cacheable():
             return self._summaries_from_cache(observations)
         store = self.store_on(observations.device)
-        index = self.window_rows(observations)  # (B, L)
-        batch, width, kernel = len(index), self.embed_dim, self.kernel
-        rows, inverse = torch.unique(index, return_inverse=True)  # sorted (U,), (B, L)
-        # runs of consecutive rows are slices of the store, embedded where they lie (no gathered copy)
-        breaks = torch.nonzero(rows[1:] - rows[:-1] > 1).flatten() + 1
-        firsts = torch.cat([rows[:1], rows[breaks]]).tolist()
-        lasts = torch.cat([rows[breaks - 1], rows[-1:]]).tolist()
-        parts = [self.embed(store[first : last + 1]) for first, last in zip(firsts, lasts, strict=True)]
-        embedded = parts[0] if len(parts) == 1 else torch.cat(parts)  # (U, A, E)
-        weight = self.temporal.weight  # (E, kernel * E): bar i of a stride meets columns i * E ... (i + 1) * E
-        count = len(rows) - kernel + 1
-        conv = torch.nn.functional.linear(embedded[kernel - 1 :], weight[:, (kernel - 1) * width :], self.temporal.bias)
-        for i in range(kernel - 1):
-            conv = conv + torch.nn.functional.linear(embedded[i : i + count], weight[:, i * width : (i + 1) * width])
-        conv = torch.relu(conv)  # (U - kernel + 1, A, E): position p: the stride ending at distinct row p + kernel - 1
-        ends = inverse[:, kernel - 1 :: kernel] - (kernel - 1)  # (B, L / kernel)
-        strides = conv.index_select(0, ends.reshape(-1)).view(batch, -1, self.n_assets, width)
-        return self._pooled(strides)
+        places, runs = distinct_rows(self.decision_rows(observations), self.lookback)
+        return StridedSummaries.apply(
+            store, runs, places, self.embed[0].weight, self.embed[0].bias, self.temporal.weight, self.temporal.bias,
+            self.kernel, self.lookback,
+        )  # fmt: skip
 
     @staticmethod
     def _pooled(strides: torch.Tensor) -> torch.Tensor:
@@ -299,9 +291,8 @@ class AttentionStoreEncoder(SharedStoreEncoder):
             batch_first=True, norm_first=True,
         )  # fmt: skip
 
-    def forward(self, observations: torch.Tensor) -> torch.Tensor:
-        assets = self.attention(self.asset_summaries(observations) + self.identity)  # (B, A, 2 E)
-        return join_features(assets, self.portfolio(observations))
+    def asset_blocks(self, observations: torch.Tensor) -> torch.Tensor:
+        return self.attention(self.asset_summaries(observations) + self.identity)
 
 
 def join_features(assets: torch.Tensor, portfolio: torch.Tensor) -> torch.Tensor:

@@ -38,6 +38,7 @@ from torch import nn
 from ploutos.env.core import PORTFOLIO_FIELDS
 from ploutos.train.encoders import CACHE_BYTES, SharedStoreEncoder, split_features
 from ploutos.train.rollout import LOG_SQRT_2PI, CompiledHeads
+from ploutos.train.update import AssetHeadsPass
 
 
 class AssetHeads(nn.Module):
@@ -153,13 +154,22 @@ class AssetHeadsPolicy(ActorCriticPolicy):
         """
         if type(self.action_dist) is not DiagGaussianDistribution or not self.share_features_extractor:
             return super().evaluate_actions(obs, actions)
-        latent_pi, latent_vf = self.mlp_extractor(self.extract_features(obs))
-        mean = self.action_net(latent_pi)
+        if self._critic_linears is not None:  # one node for heads and critic (ploutos.train.update)
+            encoder = self.features_extractor
+            head, output = self.mlp_extractor.head[0], self.action_net.linear
+            critic = [tensor for layer in self._critic_linears for tensor in (layer.weight, layer.bias)]
+            mean, values = AssetHeadsPass.apply(
+                encoder.asset_blocks(obs), encoder.portfolio(obs), head.weight, head.bias, output.weight, output.bias,
+                *critic,
+            )  # fmt: skip
+        else:
+            latent_pi, latent_vf = self.mlp_extractor(self.extract_features(obs))
+            mean, values = self.action_net(latent_pi), self.value_net(latent_vf)
         scale = torch.ones_like(mean) * self.log_std.exp()
         log_scale = scale.log()
         log_prob = (-((actions - mean) ** 2) / (2 * scale**2) - log_scale - LOG_SQRT_2PI).sum(dim=1)
         entropy = (0.5 + 0.5 * math.log(2 * math.pi) + log_scale).sum(dim=1)
-        return self.value_net(latent_vf), log_prob, entropy
+        return values, log_prob, entropy
 
     def _build(self, lr_schedule: Any) -> None:
         super()._build(lr_schedule)
@@ -175,20 +185,15 @@ class AssetHeadsPolicy(ActorCriticPolicy):
         self._critic_linears = self._tanh_critic()
 
     def _tanh_critic(self) -> list[nn.Linear] | None:
-        """The critic's linear layers then the value's, when what the compiled pass computes is this
-        policy: the ``shared`` encoder, tanh everywhere, one output per asset (else None)."""
+        """The critic's linear layers then the value's, when what the written-out passes compute is
+        this policy: tanh everywhere, one output per asset, Box observations (else None)."""
         critic = self.mlp_extractor.critic.value_net
         layers = list(critic)
         alternating = (
             all(isinstance(layer, nn.Linear if i % 2 == 0 else nn.Tanh) for i, layer in enumerate(layers))
             and len(layers) % 2 == 0
         )
-        compilable = (
-            type(self.features_extractor) is SharedStoreEncoder
-            and self.activation_fn is nn.Tanh
-            and self.action_net.linear.out_features == 1
-            and alternating
-        )
+        compilable = self.activation_fn is nn.Tanh and self.action_net.linear.out_features == 1 and alternating
         return [*layers[::2], self.value_net] if compilable else None
 
     def _compiled_applies(self, obs: torch.Tensor) -> bool:
@@ -199,6 +204,7 @@ class AssetHeadsPolicy(ActorCriticPolicy):
         observations on the CPU; with ``compiled_rollout`` off, False."""
         if (
             self._critic_linears is None
+            or type(self.features_extractor) is not SharedStoreEncoder
             or not self.compiled_rollout
             or type(self.action_dist) is not (DiagGaussianDistribution)
         ):

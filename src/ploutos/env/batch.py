@@ -22,6 +22,8 @@ from gymnasium import spaces
 from ploutos.env.core import MarketCore
 from ploutos.env.trading import TradingEnv
 
+_NO_ENVS = np.empty(0, dtype=np.int64)
+
 Buffers = dict[Any, np.ndarray]
 """Observation arrays by key (``None`` for an unstructured space), leading axis the env."""
 
@@ -138,21 +140,25 @@ class EnvBatch:
             return self._step_each(actions, out, terminal)
         step = self.core.step(actions)
         timestamps = self.core.arrays.timestamps
+        # lists first: one conversion per array, not one numpy scalar per env and field
+        equity, cash, turnover = step.equity.tolist(), step.cash.tolist(), step.turnover.tolist()
+        costs, drawdown, truncated = step.costs.tolist(), step.drawdown.tolist(), step.truncated.tolist()
         infos = [
             {
-                "equity": float(step.equity[i]),
-                "cash": float(step.cash[i]),
+                "equity": equity[i],
+                "cash": cash[i],
                 "weights": step.weights[i].copy(),
-                "turnover": float(step.turnover[i]),
-                "costs": float(step.costs[i]),
-                "drawdown": float(step.drawdown[i]),
+                "turnover": turnover[i],
+                "costs": costs[i],
+                "drawdown": drawdown[i],
                 "timestamp": timestamps[step.fill_rows[i]],
-                "TimeLimit.truncated": bool(step.truncated[i]),
+                "TimeLimit.truncated": truncated[i],
             }
             for i in range(self.num_envs)
         ]
         resets: dict[int, dict] = {}
-        done = np.flatnonzero(step.terminated | step.truncated)
+        finished = step.terminated | step.truncated
+        done = np.flatnonzero(finished) if finished.any() else _NO_ENVS
         if len(done):
             ended = new_buffers(self.observation_space, len(done))
             self._observe(ended, done)

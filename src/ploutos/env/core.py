@@ -172,7 +172,7 @@ class MarketCore:
         within it (0: no trade).
         """
         envs = self._envs(index)
-        if not self.active[envs].all():
+        if not (self.active.all() if index is None else self.active[envs].all()):
             raise RuntimeError("call reset() before step(), and again after an episode ends")
         n = len(envs)
         actions = np.asarray(actions, dtype=np.float64).reshape(n, -1)
@@ -194,9 +194,10 @@ class MarketCore:
             self.cfg.drawdown_penalty, self.cfg.turnover_penalty,
             rewards, terminated, truncated, turnover, cost, cost_parts, notional, limited, traded, fill_prices,
         )  # fmt: skip
+        take = (lambda values: values.copy()) if index is None else (lambda values: values[envs])
         return Step(
-            rewards, terminated, truncated, self.equity[envs], self.cash[envs], self.weights[envs], turnover, cost,
-            self.drawdown[envs], self.rows[envs], traded, fill_prices, notional, limited, cost_parts,
+            rewards, terminated, truncated, take(self.equity), take(self.cash), take(self.weights), turnover, cost,
+            take(self.drawdown), take(self.rows), traded, fill_prices, notional, limited, cost_parts,
         )  # fmt: skip
 
     def _envs(self, index: np.ndarray | slice | int | None) -> np.ndarray:

@@ -157,12 +157,14 @@ class SharedStoreEncoder(StoreEncoder):
     the latest bars from the oldest, and it varies little from one decision to the next (a policy
     reading it barely changes its action across states).
 
-    Everything runs on the batch's distinct store rows, sorted: a minibatch of 256 windows of 32
-    bars names about 8k rows, 1-2k of them distinct. Each row is embedded once. The convolution
-    then runs at stride 1 along the sorted distinct rows, as ``kernel`` matrix products over
-    shifted slices (no gather, no scatter in the backward pass): a window's bars are consecutive
-    integers, all present, so the ``kernel`` positions ending at a stride's last bar hold exactly
-    that stride's bars. Each window then reads its ``L / kernel`` stride outputs by position.
+    With gradients (PPO's update) everything runs on the batch's distinct store rows, as one
+    autograd node whose backward is written out (:class:`ploutos.train.update.StridedSummaries`): a
+    minibatch of 256 windows of 32 bars names about 8k rows, 580 of them distinct at 2 envs. Each
+    row is embedded once; the convolution runs at stride 1 along the sorted distinct rows (a
+    window's bars are consecutive rows, all present, so the ``kernel`` positions ending at a
+    stride's last bar hold exactly that stride's bars) and each window reads its strides by
+    position. Without gradients (a rollout, an evaluation) stride outputs are kept per store row
+    (:meth:`_summaries_from_cache`).
     """
 
     def __init__(

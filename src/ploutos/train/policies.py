@@ -98,6 +98,7 @@ class AssetHeadsPolicy(ActorCriticPolicy):
         self._critic_linears: list[nn.Linear] | None = None
         self._compiled: CompiledHeads | None = None
         self._compiled_source: tuple[object, bool] = (None, False)
+        self._noise = torch.empty(0)
         super().__init__(*args, **kwargs)
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
@@ -151,6 +152,10 @@ class AssetHeadsPolicy(ActorCriticPolicy):
         arguments and sample there (full passes over the batch, and their backward). The same
         expressions as ``Normal.log_prob`` and ``Normal.entropy``, summed over the action
         dimensions as SB3 sums them, give bitwise SB3's results (a test compares them).
+
+        With a tanh critic and one output per asset, the heads and the critic run as one autograd
+        node (:class:`ploutos.train.update.AssetHeadsPass`), as the ``shared`` encoder does: the
+        same values and gradients to float32 rounding, in three quarters of the time (15 assets, 2 envs).
         """
         if type(self.action_dist) is not DiagGaussianDistribution or not self.share_features_extractor:
             return super().evaluate_actions(obs, actions)
@@ -226,7 +231,12 @@ class AssetHeadsPolicy(ActorCriticPolicy):
             critic = self._critic_linears or []
             self._compiled = CompiledHeads(self.features_extractor, head, output, critic, self.log_std)
         shape = (len(observations), self.mlp_extractor.n_assets)
-        noise = np.zeros(shape, dtype=np.float32) if deterministic else torch.empty(shape).normal_().numpy()
+        if deterministic:
+            noise = np.zeros(shape, dtype=np.float32)
+        else:  # drawn into a kept tensor (the same draws as a new one's): a rollout asks at every step
+            if self._noise.shape != shape:
+                self._noise = torch.empty(shape)
+            noise = self._noise.normal_().numpy()
         actions, values, log_prob, finite = self._compiled(observations, noise)
         if not finite:
             raise ValueError("the policy's action means are NaN: its weights diverged (lower the learning rate)")

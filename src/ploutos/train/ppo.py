@@ -60,7 +60,7 @@ class PPO(SB3PPO):
         n_steps = 0
         while n_steps < n_rollout_steps:
             actions, values, log_probs = policy.act_arrays(self._last_obs)
-            clipped_actions = np.clip(actions, low, high)
+            clipped_actions = np.minimum(np.maximum(actions, low), high)  # np.clip's result, without its wrapper
             new_obs, rewards, dones, infos = env.step(clipped_actions)
             self.num_timesteps += env.num_envs
             callback.update_locals(locals())
@@ -68,8 +68,9 @@ class PPO(SB3PPO):
                 return False
             self._update_info_buffer(infos, dones)
             n_steps += 1
-            for index in np.flatnonzero(dones):
-                self._bootstrap_timeout(rewards, index, infos[index])
+            if dones.any():
+                for index in np.flatnonzero(dones):
+                    self._bootstrap_timeout(rewards, index, infos[index])
             self._store(rollout_buffer, actions, rewards, values, log_probs)
             self._last_obs = new_obs
             self._last_episode_starts = dones

@@ -71,7 +71,7 @@ class StridedSummaries(torch.autograd.Function):
         for first, stop in runs:
             rows = stop - first
             torch.addmm(
-                embed_bias, store[first:stop].view(rows * n_assets, n_features), embed_weight.t(),
+                embed_bias, store[first:stop].reshape(rows * n_assets, n_features), embed_weight.t(),
                 out=embedded[at : at + rows].view(rows * n_assets, width),
             )  # fmt: skip
             at += rows
@@ -127,7 +127,7 @@ class StridedSummaries(torch.autograd.Function):
         for first, stop in runs:
             rows = stop - first
             grad_embed_weight.addmm_(
-                _rows(grad_embedded, at, rows).t(), store[first:stop].view(rows * n_assets, n_features)
+                _rows(grad_embedded, at, rows).t(), store[first:stop].reshape(rows * n_assets, n_features)
             )
             at += rows
         return None, None, None, grad_embed_weight, grad_embed_bias, grad_conv_weight, grad_conv_bias, None, None

@@ -4,12 +4,17 @@ heads' concatenated input, SB3's critic), to float32 rounding, and ``gradcheck``
 
 from __future__ import annotations
 
+from copy import deepcopy
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from stable_baselines3 import PPO as SB3PPO
+from stable_baselines3.common.logger import KVWriter, Logger
 from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.vec_env import VecMonitor
 
 from ploutos.bench.env import synthetic_arrays
 from ploutos.config import load
@@ -18,6 +23,7 @@ from ploutos.env.trading import TradingEnv
 from ploutos.node.hardware import plan
 from ploutos.train.encoders import SharedStoreEncoder
 from ploutos.train.model import build_model
+from ploutos.train.ppo import PPO
 from ploutos.train.update import AssetHeadsPass, StridedSummaries, distinct_rows
 
 ARRAYS = synthetic_arrays(400, 4, 6, seed=3)
@@ -151,3 +157,57 @@ def test_adam_steps_all_parameters_at_once_with_the_loops_results():
         found.append([p.detach().clone() for p in policy.parameters()])
     assert all(map(torch.equal, *found))
     assert not torch.equal(found[0][1], _policy("shared").features_extractor.embed[0].weight)  # they moved
+
+
+class _Figures(KVWriter):
+    """The logger's values at each dump."""
+
+    def __init__(self) -> None:
+        self.dumps: list[dict[str, Any]] = []
+
+    def write(self, key_values: dict[str, Any], key_excluded: dict[str, Any], step: int = 0) -> None:
+        self.dumps.append(dict(key_values))
+
+
+@pytest.mark.parametrize("clip_range_vf", [None, 0.05])
+def test_the_loss_pass_trains_as_sb3s_update(clip_range_vf):
+    """Ploutos's ``train()`` (the loss and its gradients from one compiled pass) against SB3's on the
+    same rollout, weights, optimizer state and minibatch order: the same weights after 2 epochs to
+    float32 rounding, the same logged figures; a mutated gradient would move the weights elsewhere."""
+    config = load("quickstart", ["env.obs_layout=reference", "ppo.encoder=shared"])
+    config = replace(config, env=replace(config.env, lookback=12, episode_bars=60), ppo=replace(config.ppo, n_steps=64))
+
+    def make():
+        return TradingEnv(ARRAYS, config.env, rows=slice(0, len(ARRAYS.timestamps)), bars_per_year=24 * 365)
+
+    venv = VecMonitor(BatchedVecEnv([make, make]))
+    layout = replace(plan(config), n_envs=2, n_steps=64, batch_size=32, device="cpu")
+    model = build_model(config, venv, layout, seed=4, values=ARRAYS.values)
+    model.n_epochs, model.ent_coef = 2, 0.01  # every term of the loss counts
+    model.clip_range_vf = None if clip_range_vf is None else (lambda _: clip_range_vf)
+    model.learn(128)  # one rollout and update: the policy has moved from its initialization
+    callback = model._init_callback(None)
+    assert model.collect_rollouts(venv, callback, model.rollout_buffer, 64)
+    assert model._loss_pass_applies()
+    start = (deepcopy(model.policy.state_dict()), deepcopy(model.policy.optimizer.state_dict()), model._n_updates)
+
+    def update(train) -> tuple[list[torch.Tensor], dict[str, Any]]:
+        model.policy.load_state_dict(start[0])
+        model.policy.optimizer.load_state_dict(deepcopy(start[1]))  # Adam steps its loaded step counts in place
+        model._n_updates = start[2]
+        figures = _Figures()
+        model.set_logger(Logger(folder=None, output_formats=[figures]))
+        np.random.seed(21)  # the buffer's minibatch order
+        train(model)
+        model.logger.dump()
+        return [p.detach().clone() for p in model.policy.parameters()], figures.dumps[-1]
+
+    (ours, our_log), (theirs, their_log) = update(PPO.train), update(SB3PPO.train)
+    for name, a, b in zip([n for n, _ in model.policy.named_parameters()], ours, theirs, strict=True):
+        moved = float((b - start[0][name]).abs().max())
+        assert moved > 0, name
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-3 * moved, msg=lambda m, name=name: f"{name}: {m}")
+    assert set(our_log) == set(their_log)
+    for key, value in their_log.items():
+        assert our_log[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+    venv.close()

@@ -23,10 +23,11 @@ from gymnasium import spaces
 from stable_baselines3 import PPO as SB3PPO
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.utils import obs_as_tensor
+from stable_baselines3.common.utils import explained_variance, obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 
 from ploutos.train.policies import AssetHeadsPolicy
+from ploutos.train.update import clipped_loss
 
 
 class PPO(SB3PPO):
@@ -106,3 +107,73 @@ class PPO(SB3PPO):
         buffer.pos = pos + 1
         if buffer.pos == buffer.buffer_size:
             buffer.full = True
+
+    # ------------------------------------------------------------------------------------------ the update
+
+    def _loss_pass_applies(self) -> bool:
+        """Whether :meth:`train` computes the loss in one compiled pass: the policy's heads run
+        written out (:class:`~ploutos.train.update.AssetHeadsPass`), Box actions, a CPU learner."""
+        policy = self.policy
+        return (
+            isinstance(policy, AssetHeadsPolicy)
+            and policy._critic_linears is not None
+            and isinstance(self.action_space, spaces.Box)
+            and self.device.type == "cpu"
+        )
+
+    def train(self) -> None:
+        """SB3's update, epoch for epoch and minibatch for minibatch (the same sampling, losses,
+        early stop on the KL target, gradient clipping and logs), with the loss and its figures from
+        :func:`~ploutos.train.update.clipped_loss` and gradient clipping over all parameters at once;
+        otherwise SB3's own."""
+        if not self._loss_pass_applies():
+            return super().train()
+        policy = self.policy
+        policy.set_training_mode(True)
+        self._update_learning_rate(policy.optimizer)
+        clip_range = self.clip_range(self._current_progress_remaining)  # type: ignore[operator]
+        clip_range_vf = None
+        if self.clip_range_vf is not None:
+            clip_range_vf = self.clip_range_vf(self._current_progress_remaining)  # type: ignore[operator]
+        figures, approx_kls = [], []
+        parameters = list(policy.parameters())
+        loss = None
+        continue_training = True
+        for epoch in range(self.n_epochs):
+            approx_kls = []
+            for batch in self.rollout_buffer.get(self.batch_size):
+                values, log_prob, entropy = policy.evaluate_actions(batch.observations, batch.actions)
+                loss, found = clipped_loss(
+                    log_prob, values.flatten(), entropy, batch.old_log_prob, batch.advantages, batch.old_values,
+                    batch.returns, clip_range=clip_range, clip_range_vf=clip_range_vf, ent_coef=self.ent_coef,
+                    vf_coef=self.vf_coef, normalize_advantage=self.normalize_advantage,
+                )  # fmt: skip
+                figures.append(found)
+                approx_kls.append(found.approx_kl)
+                if self.target_kl is not None and found.approx_kl > 1.5 * self.target_kl:
+                    continue_training = False
+                    if self.verbose >= 1:
+                        print(f"Early stopping at step {epoch} due to reaching max kl: {found.approx_kl:.2f}")
+                    break
+                policy.optimizer.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(parameters, self.max_grad_norm, foreach=True)
+                policy.optimizer.step()
+            self._n_updates += 1
+            if not continue_training:
+                break
+        buffer = self.rollout_buffer
+        record = self.logger.record
+        record("train/entropy_loss", np.mean([f.entropy_loss for f in figures]))
+        record("train/policy_gradient_loss", np.mean([f.policy_loss for f in figures]))
+        record("train/value_loss", np.mean([f.value_loss for f in figures]))
+        record("train/approx_kl", np.mean(approx_kls))
+        record("train/clip_fraction", np.mean([f.clip_fraction for f in figures]))
+        if loss is not None:
+            record("train/loss", loss.item())
+        record("train/explained_variance", explained_variance(buffer.values.flatten(), buffer.returns.flatten()))
+        record("train/std", torch.exp(policy.log_std).mean().item())
+        record("train/n_updates", self._n_updates, exclude="tensorboard")
+        record("train/clip_range", clip_range)
+        if clip_range_vf is not None:
+            record("train/clip_range_vf", clip_range_vf)

@@ -25,8 +25,10 @@ run in another order) and to ``torch.autograd.gradcheck`` in float64.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
+import numba
+import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
@@ -228,3 +230,99 @@ class AssetHeadsPass(torch.autograd.Function):
 def _head_columns(weight: torch.Tensor, width: int) -> tuple[torch.Tensor, ...]:
     """The hidden layer's weight by input: the asset's block, the market, the portfolio state, the asset's weight."""
     return weight[:, :width], weight[:, width : 2 * width], weight[:, 2 * width : -1], weight[:, -1]
+
+
+class LossFigures(NamedTuple):
+    """What SB3's PPO logs about one minibatch's loss."""
+
+    policy_loss: float
+    value_loss: float
+    entropy_loss: float
+    clip_fraction: float
+    approx_kl: float
+
+
+def clipped_loss(
+    log_prob: torch.Tensor, values: torch.Tensor, entropy: torch.Tensor, old_log_prob: torch.Tensor,
+    advantages: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, *, clip_range: float,
+    clip_range_vf: float | None, ent_coef: float, vf_coef: float, normalize_advantage: bool,
+) -> tuple[torch.Tensor, LossFigures]:  # fmt: skip
+    """SB3's PPO loss of one minibatch (clipped surrogate, value and entropy terms) and its figures,
+    by one compiled pass over the ``(B,)`` CPU tensors that also writes the loss's gradients.
+
+    In torch it is some 40 calls on 256 numbers and 20 autograd nodes (2.8 ms a minibatch with
+    SB3's loop around it); the pass takes microseconds. Sums run in float64 (torch's in float32);
+    the gradient of the minimum at a tie is torch's (half to each side: the whole when the ratio is
+    inside the clip range, where the sides are equal).
+    """
+    gradients = np.empty((3, len(log_prob)), dtype=np.float32)
+    arrays = [t.detach().numpy() for t in (log_prob, values, entropy, old_log_prob, advantages, old_values, returns)]
+    loss, *figures = _clipped_loss(
+        *arrays, float(clip_range), -1.0 if clip_range_vf is None else float(clip_range_vf), float(ent_coef),
+        float(vf_coef), bool(normalize_advantage), gradients,
+    )  # fmt: skip
+    return _WithGradients.apply(log_prob, values, entropy, torch.from_numpy(gradients), loss), LossFigures(*figures)
+
+
+class _WithGradients(torch.autograd.Function):
+    """A scalar whose gradients with respect to its three inputs are given."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, log_prob: torch.Tensor, values: torch.Tensor, entropy: torch.Tensor, gradients: torch.Tensor,
+        value: float,
+    ) -> torch.Tensor:  # fmt: skip
+        ctx.save_for_backward(gradients)
+        return log_prob.new_tensor(value)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        (gradients,) = ctx.saved_tensors
+        scaled = gradients * grad
+        return scaled[0], scaled[1], scaled[2], None, None
+
+
+@numba.njit(cache=True, nogil=True)
+def _clipped_loss(
+    log_prob: np.ndarray, values: np.ndarray, entropy: np.ndarray, old_log_prob: np.ndarray, advantages: np.ndarray,
+    old_values: np.ndarray, returns: np.ndarray, clip_range: float, clip_range_vf: float, ent_coef: float,
+    vf_coef: float, normalize: bool, gradients: np.ndarray,
+) -> tuple[float, float, float, float, float, float]:  # fmt: skip
+    """``(loss, policy loss, value loss, entropy loss, clip fraction, approximate KL)``; ``gradients``
+    ``(3, B)``: the loss's with respect to the log-probabilities, values and entropies.
+    ``clip_range_vf`` below 0: no value clipping."""
+    n = log_prob.shape[0]
+    shift, scale = 0.0, 1.0
+    if normalize and n > 1:  # SB3: (advantages - mean) / (std + 1e-8), std with Bessel's correction
+        shift = advantages.astype(np.float64).mean()
+        spread = 0.0
+        for i in range(n):
+            spread += (advantages[i] - shift) ** 2
+        scale = 1.0 / (np.sqrt(spread / (n - 1)) + 1e-8)
+    policy = clipped = kl = value = total_entropy = 0.0
+    for i in range(n):
+        advantage = (advantages[i] - shift) * scale
+        log_ratio = float(log_prob[i]) - old_log_prob[i]
+        ratio = np.exp(log_ratio)
+        bounded = min(max(ratio, 1.0 - clip_range), 1.0 + clip_range)
+        unclipped_side, clipped_side = advantage * ratio, advantage * bounded
+        policy -= min(unclipped_side, clipped_side)
+        inside = 1.0 - clip_range <= ratio <= 1.0 + clip_range
+        through = unclipped_side < clipped_side or (unclipped_side == clipped_side and inside)
+        gradients[0, i] = -advantage * ratio / n if through else 0.0
+        clipped += abs(ratio - 1.0) > clip_range
+        kl += (ratio - 1.0) - log_ratio
+        predicted, slope = float(values[i]), 1.0
+        if clip_range_vf >= 0.0:
+            change = predicted - old_values[i]
+            predicted = old_values[i] + min(max(change, -clip_range_vf), clip_range_vf)
+            slope = 1.0 if -clip_range_vf <= change <= clip_range_vf else 0.0
+        error = predicted - returns[i]
+        value += error * error
+        gradients[1, i] = vf_coef * 2.0 * error * slope / n
+        total_entropy += entropy[i]
+        gradients[2, i] = -ent_coef / n
+    policy, value, entropy_loss = policy / n, value / n, -total_entropy / n
+    loss = policy + ent_coef * entropy_loss + vf_coef * value
+    return loss, policy, value, entropy_loss, clipped / n, kl / n

@@ -59,12 +59,12 @@ if [ ! -f "$stamp" ] || [ "$repo/pyproject.toml" -nt "$stamp" ] \
   fi
   say "installing ploutos and its dependencies"
   "${pip[@]}" install -e "$repo[dev,mpi]"
-  # numba compiles the feature and rollout kernels on first use and caches the machine code beside
+  # numba compiles the feature, rollout and loss kernels on first use and caches the machine code beside
   # them: pay it here, once, with a message, rather than as a silent pause in the first run.
-  say "compiling the feature and rollout kernels (numba, cached; about 45 s, once)"
+  say "compiling the feature, rollout and loss kernels (numba, cached; about 50 s, once)"
   "$venv/bin/python" -c 'from ploutos.bench.features import synthetic_bars; from ploutos.features import compute
 compute(synthetic_bars(2, 300).with_columns(macro_VIX=20.0))
-from ploutos.train.rollout import compile_kernels; compile_kernels()'
+from ploutos.train import rollout, update; rollout.compile_kernels(); update.compile_kernels()'
   touch "$stamp"
 fi
 if command -v mpirun >/dev/null 2>&1; then

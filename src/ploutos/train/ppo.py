@@ -1,4 +1,5 @@
-"""PPO whose rollouts skip the torch round trips when the policy acts by compiled arrays.
+"""PPO whose rollouts skip the torch round trips when the policy acts by compiled arrays, and whose
+update computes the loss in one compiled pass when the policy's pass is written out.
 
 SB3's ``collect_rollouts`` wraps every vec-env step of a rollout in torch: the observations become
 a tensor, the policy's outputs tensors, and the rollout buffer's ``add`` clones them back into
@@ -11,6 +12,14 @@ observation, the last values and the advantages) and moves numpy arrays between 
 env and the buffer. A test holds the buffer it fills bitwise equal to SB3's loop with the same
 policy and seed. Anything else (another policy, state-dependent exploration, dict observations,
 a GPU) goes through SB3's loop.
+
+SB3's ``train`` spends some 40 torch calls and 20 autograd nodes a minibatch on the loss over
+``B`` numbers (about 1 ms of a 17 ms minibatch at 2 envs). With per-asset heads run
+written out (:class:`~ploutos.train.update.AssetHeadsPass`), :meth:`PPO.train` keeps SB3's update
+epoch for epoch (sampling, early stop on the KL target, logs) with the loss, its gradients and its
+figures from :func:`~ploutos.train.update.clipped_loss`, and clips the gradients over all
+parameters at once; a test holds the weights after two epochs and the logged figures to SB3's
+``train`` on the same rollout. Anything else goes through SB3's ``train``.
 """
 
 from __future__ import annotations

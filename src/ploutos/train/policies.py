@@ -159,7 +159,7 @@ class AssetHeadsPolicy(ActorCriticPolicy):
         """
         if type(self.action_dist) is not DiagGaussianDistribution or not self.share_features_extractor:
             return super().evaluate_actions(obs, actions)
-        if self._critic_linears is not None:  # one node for heads and critic (ploutos.train.update)
+        if self.update_written_out:  # one node for heads and critic (ploutos.train.update)
             encoder = self.features_extractor
             head, output = self.mlp_extractor.head[0], self.action_net.linear
             critic = [tensor for layer in self._critic_linears for tensor in (layer.weight, layer.bias)]
@@ -189,9 +189,15 @@ class AssetHeadsPolicy(ActorCriticPolicy):
         self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
         self._critic_linears = self._tanh_critic()
 
+    @property
+    def update_written_out(self) -> bool:
+        """Whether PPO's update runs this policy's heads and critic as one written-out pass
+        (:class:`~ploutos.train.update.AssetHeadsPass`; :meth:`_tanh_critic`)."""
+        return self._critic_linears is not None
+
     def _tanh_critic(self) -> list[nn.Linear] | None:
         """The critic's linear layers then the value's, when what the written-out passes compute is
-        this policy: tanh everywhere, one output per asset, Box observations (else None)."""
+        this policy: tanh everywhere, one output per asset (Box actions) (else None)."""
         critic = self.mlp_extractor.critic.value_net
         layers = list(critic)
         alternating = (

@@ -125,7 +125,7 @@ class PPO(SB3PPO):
         policy = self.policy
         return (
             isinstance(policy, AssetHeadsPolicy)
-            and policy._critic_linears is not None
+            and policy.update_written_out
             and isinstance(self.action_space, spaces.Box)
             and self.device.type == "cpu"
         )

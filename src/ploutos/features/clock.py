@@ -20,6 +20,14 @@ from numba import njit
 from ploutos.features.kernels import to_series
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _span(t: int, starts: np.ndarray, k: int) -> int:
+    """The span of ``starts`` holding ``t``, looked up only when ``t`` left span ``k``."""
+    if k + 1 < starts.shape[0] and t >= starts[k + 1] or t < starts[k]:
+        return np.searchsorted(starts, t, side="right") - 1
+    return k
+
+
 @njit(cache=True, nogil=True)
 def local_cycle(
     seconds: np.ndarray, starts: np.ndarray, offsets: np.ndarray, table: np.ndarray, weekday: bool
@@ -29,15 +37,30 @@ def local_cycle(
     out = np.empty(seconds.shape[0])
     k = 0
     for i in range(seconds.shape[0]):
-        t = seconds[i]
-        if k + 1 < starts.shape[0] and t >= starts[k + 1] or t < starts[k]:
-            k = np.searchsorted(starts, t, side="right") - 1
-        local = t + offsets[k]
+        k = _span(seconds[i], starts, k)
+        local = seconds[i] + offsets[k]
         if weekday:
             out[i] = table[(local // 86400 + 3) % 7]  # 1970-01-01 was a Thursday
         else:
             out[i] = table[local % 86400 // 60]
     return out
+
+
+@njit(cache=True, nogil=True)
+def local_cycles(  # noqa: PLR0913 - flat, as a compiled kernel takes them
+    seconds: np.ndarray, starts: np.ndarray, offsets: np.ndarray, day: np.ndarray, week: np.ndarray, out: np.ndarray
+) -> None:
+    """:func:`local_cycle` of every row of the tables ``day`` (by minute of the day) and ``week`` (by
+    weekday) at once: ``out`` gets ``len(day)`` rows, then ``len(week)`` rows."""
+    k = 0
+    for i in range(seconds.shape[0]):
+        k = _span(seconds[i], starts, k)
+        local = seconds[i] + offsets[k]
+        minute, weekday = local % 86400 // 60, (local // 86400 + 3) % 7  # 1970-01-01 was a Thursday
+        for j in range(day.shape[0]):
+            out[j, i] = day[j, minute]
+        for j in range(week.shape[0]):
+            out[day.shape[0] + j, i] = week[j, weekday]
 
 
 @functools.lru_cache(maxsize=64)
@@ -95,3 +118,27 @@ class LocalClock:
         out = np.full(len(column), np.nan)
         out[present] = cycle
         return to_series(column.name, out, True)
+
+
+CLOCK_FEATURES = ("hour_sin", "hour_cos", "dow_sin", "dow_cos")
+"""The clock's features, in the registry's order."""
+
+
+def clock_tables() -> tuple[np.ndarray, np.ndarray]:
+    """Sine and cosine of the hour (plus minutes / 60) over 24, by minute of the day; of the weekday over 7."""
+    hours = (np.arange(1440) // 60 + np.arange(1440) % 60 / 60.0) / 24
+    days = np.arange(7.0) / 7
+    return np.stack([np.sin(2 * np.pi * hours), np.cos(2 * np.pi * hours)]), np.stack(
+        [np.sin(2 * np.pi * days), np.cos(2 * np.pi * days)]
+    )
+
+
+def clock_features(seconds: np.ndarray, zone: str, out: np.ndarray) -> None:
+    """:data:`CLOCK_FEATURES` of UTC epoch ``seconds`` (int64) on the clock of ``zone``, into the 4
+    rows of ``out``: the values :class:`LocalClock` gives, in one pass."""
+    if seconds.shape[0] == 0:
+        return
+    years = [datetime.fromtimestamp(int(t), timezone.utc).year for t in (seconds.min(), seconds.max())]
+    starts, offsets = utc_offsets(zone, years[0] - 1, years[1] + 1)
+    day, week = clock_tables()
+    local_cycles(seconds, starts, offsets, day, week, out)

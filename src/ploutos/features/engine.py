@@ -1,15 +1,14 @@
-"""Build features from validated bars: one lazy query for every ticker, then the cross-asset features.
+"""Build features from validated bars: every ticker in one pass, on every core.
 
 Bars are grouped by ticker once, here, outside the indicators (which know nothing of tickers):
-one frame holds each ticker's bars in time order, one ticker after another, each bar numbered
-inside its ticker (:data:`ROW`), and the indicators are built so that every lag, window and
-running sum restarts at row 0 (:func:`~.indicators.rows_from`). One query then serves any number
-of tickers: a query per ticker cost ~40 ms of fixed planning and calls each, 4 s at 100 tickers.
-Every intermediate result any feature needs is computed once, as a column of a ``with_columns``
-stage (see :mod:`.binder`); the features are then small expressions over those columns, nulled
-where not finite. Cross-asset features need every ticker at the same bar: they run last, over the
-timestamp, on the few columns they read, and join the frame without copying it. The expressions
-are built once per feature set (:func:`_plan`); the windows run in compiled kernels (:mod:`.kernels`).
+one frame holds each ticker's bars in time order, one ticker after another (input already so
+ordered is used as it is). The registry's per-ticker, clock and cross-asset features are then
+written by compiled families straight into one array (:mod:`.fused`), which becomes the output's
+columns without a copy. A feature the compiled path does not know (a macro series') is the
+registry's expression, evaluated by Polars in one query over all tickers: every lag, window and
+running sum restarts at a ticker's row 0 (:data:`ROW`, :func:`~.indicators.rows_from`), and every
+intermediate any such feature needs is computed once, as a column of a stage (:mod:`.binder`).
+The plan of a feature set is built once per (config, ticker count class, macro columns).
 """
 
 from __future__ import annotations
@@ -24,9 +23,10 @@ import polars as pl
 from ploutos.config import FeaturesConfig
 from ploutos.data.bars import BAR_COLUMNS, BAR_SCHEMA, to_utc
 from ploutos.errors import DataError
+from ploutos.features import fused
 from ploutos.features.binder import Binder
 from ploutos.features.indicators import rows_from
-from ploutos.features.registry import FeatureSpec, all_specs
+from ploutos.features.registry import LOCAL_TZ, FeatureSpec, all_specs
 
 KEYS = ("timestamp", "ticker")
 ROW = "__row"
@@ -48,54 +48,72 @@ def compute(
     ``observation``, ``cross``, ``macro``); by default all are returned.
     """
     frame = prepare_bars(bars)
-    plan = _plan_for(frame, cfg)
+    ordered, bounds = _grouped(frame)
+    plan = _plan(cfg, bounds.shape[0] > 2, _macro_columns(frame))
     wanted = [s.name for s in plan.specs if kinds is None or s.kind in kinds]
-    query = _staged(_numbered(_by_ticker(frame)).lazy(), plan.stages, plan.per_ticker)
-    # The in-memory engine: Polars' default streaming engine costs ~20x more on these wide, many-stage queries.
-    features = query.collect(engine="in-memory")
-    if plan.cross and (kinds is None or "cross" in kinds):
-        # From the few columns they read: a stage over the wide frame would copy every column of it.
-        inputs = features.select(*plan.cross_inputs).lazy()
-        cross = _staged(inputs, plan.cross_stages, plan.cross).collect(engine="in-memory")
-        features = features.hstack(cross.drop(*KEYS).get_columns())
-    return features.select(*KEYS, *wanted)
+    lengths = np.diff(bounds)
+    rows = np.arange(ordered.height, dtype=np.int64) - np.repeat(bounds[:-1], lengths)
+    stamps = ordered["timestamp"]
+    ticks = stamps.to_physical()  # held: the array below is a view of its memory
+    ohlcv = tuple(ordered[name].to_numpy() for name in ("open", "high", "low", "close", "volume"))
+    compiled = fused.run(
+        plan.fused,
+        ohlcv,
+        rows,
+        bounds,
+        ticks.to_numpy(),
+        _PER_SECOND[stamps.dtype.time_unit],  # type: ignore[attr-defined]
+        threads=pl.thread_pool_size(),
+    )
+    if plan.per_ticker:
+        query = _staged(ordered.with_columns(pl.Series(ROW, rows)).lazy(), plan.stages, plan.per_ticker)
+        # The in-memory engine: Polars' default streaming engine costs ~20x more on these wide, many-stage queries.
+        features = query.collect(engine="in-memory")
+    else:
+        features = ordered.select(*KEYS)
+    return features.hstack(compiled.series()).select(*KEYS, *wanted)
+
+
+_PER_SECOND = {"ns": 10**9, "us": 10**6, "ms": 10**3}
 
 
 @dataclass(frozen=True)
 class _Plan:
-    """The expressions of one feature set: built once per (config, ticker count class, macro columns)."""
+    """One feature set: what the compiled path writes, and the expressions of the rest."""
 
     specs: tuple[FeatureSpec, ...]
+    fused: fused.FusedSet
     stages: tuple[tuple[pl.Expr, ...], ...]
-    """The shared intermediates, one ``with_columns`` per stage (:class:`~.binder.Binder`)."""
+    """The shared intermediates of the features left to Polars, one ``with_columns`` per stage."""
     per_ticker: tuple[pl.Expr, ...]
-    cross_stages: tuple[tuple[pl.Expr, ...], ...]
-    """The cross-asset features' shared intermediates, over every ticker's per-ticker features."""
-    cross: tuple[pl.Expr, ...]
-    cross_inputs: tuple[str, ...]
-    """The per-ticker columns (and keys) the cross-asset features read."""
+    """The features left to Polars (macro series'), nulled where not finite."""
 
 
 def _plan_for(bars: pl.DataFrame, cfg: FeaturesConfig | None) -> _Plan:
     """The plan of these bars' feature set: cross-asset features with 2+ tickers, macro ones per column."""
-    macro = tuple(name for name in bars.columns if name.startswith("macro_"))
-    return _plan(cfg, bars["ticker"].n_unique() > 1, macro)
+    return _plan(cfg, bars["ticker"].n_unique() > 1, _macro_columns(bars))
+
+
+def _macro_columns(bars: pl.DataFrame) -> tuple[str, ...]:
+    return tuple(name for name in bars.columns if name.startswith("macro_"))
 
 
 @functools.lru_cache(maxsize=16)
 def _plan(cfg: FeaturesConfig | None, many_tickers: bool, macro: tuple[str, ...]) -> _Plan:
     """Building and deduplicating the expressions costs 40 ms, as much as a 15k-bar compute: cached."""
+    cfg = cfg or FeaturesConfig()
     specs = all_specs(cfg, n_tickers=2 if many_tickers else 1, macro_columns=macro)
+    kinds = {spec.kind for spec in specs}
+    wanted = fused.FusedSet(tuple(sorted(set(cfg.windows))), zone=LOCAL_TZ, cross="cross" in kinds)
+    names = {spec.name for spec in specs}
+    unknown = [name for name in wanted.names if name not in names]
+    if unknown:  # the registry and the compiled path disagree: a bug, not bad input
+        raise AssertionError(f"the compiled features {unknown} are not in the registry")
+    compiled = set(wanted.names)
     binder = Binder()
     with rows_from(pl.col(ROW)):
-        per_ticker = tuple(_finite(binder(spec.expr(binder)), spec.name) for spec in specs if spec.kind != "cross")
-    across = Binder(prefix="__cross_")
-    cross = tuple(across(spec.expr(across)).alias(spec.name) for spec in specs if spec.kind == "cross")
-    read = {
-        root for expr in (*cross, *(e for stage in _stages(across) for e in stage)) for root in expr.meta.root_names()
-    }
-    inputs = (*KEYS, *sorted(name for name in read if name not in KEYS and not name.startswith(across.prefix)))
-    return _Plan(tuple(specs), _stages(binder), per_ticker, _stages(across), cross, inputs)
+        per_ticker = tuple(_finite(binder(spec.expr(binder)), spec.name) for spec in specs if spec.name not in compiled)
+    return _Plan(tuple(specs), wanted, _stages(binder), per_ticker)
 
 
 def _stages(binder: Binder) -> tuple[tuple[pl.Expr, ...], ...]:
@@ -121,18 +139,29 @@ def prepare_bars(bars: pl.DataFrame) -> pl.DataFrame:
     return frame.select(*casts, *(pl.col(name).cast(pl.Float64) for name in macro))
 
 
-def _by_ticker(frame: pl.DataFrame) -> list[pl.DataFrame]:
-    """One frame per ticker, in order of first appearance, each sorted by time."""
+def _grouped(frame: pl.DataFrame) -> tuple[pl.DataFrame, np.ndarray]:
+    """The bars ticker after ticker (in order of first appearance), each in time order, and the
+    offsets where each ticker starts (then the end). Bars already so ordered are kept as they are."""
+    if frame["timestamp"].null_count():
+        row = int(frame["timestamp"].is_null().arg_true()[0])
+        raise DataError(f"bar {row} of {frame['ticker'][row]!r} has no timestamp", rule="schema")
+    names = frame["ticker"]
+    if names.null_count() == 0 and (names == names[0]).all():  # one ticker (a comparison costs less than runs)
+        lengths = np.array([frame.height], dtype=np.int64)
+        tickers = names.head(1)
+    else:
+        runs = names.rle()
+        lengths, tickers = runs.struct.field("len").to_numpy(), runs.struct.field("value")
+    if tickers.null_count() == 0 and tickers.n_unique() == tickers.len():  # each ticker in one run
+        bounds = np.concatenate(([0], np.cumsum(lengths, dtype=np.int64)))
+        backwards = np.diff(frame["timestamp"].to_physical().to_numpy()) < 0
+        backwards[bounds[1:-1] - 1] = False  # from one ticker's last bar to the next one's first
+        if not backwards.any():
+            return frame, bounds
     parts = frame.partition_by("ticker", maintain_order=True)
-    return [part if part["timestamp"].is_sorted() else part.sort("timestamp") for part in parts]
-
-
-def _numbered(parts: list[pl.DataFrame]) -> pl.DataFrame:
-    """The tickers' bars one after another, each bar numbered inside its ticker (:data:`ROW`)."""
-    lengths = np.array([part.height for part in parts], dtype=np.int64)
-    starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
-    frame = pl.concat(parts, how="vertical") if len(parts) > 1 else parts[0]
-    return frame.with_columns(pl.Series(ROW, np.arange(frame.height, dtype=np.int64) - starts))
+    parts = [part if part["timestamp"].is_sorted() else part.sort("timestamp") for part in parts]
+    bounds = np.concatenate(([0], np.cumsum([part.height for part in parts], dtype=np.int64)))
+    return (pl.concat(parts, how="vertical") if len(parts) > 1 else parts[0]), bounds
 
 
 def _finite(expr: pl.Expr, name: str) -> pl.Expr:

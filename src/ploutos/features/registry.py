@@ -7,6 +7,11 @@ oscillators rescaled around 0): they are what the env shows. Each expression ref
 columns and to the raw columns by name, so a quantity is computed once and shared.
 
 A feature's warm-up is the number of leading bars of a ticker for which it is undefined (null).
+
+These expressions define the features: an indicator alone, ``ploutos features list`` and the
+tests evaluate them. The engine computes the per-ticker, clock and cross-asset ones in compiled
+families instead (:mod:`.fused`), checked against these column by column; a feature added here
+and not there runs through Polars.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 import numpy as np
+import polars as pl
 import pytest
 
 from ploutos.bench import env as bench_env
@@ -61,7 +62,24 @@ def test_run_small_reports_a_ratio_line_per_shape():
         r"ticker, looped over 1 ticker\) \| target <= 1\.0: (PASS|MISS)",
         lines[0],
     )
+    threads = pl.thread_pool_size()
+    if threads > 1:  # TA-Lib again on the same threads, on the line under each target line
+        assert re.fullmatch(
+            rf"1 x 5k same threads: ratio \d+\.\d\d \| ploutos {number} \| TA-Lib on {threads} threads {number} "
+            r"\(two halves of the set side by side\)",
+            lines[1],
+        )
+        assert len(multi.same_threads_timing.result) == 3 and single.same_threads_ratio > 0
+        lines = [line for line in lines if " same threads: " not in line]
     assert lines[1].startswith("3 x 2k: ratio ") and "looped over 3 tickers" in lines[1]
+
+
+def test_talib_halves_make_the_whole_set():
+    bars = bench.synthetic_bars(1, 600)
+    whole, first, second = (bench.talib_equivalent(bars, part) for part in (None, 0, 1))
+    assert set(first) | set(second) == set(whole) and not set(first) & set(second)
+    for name, values in {**first, **second}.items():
+        np.testing.assert_array_equal(values, whole[name], err_msg=name)
 
 
 def test_pandas_ta_line_is_scaled_in_quick_mode():

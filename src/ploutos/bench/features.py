@@ -6,9 +6,11 @@ In one run, on the same machine and the same synthetic bars, three shapes (:data
 equivalent set (:func:`talib_equivalent`) looped over the tickers, and the line
 ``N x Bk: ratio R`` (ploutos time / TA-Lib time, target <= 1.0) with both times and both output
 counts. The bars are split into per-ticker numpy arrays before TA-Lib's clock starts (that favours
-TA-Lib). The issue's target compares with TA-Lib on one thread; the line below it, ``N x Bk same
-threads: ratio R``, gives TA-Lib the threads ploutos uses (:func:`talib_threaded`: its wrapper
-releases the GIL), so neither side has cores the other lacks. Then ``ta.add_all_ta_features``
+TA-Lib); each side is timed in a row of calls (taken in turn, the sides fragment each other's
+heap and both slow down: ploutos by 10-100%). The issue's target compares with TA-Lib on one
+thread; the line below it, ``N x Bk same threads: ratio R``, gives TA-Lib the threads ploutos
+uses (:func:`talib_threaded`: its wrapper releases the GIL), so neither side has cores the other
+lacks. Then ``ta.add_all_ta_features``
 (pandas) on the 1-ticker bars, timed once because it is slow.
 
 Benchmarks report; they never fail: a missed target prints ``MISS`` and the exit code stays 0.
@@ -264,6 +266,8 @@ def run(
         per_ticker = bars.partition_by("ticker", maintain_order=True)
         label = f"{n_tickers} x {_k(n_bars)}"
         say(f"timing {label} bars ...")
+        # One side after the other: taken in turn, each side's arrays fragment the other's heap (ploutos
+        # writes one block of every feature, TA-Lib an array per output) and both slow down.
         ours = time_call(lambda bars=bars: compute(bars), repeats=repeats, warmup=warmup)
         theirs = time_call(lambda parts=per_ticker: talib_looped(parts), repeats=repeats, warmup=warmup)
         threaded = None

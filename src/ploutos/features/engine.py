@@ -65,13 +65,14 @@ def compute(
         _PER_SECOND[stamps.dtype.time_unit],  # type: ignore[attr-defined]
         threads=pl.thread_pool_size(),
     )
-    if plan.per_ticker:
-        query = _staged(ordered.with_columns(pl.Series(ROW, rows)).lazy(), plan.stages, plan.per_ticker)
-        # The in-memory engine: Polars' default streaming engine costs ~20x more on these wide, many-stage queries.
-        features = query.collect(engine="in-memory")
-    else:
-        features = ordered.select(*KEYS)
-    return features.hstack(compiled.series()).select(*KEYS, *wanted)
+    names = set(compiled.names)
+    computed = [compiled.frame([name for name in wanted if name in names])] if names.intersection(wanted) else []
+    if not plan.per_ticker:
+        return pl.concat([ordered.select(*KEYS), *computed], how="horizontal")
+    query = _staged(ordered.with_columns(pl.Series(ROW, rows)).lazy(), plan.stages, plan.per_ticker)
+    # The in-memory engine: Polars' default streaming engine costs ~20x more on these wide, many-stage queries.
+    features = query.collect(engine="in-memory")
+    return pl.concat([features, *computed], how="horizontal").select(*KEYS, *wanted)
 
 
 _PER_SECOND = {"ns": 10**9, "us": 10**6, "ms": 10**3}

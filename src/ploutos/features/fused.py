@@ -12,9 +12,9 @@ The registry stays the definition of each feature (its expression, evaluated alo
 computes it. A feature the compiled path does not know (a macro series') goes through Polars.
 
 Phases, each waiting for the one before: (1) shared inputs (logs of the prices, true range...)
-and the clock, in cuts of rows; (2) the families, per run of tickers, longest first, and the
-timestamps' order for the cross-section; (3) the SMA ratios and the cross-section; (4) the
-validity bitmaps.
+in cuts of rows, and the timestamps' order; (2) the families per run of tickers (longest first),
+the clock, and the cross-section per run of timestamps; (3) the ratios of two windows' SMAs;
+(4) the validity bitmaps.
 """
 
 from __future__ import annotations
@@ -84,18 +84,18 @@ class Columns:
     missing: np.ndarray
     """Non-finite values per row."""
 
-    def series(self) -> list[pl.Series]:
-        """Polars Series over this memory (Polars keeps a reference): no copy, no pass for the nulls."""
-        size = self.values.shape[1]
-        columns = []
-        for j, name in enumerate(self.names):
+    def frame(self, names: Sequence[str]) -> pl.DataFrame:
+        """The rows ``names``, in that order, as a Polars frame over this memory (Polars keeps a
+        reference): no copy, no pass for the nulls, one hand-over for every column."""
+        size, arrays, where = self.values.shape[1], [], {name: j for j, name in enumerate(self.names)}
+        for name in names:
+            j = where[name]
             nulls = int(self.missing[j])
             validity = pa.py_buffer(self.bits[j]) if nulls else None
-            array = pa.Array.from_buffers(
-                pa.float64(), size, [validity, pa.py_buffer(self.values[j])], null_count=nulls
-            )
-            columns.append(pl.Series(name, array))
-        return columns
+            data = pa.py_buffer(self.values[j])
+            arrays.append(pa.Array.from_buffers(pa.float64(), size, [validity, data], null_count=nulls))
+        batch = pa.RecordBatch.from_arrays(arrays, names=list(names))
+        return pl.DataFrame(pl.from_arrow(batch, rechunk=False))
 
 
 PRICE_CEILING = 1e100
@@ -224,28 +224,28 @@ def run(  # noqa: PLR0913 - the bars as arrays, and what to compute
     def at(name: str) -> np.ndarray:
         return out[wanted.row(name) :]
 
-    # Phase 1: shared inputs, whether the bars are regular, the clock, the timestamps' order.
+    # Phase 1: shared inputs and whether the bars are regular (in the same pass over them), the
+    # timestamps' order.
     candle = at(fam.CANDLE[0])
-    calls: list[Callable[[], object]] = [
-        lambda r0=r0, r1=r1: fam.bases(bars, rows, r0, r1, base, candle) for r0, r1 in row_cuts
-    ]
-    calls += [lambda r0=r0, r1=r1: regular_bars(bars, r0, r1) for r0, r1 in row_cuts]
-    if wanted.zone is not None:
-        clock, zone = at(CLOCK_FEATURES[0]), wanted.zone
-        calls.append(lambda: clock_features(stamps // per_second, zone, clock))
+
+    def shared(r0: int, r1: int) -> bool:
+        fam.bases(bars, rows, r0, r1, base, candle)
+        return regular_bars(bars, r0, r1)
+
+    calls: list[Callable[[], object]] = [lambda r0=r0, r1=r1: shared(r0, r1) for r0, r1 in row_cuts]
     if wanted.cross:
         calls.append(lambda: np.argsort(stamps, kind="stable"))  # numpy sorts without the GIL
     done = _run_all(pool, calls)
-    regular = all(done[len(row_cuts) : 2 * len(row_cuts)])
+    regular = all(done[: len(row_cuts)])
 
-    # Phase 2: the families per run of tickers; the cross-section per run of timestamps.
+    # Phase 2: the families per run of tickers, the clock, the cross-section per run of timestamps.
     horizons, rsi, roc = np.asarray(RETURN_HORIZONS), np.asarray(RSI_WINDOWS), np.asarray(ROC_WINDOWS)
     levels, flow_windows = np.asarray(LEVEL_WINDOWS), np.asarray(FLOW_WINDOWS)
     returns, momentum, trend = at(fam.RETURNS[0]), at(fam.MOMENTUM[0]), at(fam.TREND[0])
     ranges, flows = at(fam.RANGE[0]), at(fam.FLOW[0])
     calls = []
     for k0, k1 in groups:
-        # The longest families first: the pool's threads end together.
+        # The longest families first, the shortest last: the pool's threads end together.
         calls += [
             lambda k0=k0, k1=k1: fam.range_family(bars, base, bounds, k0, k1, levels, ranges, raw),
             lambda k0=k0, k1=k1: fam.flow_family(bars, base, bounds, k0, k1, flow_windows, flows, raw),
@@ -261,6 +261,9 @@ def run(  # noqa: PLR0913 - the bars as arrays, and what to compute
             lambda k0=k0, k1=k1: fam.trend_family(bars, base, bounds, k0, k1, trend, raw),
             lambda k0=k0, k1=k1: fam.returns_family(base, bounds, k0, k1, horizons, returns),
         ]
+    if wanted.zone is not None:
+        clock, zone = at(CLOCK_FEATURES[0]), wanted.zone
+        calls.append(lambda: clock_features(stamps // per_second, zone, clock))
     if wanted.cross:
         order, cross_row = done[-1], wanted.row(f"excess_ret_{CROSS_HORIZONS[0]}")
         cross = out[cross_row : cross_row + 2 * len(CROSS_HORIZONS)]

@@ -76,6 +76,63 @@ def _rolling_mean(x: np.ndarray, out: np.ndarray, n: int, scale: float, root: bo
 
 
 @njit(cache=True, nogil=True)
+def _finite(x: np.ndarray, start: int, stop: int) -> bool:
+    """Whether ``x[start:stop]`` is all finite: ``x * 0`` is 0 for a finite x, NaN otherwise, summed
+    four at a time (one running sum would wait on each addition)."""
+    s0, s1, s2, s3 = 0.0, 0.0, 0.0, 0.0
+    i = start
+    while i + 4 <= stop:
+        s0 += x[i] * 0.0
+        s1 += x[i + 1] * 0.0
+        s2 += x[i + 2] * 0.0
+        s3 += x[i + 3] * 0.0
+        i += 4
+    while i < stop:
+        s0 += x[i] * 0.0
+        i += 1
+    return (s0 + s1) + (s2 + s3) == 0.0
+
+
+@njit(cache=True, nogil=True)
+def _present_std(  # noqa: PLR0913 - flat, as a compiled kernel takes them
+    x: np.ndarray, out: np.ndarray, n: int, inv_n: float, inv_dof: float, zscore: bool, period: int, countdown: int
+) -> None:
+    """:func:`_rolling_std` of an all-finite ``x``: the same operations in the same order (so the same
+    bits), without the tests for missing values; ``countdown`` says where the first resync falls."""
+    size = x.shape[0]
+    ref, s1, s2, last_change, previous = x[0] if size else np.nan, 0.0, 0.0, 0, np.nan
+    for i in range(size):
+        v = x[i]
+        last_change = i if previous != v else last_change
+        previous = v
+        first = i - n + 1
+        d = v - ref
+        e = x[first - 1] - ref if first > 0 else 0.0
+        s1 += d - e
+        s2 += d * d - e * e
+        countdown -= 1
+        if first < 0:
+            out[i] = np.nan
+            continue
+        if last_change <= first:
+            out[i] = 0.0
+            continue
+        if countdown <= 0:
+            countdown = period
+            ref, s1, s2 = v, 0.0, 0.0
+            for j in range(first, i + 1):
+                d = x[j] - ref
+                s1 += d
+                s2 += d * d
+        std = math.sqrt(max(s2 - s1 * s1 * inv_n, 0.0) * inv_dof)
+        if not zscore:
+            out[i] = std
+        else:
+            out[i] = 0.0 if std == 0.0 else (v - ref - s1 * inv_n) / std
+    return
+
+
+@njit(cache=True, nogil=True)
 def _rolling_std(x: np.ndarray, out: np.ndarray, n: int, ddof: int, zscore: bool) -> None:
     """Standard deviation of ``x[i-n+1..i]`` with ``ddof``: 0 exactly when the window is constant;
     or, with ``zscore``, ``(x_i - mean) / std`` of that window, 0 where the std is 0.
@@ -94,6 +151,13 @@ def _rolling_std(x: np.ndarray, out: np.ndarray, n: int, ddof: int, zscore: bool
         return
     inv_n, inv_dof = 1.0 / n, 1.0 / (n - ddof)
     period = max(STD_RESYNC_WINDOWS * n, 16)
+    lead = 0
+    while lead < size and x[lead] - x[lead] != 0.0:
+        lead += 1
+    if _finite(x, lead, size):  # the usual case: missing values only ahead (a return's first row)
+        out[:lead] = np.nan
+        _present_std(x[lead:], out[lead:], n, inv_n, inv_dof, zscore, period, period - lead)
+        return
     ref, s1, s2, last_missing, last_change, countdown, previous = np.nan, 0.0, 0.0, -1, 0, period, np.nan
     for i in range(size):
         v = x[i]

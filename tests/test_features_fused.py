@@ -164,3 +164,26 @@ def test_the_compiled_set_is_in_the_registry_for_any_windows():
         names = {s.name for s in feature_specs(synthetic(("AAA", "BBB"), 50), cfg)}
         wanted = fused.FusedSet(tuple(sorted(windows)), zone="America/New_York", cross=True)
         assert set(wanted.names) <= names
+
+
+
+def _run_in_child(arguments: tuple) -> np.ndarray:
+    return fused.run(*arguments, threads=2).values
+
+
+def test_a_forked_child_runs_the_families_on_threads_of_its_own():
+    """A process forked after the feature threads started gets a pool of its own: the parent's
+    threads do not exist in the child, and a task handed to them would never run. (numpy only in
+    the child: Polars itself does not survive a fork.)"""
+    import multiprocessing
+
+    bars = synthetic(("AAA", "BBB"), 300, seed=7)
+    ordered, bounds = _grouped(prepare_bars(bars))
+    wanted = _plan(None, True, ()).fused
+    rows = np.arange(ordered.height) - np.repeat(bounds[:-1], np.diff(bounds))
+    ohlcv = tuple(ordered[name].to_numpy().copy() for name in ("open", "high", "low", "close", "volume"))
+    arguments = (wanted, ohlcv, rows, bounds, ordered["timestamp"].to_physical().to_numpy().copy())
+    expected = fused.run(*arguments, threads=2).values  # the parent's pool now exists
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        got = pool.apply_async(_run_in_child, (arguments,)).get(timeout=60)
+    np.testing.assert_array_equal(got, expected)

@@ -20,6 +20,7 @@ the clock, and the cross-section per run of timestamps; (3) the ratios of two wi
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -152,8 +153,14 @@ def validity(  # noqa: PLR0913 - flat, as a compiled kernel takes them
         missing[j] = count
 
 
-@functools.lru_cache(maxsize=4)
 def _pool(threads: int) -> ThreadPoolExecutor:
+    """The feature threads, made once per process: a forked child inherits the pool's bookkeeping but
+    not its threads, and would wait forever on its tasks."""
+    return _pool_of(threads, os.getpid())
+
+
+@functools.lru_cache(maxsize=4)
+def _pool_of(threads: int, pid: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ploutos-features")
 
 

@@ -189,7 +189,8 @@ def test_the_stitched_curve(run: RunLayout, evaluations):
     total = read(run.summary, "ensemble/total_return")
     assert oos["ensemble"][-1] == pytest.approx(np.prod(1.0 + total), rel=1e-12)
     starts = [oos["ensemble"][sum(lengths[:f]) - f] for f in range(3)]  # the level each fold is chained onto
-    costs = np.concatenate([evaluations[(f, None)].policy.costs * starts[f] / evaluations[(f, None)].policy.equity[0]
+    # Each fold's costs scaled as its equity is chained (by the factor level / first mark), as aggregate does.
+    costs = np.concatenate([evaluations[(f, None)].policy.costs * (starts[f] / evaluations[(f, None)].policy.equity[0])
                             for f in range(3)])  # fmt: skip
     turnover = np.concatenate([evaluations[(f, None)].policy.turnover for f in range(3)])
     bars = run_config(run.root.parent).data.bars_per_year

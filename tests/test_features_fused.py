@@ -166,7 +166,6 @@ def test_the_compiled_set_is_in_the_registry_for_any_windows():
         assert set(wanted.names) <= names
 
 
-
 def _run_in_child(arguments: tuple) -> np.ndarray:
     return fused.run(*arguments, threads=2).values
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from ploutos.config import DataConfig, FeaturesConfig
 from ploutos.data.sources.sample import SampleSource
 from ploutos.data.sources.synthetic import SyntheticSource
-from ploutos.errors import FeatureError
+from ploutos.errors import DataError, FeatureError
 from ploutos.features import FeatureEngineer, compute, feature_specs
 from ploutos.features.grid import align
 from ploutos.features.normalize import fit, normalize
@@ -207,6 +207,13 @@ def test_pandas_facade_returns_the_same_numbers_in_the_input_order(eurusd: pl.Da
 def test_bars_without_the_needed_columns_are_refused():
     bars = pl.DataFrame({"timestamp": [datetime(2024, 1, 1, tzinfo=timezone.utc)], "close": [1.0]})
     with pytest.raises(Exception, match="bars lack column"):
+        compute(bars)
+
+
+def test_a_bar_without_a_timestamp_is_refused_by_its_row():
+    bars = synthetic(("AAA",), bars=50)
+    bars = bars.with_columns(timestamp=pl.when(pl.int_range(pl.len()) == 7).then(None).otherwise(pl.col("timestamp")))
+    with pytest.raises(DataError, match="bar 7 of 'AAA' has no timestamp"):
         compute(bars)
 
 

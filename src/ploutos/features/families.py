@@ -86,9 +86,7 @@ R_MOM_10 = 22
 # What each family writes besides its raw indicators, in its rows' order (the driver lays them out).
 RETURNS = tuple(f"ret_{n}" for n in RETURN_HORIZONS)
 MOMENTUM = (*(f"rsi_{n}_c" for n in RSI_WINDOWS), *(f"roc_{n}_c" for n in ROC_WINDOWS), "mom_10_c")
-MOMENTUM_RAW = ("sma_20", "ema_20", "rsi_14", "roc_10", "mom_10")
 TREND = ("macd_c", "macd_signal_c", "macd_hist_c", "natr_14_c", "adx_14_c", "di_spread_14")
-TREND_RAW = ("macd", "macd_signal", "macd_hist", "atr_14", "natr_14", "plus_di_14", "minus_di_14", "adx_14")
 RANGE = (
     "bb_pctb_20",
     "bb_width_20",
@@ -98,9 +96,7 @@ RANGE = (
     "stoch_d_c",
     *(f"to_{side}_{n}" for n in LEVEL_WINDOWS for side in ("high", "low")),
 )
-RANGE_RAW = ("bb_upper_20", "bb_middle_20", "bb_lower_20", "cci_20", "willr_14", "stoch_k", "stoch_d")
 FLOW = ("mfi_14_c", *(f"{name}_z_{n}" for n in FLOW_WINDOWS for name in ("obv", "ad")))
-FLOW_RAW = ("mfi_14", "obv", "ad")
 WINDOW_OUTPUTS = ("rvol", "parkinson", "garman_klass", "close_sma", "close_ema", "close_z", "volume_z")
 """Per window ``n``: ``{name}_{n}``, in this order."""
 
@@ -256,7 +252,7 @@ def momentum_family(  # noqa: PLR0913 - the family's inputs, flat, as a compiled
     raw: np.ndarray,
 ) -> None:
     """``rsi_{n}_c`` per RSI window, ``roc_{n}_c`` per ROC window, ``mom_10_c`` into ``out``; the raw
-    ``rsi_14``, ``roc_10``, ``mom_10``, ``sma_20``, ``ema_20`` into ``raw`` (rows of :data:`RAW`)."""
+    ``rsi_14``, ``roc_10``, ``mom_10``, ``ema_20`` into ``raw`` (rows of :data:`RAW`)."""
     c = bars[3]
     longest = _longest(bounds, k0, k1)
     gain, loss, up, down = np.empty(longest), np.empty(longest), np.empty(longest), np.empty(longest)
@@ -288,7 +284,6 @@ def momentum_family(  # noqa: PLR0913 - the family's inputs, flat, as a compiled
         _lagged_difference(c[a:b], raw[R_MOM_10, a:b], 10)
         for i in range(a, b):
             out[nr + no, i] = raw[R_MOM_10, i] / c[i]
-        _rolling_mean(c[a:b], raw[R_SMA_20, a:b], 20, 1.0 / 20, False)
         _seeded_ewm(c[a:b], raw[R_EMA_20, a:b], 2.0 / 21, 0, 20, 19, 0.0)
 
 
@@ -385,6 +380,7 @@ def range_family(  # noqa: PLR0913
         s0, hh, ll, s3 = scratch[0, :m], scratch[1, :m], scratch[2, :m], scratch[3, :m]
         tp = base[B_TYPICAL, a:b]
         _rolling_mean(c[a:b], raw[R_BB_MIDDLE_20, a:b], 20, 1.0 / 20, False)
+        raw[R_SMA_20, a:b] = raw[R_BB_MIDDLE_20, a:b]  # the same SMA of the close, once
         _rolling_std(c[a:b], s0, 20, 0, False)
         for i in range(a, b):
             mid, width = raw[R_BB_MIDDLE_20, i], 2.0 * s0[i - a]

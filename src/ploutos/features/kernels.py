@@ -93,6 +93,28 @@ def _finite(x: np.ndarray, start: int, stop: int) -> bool:
     return (s0 + s1) + (s2 + s3) == 0.0
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _resummed(x: np.ndarray, first: int, last: int, ref: float) -> tuple[float, float]:
+    """The sums of ``x - ref`` and of its square over ``x[first..last]``, afresh."""
+    s1, s2 = 0.0, 0.0
+    for j in range(first, last + 1):
+        d = x[j] - ref
+        s1 += d
+        s2 += d * d
+    return s1, s2
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _std_or_zscore(  # noqa: PLR0913 - flat, as a compiled kernel takes them
+    v: float, ref: float, s1: float, s2: float, inv_n: float, inv_dof: float, zscore: bool
+) -> float:
+    """The window's std from its shifted sums, or ``v``'s z-score in it (0 where the std is 0)."""
+    std = math.sqrt(max(s2 - s1 * s1 * inv_n, 0.0) * inv_dof)
+    if not zscore:
+        return std
+    return 0.0 if std == 0.0 else (v - ref - s1 * inv_n) / std
+
+
 @njit(cache=True, nogil=True)
 def _present_std(  # noqa: PLR0913 - flat, as a compiled kernel takes them
     x: np.ndarray, out: np.ndarray, n: int, inv_n: float, inv_dof: float, zscore: bool, period: int, countdown: int
@@ -118,17 +140,9 @@ def _present_std(  # noqa: PLR0913 - flat, as a compiled kernel takes them
             out[i] = 0.0
             continue
         if countdown <= 0:
-            countdown = period
-            ref, s1, s2 = v, 0.0, 0.0
-            for j in range(first, i + 1):
-                d = x[j] - ref
-                s1 += d
-                s2 += d * d
-        std = math.sqrt(max(s2 - s1 * s1 * inv_n, 0.0) * inv_dof)
-        if not zscore:
-            out[i] = std
-        else:
-            out[i] = 0.0 if std == 0.0 else (v - ref - s1 * inv_n) / std
+            countdown, ref = period, v
+            s1, s2 = _resummed(x, first, i, ref)
+        out[i] = _std_or_zscore(v, ref, s1, s2, inv_n, inv_dof, zscore)
     return
 
 
@@ -183,17 +197,9 @@ def _rolling_std(x: np.ndarray, out: np.ndarray, n: int, ddof: int, zscore: bool
             out[i] = 0.0
             continue
         if countdown <= 0:
-            countdown = period
-            ref, s1, s2 = v, 0.0, 0.0
-            for j in range(first, i + 1):
-                d = x[j] - ref
-                s1 += d
-                s2 += d * d
-        std = math.sqrt(max(s2 - s1 * s1 * inv_n, 0.0) * inv_dof)
-        if not zscore:
-            out[i] = std
-        else:
-            out[i] = 0.0 if std == 0.0 else (v - ref - s1 * inv_n) / std
+            countdown, ref = period, v
+            s1, s2 = _resummed(x, first, i, ref)
+        out[i] = _std_or_zscore(v, ref, s1, s2, inv_n, inv_dof, zscore)
     return
 
 

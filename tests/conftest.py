@@ -92,3 +92,29 @@ def quickstart_arrays(tmp_path_factory: pytest.TempPathFactory):
     config = load("quickstart", [f"data.store={store}"])
     build_dataset(config.data, progress=False)
     return config, observation_arrays(load_bars(config), config)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The quickstart trained for 512 steps on its latest fold (fold 0 here), both members: a run folder to read,
+    backtest and paper-trade (tests add files beside its results, never change them)."""
+    root = tmp_path_factory.mktemp("paper_run")
+    sets = [f"--set=data.store={root / 'data'}", f"--set=results_dir={root / 'results'}"]
+    subprocess.run(
+        [sys.executable, "-m", "ploutos", "data", "build", "--no-progress", *sets],
+        check=True,
+        cwd=root,
+        capture_output=True,
+        timeout=120,
+    )
+    train = ["--set=ppo.total_timesteps=512", "--set=walkforward.max_folds=1"]
+    # an untrained policy's targets move little: a band of 0 keeps it trading; spacing and the change limit still apply
+    train += ["--set=env.rebalance_band=0", "--set=env.decide_every=2", "--set=env.max_weight_change=0.5"]
+    subprocess.run(
+        [sys.executable, "-m", "ploutos", "run", "--no-progress", *sets, *train],
+        check=True,
+        cwd=root,
+        capture_output=True,
+        timeout=300,
+    )
+    return root / "results" / "quickstart"

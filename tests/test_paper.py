@@ -280,30 +280,6 @@ def test_features_of_a_prefix_equal_the_batch_features(bars) -> None:
 # -- a trained run ------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("paper_run")
-    sets = [f"--set=data.store={root / 'data'}", f"--set=results_dir={root / 'results'}"]
-    subprocess.run(
-        [sys.executable, "-m", "ploutos", "data", "build", "--no-progress", *sets],
-        check=True,
-        cwd=root,
-        capture_output=True,
-        timeout=120,
-    )
-    train = ["--set=ppo.total_timesteps=512", "--set=walkforward.max_folds=1"]
-    # an untrained policy's targets move little: a band of 0 keeps it trading; spacing and the change limit still apply
-    train += ["--set=env.rebalance_band=0", "--set=env.decide_every=2", "--set=env.max_weight_change=0.5"]
-    subprocess.run(
-        [sys.executable, "-m", "ploutos", "run", "--no-progress", *sets, *train],
-        check=True,
-        cwd=root,
-        capture_output=True,
-        timeout=300,
-    )
-    return root / "results" / "quickstart"
-
-
 def test_dry_run_agrees_with_the_backtest(trained_run: Path) -> None:
     from ploutos.paper.replay import agreement, dry_run, write_replay
     from ploutos.paper.runner import load_policy

@@ -278,6 +278,20 @@ def test_the_kept_model_is_the_best_validated_checkpoint(ploutos, dataset, tmp_p
     replayed = run_policy(policy, arrays, config.env, rows, bars_per_year).metrics(bars_per_year).as_dict()
     assert score_of(replayed, "sharpe") == pytest.approx(scores.max(), abs=1e-9)
 
+    # TensorBoard: the validation figures at the steps they were taken, and the training episodes' trading
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = EventAccumulator(str(layout.tensorboard(0, 0))).Reload()
+    with h5py.File(run / "tasks" / "fold0_member0.h5", "r") as h5:
+        sharpe = h5["validation/sharpe"][:]
+    logged = board.Scalars("validation/sharpe")
+    assert [e.step for e in logged] == list(timesteps)
+    assert [e.value for e in logged] == pytest.approx(sharpe, rel=1e-6)  # TensorBoard keeps float32
+    for tag in ("trading/episode_return", "trading/episode_turnover", "trading/episode_cost_drag"):
+        values = [e.value for e in board.Scalars(tag)]
+        assert values and np.isfinite(values).all(), tag
+    assert sum(e.value for e in board.Scalars("trading/episodes")) == 4  # 2 envs x 1024 steps of 512-bar episodes
+
 
 def test_patience_stops_a_member_early(ploutos, dataset, tmp_path):
     # a band nothing crosses: always flat, so no validation is ever better than the first

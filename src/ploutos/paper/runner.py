@@ -134,16 +134,29 @@ def run_config(run_dir: Path, overrides: Sequence[str] = ()) -> RunConfig:
     return RunConfig(config, base, recorded or "")
 
 
-def load_policy(run_dir: Path, overrides: Sequence[str] = ()) -> Policy:
-    """All members of the highest fold in ``RUN_DIR/models``, combined as ``config.ensemble.combine``."""
+def load_policy(
+    run_dir: Path, overrides: Sequence[str] = (), *, fold: int | None = None, member: int | None = None
+) -> Policy:
+    """The members of ``fold`` (default: the highest fold in ``RUN_DIR/models``), combined as
+    ``config.ensemble.combine``; only ``member`` when given."""
     layout = RunLayout(Path(run_dir))
     checked = run_config(run_dir, overrides)
     config, base = checked.config, checked.base
     found = [(int(m[1]), int(m[2]), p) for p in layout.models.glob("*.zip") if (m := MODEL_NAME.search(p.name))]
     if not found:
         raise PloutosError(f"{layout.models}: no trained models (fold<F>_member<M>.zip); train the run first")
-    fold = max(f for f, _, _ in found)
+    trained = sorted({f for f, _, _ in found})
+    if fold is None:
+        fold = trained[-1]
+    elif fold not in trained:
+        raise PloutosError(f"{layout.models}: fold {fold} has no trained model; folds with models: {trained}")
     chosen = sorted((m, p) for f, m, p in found if f == fold)
+    if member is not None:
+        if member not in [m for m, _ in chosen]:
+            raise PloutosError(
+                f"{layout.models}: fold {fold} has no model of member {member}; members: {[m for m, _ in chosen]}"
+            )
+        chosen = [(m, p) for m, p in chosen if m == member]
     task = read_task(layout.result(fold, chosen[0][0]))  # before the models: a damaged file fails fast
     try:
         tickers = _traded(task.tickers, base.data.tickers, config.data.tickers)

@@ -47,6 +47,7 @@ from ploutos.train.checkpoint import Checkpoint, PreemptionFlag, capture_rng, re
 from ploutos.train.distributed import RankGroup
 from ploutos.train.folds import Fold
 from ploutos.train.model import build_model, member_seed
+from ploutos.train.scalars import EpisodeScalars, write_scalars
 from ploutos.train.selection import Selection, Validator
 
 CURVE_KEYS = {
@@ -152,6 +153,8 @@ class _TaskCallback(BaseCallback):
         torch.set_num_threads(1)
 
     def _on_step(self) -> bool:
+        if self.task.episodes is not None:
+            self.task.episodes.step(self.locals["infos"], self.locals["dones"])
         return not (self.task.stopping or self.task.stopped_early)
 
     def _on_rollout_end(self) -> None:
@@ -198,6 +201,11 @@ class MemberTraining:
         self.resumed, self.wall_offset = 0, 0.0
         self.venv = VecMonitor(make_venv(config, fold, layout, arrays, store_name, store_hash))
         self.model: Any = None
+        self.tensorboard: Any = None
+        """Rank 0's TensorBoard writer (``SummaryWriter``), for the trading scalars."""
+        self.episodes = (
+            EpisodeScalars(layout.n_envs, config.env.initial_cash, config.data.bars_per_year) if ranks.is_root else None
+        )
         self.replicas: list[dict[str, str]] = []
         """Every rank's :meth:`replica_fingerprint` at the end (on rank 0)."""
         self.last_checkpoint = 0
@@ -251,7 +259,9 @@ class MemberTraining:
         formats: list[KVWriter] = [CurveWriter(self.curve, self.ranks.size, self.wall_offset)]
         if self.ranks.is_root:
             self.files.tensorboard.mkdir(parents=True, exist_ok=True)
-            formats.append(TensorBoardOutputFormat(str(self.files.tensorboard)))
+            board = TensorBoardOutputFormat(str(self.files.tensorboard))
+            self.tensorboard = board.writer
+            formats.append(board)
         self.model.set_logger(Logger(folder=None, output_formats=formats))
         self.bar.update(self.timesteps)
         self.started = time.perf_counter()
@@ -267,6 +277,7 @@ class MemberTraining:
             if self.ranks.is_root and self.validator.enabled:
                 if self.validator.last != self.timesteps:
                     self.validator.validate(self.model, self.timesteps)  # the final weights are a candidate
+                    self.log_validation()
                 self.validator.keep_best(self.model)
 
     def run(self) -> None:
@@ -315,6 +326,7 @@ class MemberTraining:
         if self.validator.due(steps):
             if self.ranks.is_root:
                 self.validator.validate(self.model, steps)
+                self.log_validation()
             self.validator.last = steps
             self.stopped_early = bool(self.ranks.broadcast(self.validator.exhausted if self.ranks.is_root else None))
         preempted = self.ranks.any(self.flag.raised)
@@ -326,6 +338,15 @@ class MemberTraining:
     def rollout_done(self) -> None:
         if self.ranks.is_root:
             self.bar.update(self.timesteps - self.bar.n)
+            if self.tensorboard is not None and self.episodes is not None:
+                write_scalars(self.tensorboard, self.episodes.drain(), self.timesteps)
+
+    def log_validation(self) -> None:
+        """Rank 0: the latest validation's row in TensorBoard, at the step it was taken."""
+        curve = self.validator.selection.curve
+        if self.tensorboard is not None and curve["timesteps"]:
+            row = {f"validation/{key}": values[-1] for key, values in curve.items() if key != "timesteps"}
+            write_scalars(self.tensorboard, row, int(curve["timesteps"][-1]))
 
     @property
     def wall_seconds(self) -> float:

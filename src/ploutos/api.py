@@ -1,0 +1,58 @@
+"""The Python API: what a research session imports from ``ploutos``.
+
+    import ploutos
+    run = ploutos.load_run("results/quickstart")      # config, folds, metrics, curves as DataFrames
+    env = ploutos.make_env(run.config, fold=0, split="test")
+    run.policy(fold=0)                                 # the fold's ensemble, with SB3's predict()
+
+Names are imported by ``ploutos.__getattr__`` when first used, so ``import ploutos`` (and the
+``ploutos`` command's startup) does not pay for torch, polars or matplotlib.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from ploutos.config import Config, load
+from ploutos.errors import ConfigError
+from ploutos.pipeline.backtest import Backtest, backtest
+from ploutos.results.run import RunResults, load_run
+
+SPLITS = ("train", "validation", "test")
+
+__all__ = ["Backtest", "RunResults", "backtest", "load_config", "load_run", "make_env"]
+
+
+def load_config(config: Config | str | Path | None = None, overrides: tuple[str, ...] = ()) -> Config:
+    """A config: as given, or read from a YAML file or embedded name (default: the quickstart)."""
+    return config if isinstance(config, Config) and not overrides else load(config, overrides)  # type: ignore[arg-type]
+
+
+def make_env(
+    config: Config | str | Path | None = None, fold: int = 0, split: Literal["train", "validation", "test"] = "train"
+):  # noqa: ANN201 - gymnasium.Env, imported lazily
+    """The :class:`~ploutos.env.trading.TradingEnv` the run trains (``train``), selects checkpoints
+    (``validation``) or is tested (``test``) on, for fold ``fold`` of ``config``'s walk-forward plan.
+
+    Features come from the built dataset (``ploutos data build``) by the training code path,
+    normalized on the fold's training window; ``validation`` and ``test`` envs start at their
+    window's first bar, as evaluation does, instead of random starts.
+    """
+    from ploutos.env.trading import TradingEnv  # lazy: gymnasium
+    from ploutos.train.folds import fold_features  # lazy: polars, the features
+
+    if split not in SPLITS:
+        raise ConfigError(f"split {split!r}: one of {', '.join(SPLITS)}")
+    cfg = load_config(config)
+    arrays, window, _ = fold_features(cfg, fold)
+    lookback = cfg.env.lookback
+    if split == "train":
+        rows = window.train
+    elif split == "validation":
+        if not window.validation_bars:
+            raise ConfigError(f"fold {fold} has no validation window (walkforward.validation_months is 0)")
+        rows = window.validation_rows(lookback)
+    else:
+        rows = window.eval_rows(lookback)
+    return TradingEnv(arrays, cfg.env, rows=rows, bars_per_year=cfg.data.bars_per_year, evaluation=split != "train")

@@ -1,0 +1,134 @@
+"""The report of one backtest: ``report.md`` and ``equity.png`` beside its ``backtest.h5``.
+
+The figure shows the model's equity against the baselines it is judged by (flat, buy and hold,
+equal weight) and its drawdown below, with the in-sample bars shaded when the backtest was allowed
+to reach them. Written atomically, matplotlib's object API only (no pyplot, no display).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+from matplotlib.dates import AutoDateLocator, DateFormatter
+from matplotlib.figure import Figure
+from matplotlib.ticker import PercentFormatter
+
+from ploutos.analytics.evaluation import RANDOM
+from ploutos.config import Config
+from ploutos.files import atomic_path
+
+if TYPE_CHECKING:
+    from ploutos.pipeline.backtest import Backtest
+
+ROWS = (  # (metric, label, percent?)
+    ("total_return", "total return", True),
+    ("gross_return", "return before costs", True),
+    ("annual_return", "annual return", True),
+    ("sharpe", "Sharpe", False),
+    ("sortino", "Sortino", False),
+    ("max_drawdown", "max drawdown", True),
+    ("turnover", "turnover (annual, x equity)", False),
+    ("cost_drag", "cost drag (annual)", True),
+)
+COLUMNS = (("policy", "model"), ("buy_and_hold", "buy and hold"), ("equal_weight", "equal weight"),
+           ("flat", "flat"), (RANDOM, "random, same turnover (median)"))  # fmt: skip
+
+
+def _cell(value: float | None, percent: bool) -> str:
+    if value is None or not np.isfinite(value):
+        return "n/a"
+    return f"{value:.2%}" if percent else f"{value:.2f}"
+
+
+def _time(moment: np.datetime64) -> str:
+    return np.datetime_as_string(moment, unit="m").replace("T", " ")
+
+
+def figure(done: Backtest) -> Figure:
+    """Equity of the model and its baselines (start = 1), and the model's drawdown below."""
+    evaluation = done.evaluation
+    fig = Figure(figsize=(10, 6))
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
+    policy = evaluation.policy
+    time = policy.timestamps.astype("datetime64[us]")
+    top.plot(time, policy.equity / policy.equity[0], color="C0", lw=1.6, label="model")
+    hold, equal = evaluation.benchmarks["buy_and_hold"], evaluation.benchmarks["equal_weight"]
+    same = np.allclose(hold.equity, equal.equity, rtol=1e-12)
+    top.plot(time, hold.equity / hold.equity[0], color="C1", lw=1.0,
+             label="buy and hold = equal weight (one asset)" if same else "buy and hold")  # fmt: skip
+    if not same:
+        top.plot(time, equal.equity / equal.equity[0], color="C2", lw=1.0, label="equal weight")
+    top.axhline(1.0, color="0.5", lw=0.8, ls=":", label="flat")
+    peak = np.maximum.accumulate(policy.equity)
+    bottom.fill_between(time, policy.equity / peak - 1.0, 0.0, color="C3", alpha=0.4, lw=0, label="model drawdown")
+    bottom.yaxis.set_major_formatter(PercentFormatter(1.0))
+    window = done.window
+    if window.in_sample is not None:
+        for ax in (top, bottom):
+            ax.axvspan(window.in_sample[0], window.in_sample[1], color="orange", alpha=0.15, lw=0)
+        top.text(window.in_sample[0], 0.98, " in-sample", transform=top.get_xaxis_transform(), va="top", fontsize=8)
+    what = "ensemble" if done.ensemble else f"member {done.members[0]}"
+    top.set_title(f"backtest of fold {done.fold}'s {what}: {np.datetime64(window.first, 'D')} to "
+                  f"{np.datetime64(window.last, 'D')}, {window.bars:,} bars")  # fmt: skip
+    top.set_ylabel("equity (start = 1)")
+    bottom.set_ylabel("drawdown")
+    top.legend(loc="best", fontsize=8)
+    locator = AutoDateLocator(minticks=3, maxticks=8)
+    bottom.xaxis.set_major_locator(locator)
+    bottom.xaxis.set_major_formatter(DateFormatter("%Y-%m-%d"))
+    fig.subplots_adjust(left=0.09, right=0.97, top=0.93, bottom=0.08, hspace=0.08)
+    return fig
+
+
+def markdown(done: Backtest, config: Config) -> str:
+    window, evaluation = done.window, done.evaluation
+    metrics = done.metrics
+    who = (
+        "the ensemble of members " + ", ".join(map(str, done.members)) if done.ensemble else f"member {done.members[0]}"
+    )
+    in_sample = (
+        f"**{window.in_sample_bars} of the {window.bars} bars are in-sample** ({_time(window.in_sample[0])} to "
+        f"{_time(window.in_sample[1])}: the model trained or validated on them; shaded in the figure)."
+        if window.in_sample is not None
+        else "No traded bar lies in the model's training or validation window: every bar is out-of-sample."
+    )
+    lines = [
+        f"# Backtest: {config.name}, fold {done.fold}",
+        "",
+        f"{who.capitalize()} traded {window.bars:,} bars from {_time(window.first)} to {_time(window.last)} UTC, "
+        f"bars from {done.source}, with the run's features, the fold's normalization and the same simulator "
+        f"and costs as its evaluation. {in_sample}",
+        "",
+        "| metric | " + " | ".join(label for _, label in COLUMNS) + " |",
+        "| --- |" + " ---: |" * len(COLUMNS),
+    ]
+    for key, label, percent in ROWS:
+        cells = [_cell(metrics.get(name, {}).get(key), percent) for name, _ in COLUMNS]
+        lines.append(f"| {label} | {' | '.join(cells)} |")
+    boot = evaluation.bootstrap
+    lines += ["", f"Block-bootstrap {boot.confidence:.0%} intervals of the model (blocks of {boot.block} bars):", ""]
+    for key, label, percent in (("sharpe", "Sharpe", False), ("total_return", "total return", True),
+                                ("max_drawdown", "max drawdown", True)):  # fmt: skip
+        low, high = boot.intervals[key]
+        lines.append(f"- {label}: {_cell(low, percent)} to {_cell(high, percent)}")
+    psr = metrics["policy"].get("psr", float("nan"))
+    lines += [
+        "",
+        f"p (flat) = 1 - PSR(0) = {1.0 - psr:.3f}; p (random) = {evaluation.p_random:.3f}: the share of "
+        f"{len(evaluation.random.total_return)} random policies trading as much whose net return was at least the "
+        "model's.",
+        "",
+        "![Equity and drawdown](equity.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_backtest_report(done: Backtest, config: Config) -> None:
+    """``equity.png`` and ``report.md`` beside the backtest's task file."""
+    out = done.result.parent
+    with atomic_path(out / "equity.png") as tmp:
+        figure(done).savefig(tmp, format="png", dpi=100)
+    with atomic_path(done.report) as tmp:
+        tmp.write_text(markdown(done, config))

@@ -25,11 +25,15 @@ LAYERS: list[set[str]] = [
     {"train", "results"},
     {"pipeline"},
     {"launch", "paper", "bench"},
+    {"api"},
     {"cli"},
     {"__main__"},
 ]
 """Bottom first. A module may import its own part and any lower layer; parts that share a layer
 (train and results; launch, paper and bench) never import each other."""
+FACADE = ("ploutos", "ploutos.api")
+"""The one upward edge: the package root re-exports the Python API (``ploutos.load_run``) from its
+``__getattr__``, importing it when a name of it is first used; nothing below imports the root's API."""
 
 
 @dataclass(frozen=True)
@@ -113,7 +117,9 @@ def test_imports_run_downward_only():
     wrong = [
         f"{imp.source}:{imp.line} imports {imp.target}"
         for imp in OWN_IMPORTS
-        if part(imp.source) != part(imp.target) and layer(imp.target) >= layer(imp.source)
+        if part(imp.source) != part(imp.target)
+        and layer(imp.target) >= layer(imp.source)
+        and (imp.source, imp.target) != FACADE
     ]
     assert not wrong, "upward or sideways imports:\n" + "\n".join(wrong)
 
@@ -130,7 +136,7 @@ def test_train_and_results_meet_only_in_the_pipeline():
 def test_no_import_cycle():
     graph: dict[str, set[str]] = {name: set() for name in MODULES}
     for imp in OWN_IMPORTS:
-        if not imp.typing_only and imp.target != imp.source:
+        if not imp.typing_only and imp.target != imp.source and (imp.source, imp.target) != FACADE:
             graph[imp.source].add(imp.target)
     state: dict[str, int] = {}  # 1: on the current path, 2: done
     path: list[str] = []

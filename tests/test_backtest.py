@@ -101,7 +101,7 @@ def test_impossible_backtests_are_one_line(trained_run: Path, ploutos, args: lis
 def test_the_figure_draws_the_paths(trained_run: Path) -> None:
     """Lines are the model's and the baselines' equity from 1; the drawdown panel is the model's."""
     from ploutos.pipeline.backtest import backtest
-    from ploutos.results.backtest_report import figure
+    from ploutos.results.backtest import figure
 
     done = backtest(trained_run, start="2017-11-15", name="figure")
     fig = figure(done)

@@ -39,17 +39,9 @@ from ploutos.features.normalize import NormStats, transform
 from ploutos.features.pipeline import observation_arrays
 from ploutos.paper import command, risk
 from ploutos.paper.broker import AlpacaBroker, BrokerError, OrderUnknown, client_order_id
-from ploutos.paper.runner import (
-    HaltError,
-    PaperRunner,
-    Policy,
-    PositionsError,
-    outage_cap,
-    read_task,
-    run_config,
-    transient,
-)
+from ploutos.paper.runner import HaltError, PaperRunner, PositionsError, outage_cap, transient
 from ploutos.paper.state import PaperState, StateError
+from ploutos.pipeline.policy import Policy, read_task, run_config
 from ploutos.results.layout import RunLayout
 
 KEY, SECRET = "PKPAPERKEY7788", "paper-s3cr3t-never-in-logs-42"
@@ -282,7 +274,7 @@ def test_features_of_a_prefix_equal_the_batch_features(bars) -> None:
 
 def test_dry_run_agrees_with_the_backtest(trained_run: Path) -> None:
     from ploutos.paper.replay import agreement, dry_run, write_replay
-    from ploutos.paper.runner import load_policy
+    from ploutos.pipeline.policy import load_policy
 
     wide = ["paper.max_weight=1", "paper.max_daily_turnover=1000", "paper.drawdown_halt=1"]
     policy = load_policy(trained_run, wide)

@@ -12,16 +12,39 @@ Names are imported by ``ploutos.__getattr__`` when first used, so ``import plout
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from ploutos.config import Config, load
 from ploutos.errors import ConfigError
 from ploutos.pipeline.backtest import Backtest, backtest
-from ploutos.results.run import RunResults, load_run
+from ploutos.results.run import RunResults, read_run
 
 SPLITS = ("train", "validation", "test")
 
-__all__ = ["Backtest", "RunResults", "backtest", "load_config", "load_run", "make_env"]
+__all__ = ["Backtest", "Run", "backtest", "load_config", "load_run", "make_env"]
+
+
+class Run(RunResults):
+    """A run folder's results (:class:`~ploutos.results.run.RunResults`: config, folds, metrics and
+    curves as DataFrames) and its models."""
+
+    def policy(self, fold: int | None = None, member: int | None = None) -> Any:
+        """Fold ``fold``'s ensemble (default: the latest fold), or one member: an object with SB3's
+        ``predict(observation, state=None, deterministic=True)`` taking :func:`make_env` observations."""
+        from ploutos.pipeline.policy import load_policy  # lazy: torch, only when a model is asked for
+
+        return load_policy(self.path, fold=fold, member=member).actor
+
+    def backtest(self, **options: Any) -> Backtest:
+        """:func:`ploutos.pipeline.backtest.backtest` of this run (the same keyword options)."""
+        return backtest(self.path, **options)
+
+
+def load_run(path: str | Path) -> Run:
+    """The run folder ``path`` (e.g. ``results/quickstart``): its ``config.yaml`` must be the one the run wrote;
+    missing or damaged task files are rows of :attr:`Run.tasks`, not errors."""
+    found = read_run(path)
+    return Run(found.path, found.config, found.run_hash, found._files)
 
 
 def load_config(config: Config | str | Path | None = None, overrides: tuple[str, ...] = ()) -> Config:

@@ -16,8 +16,9 @@ from ploutos.errors import PloutosError
 from ploutos.paper import risk
 from ploutos.paper.broker import AlpacaBroker
 from ploutos.paper.replay import agreement, dry_run, write_replay
-from ploutos.paper.runner import PaperRunner, load_policy, run_config
+from ploutos.paper.runner import PaperRunner
 from ploutos.paper.state import PaperState
+from ploutos.pipeline.policy import load_policy, run_config
 
 
 def cli_paper(

@@ -1,7 +1,7 @@
 """``ploutos paper --dry-run``: replay the local dataset over the latest fold's test window.
 
 The live loop's decision path decides on each bar's close: the features of the bars as paper
-trading computes them (:func:`~ploutos.paper.runner.normalized_features`), the observation as
+trading computes them (:func:`~ploutos.pipeline.policy.normalized_features`), the observation as
 :class:`~ploutos.paper.runner.Decider` builds it from the portfolio, the ensemble's action, and
 the ``paper.*`` risk limits (weights clipped to ``max_weight``, a day's notional within
 ``max_daily_turnover``, no orders after the drawdown halt). The fills, at the next bar's open
@@ -30,7 +30,8 @@ from ploutos.features.pipeline import load_bars
 from ploutos.files import atomic_path
 from ploutos.paper import risk
 from ploutos.paper.broker import client_order_id
-from ploutos.paper.runner import Decider, Policy, normalized_features
+from ploutos.paper.runner import Decider
+from ploutos.pipeline.policy import Policy, normalized_features
 from ploutos.train.evaluate import evaluate
 
 

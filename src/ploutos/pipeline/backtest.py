@@ -1,7 +1,7 @@
 """``ploutos backtest``: a trained fold's ensemble (or one member) on bars it has not trained on.
 
 The model decides on features computed by the training code path
-(:func:`ploutos.paper.runner.normalized_features`: the run's feature config, scaled with the fold's
+(:func:`ploutos.pipeline.policy.normalized_features`: the run's feature config, scaled with the fold's
 own statistics from its task file, never refitted) and trades through the simulator, costs and
 baselines that evaluated it (:func:`ploutos.train.evaluate.evaluate`), so a backtest over a fold's
 own test window reproduces that fold's test curve exactly.
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -29,53 +28,22 @@ import polars as pl
 
 from ploutos.analytics.evaluation import FoldEvaluation
 from ploutos.config import Config, dump
+from ploutos.data.inspect import read_bars_path
+from ploutos.data.macro import align_macro
+from ploutos.data.store import read_dataset, read_macro
+from ploutos.data.validate import check
 from ploutos.errors import PloutosError
 from ploutos.features.arrays import FeatureArrays
+from ploutos.features.pipeline import load_bars
+from ploutos.pipeline.policy import Policy, load_policy, normalized_features
+from ploutos.results.backtest import Backtest, Window, write_backtest_report
 from ploutos.results.hdf5 import TaskResult, read_attrs, write_task_result
 from ploutos.results.layout import RunLayout
 from ploutos.results.provenance import provenance
+from ploutos.train.evaluate import evaluate
+from ploutos.train.model import member_seed
 
 Echo = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class Window:
-    """The traded bars of a backtest and how many of them the model trained or validated on."""
-
-    rows: slice
-    """Rows of the evaluation env: ``lookback`` rows of history, then the traded bars."""
-    first: np.datetime64
-    """The first traded bar."""
-    last: np.datetime64
-    """The last traded bar."""
-    bars: int
-    in_sample: tuple[np.datetime64, np.datetime64] | None
-    """The first and last in-sample traded bar, or None."""
-    in_sample_bars: int
-
-
-@dataclass(frozen=True)
-class Backtest:
-    """What :func:`backtest` did and wrote."""
-
-    fold: int
-    members: tuple[int, ...]
-    """The members that decided (all of the fold's models for the ensemble)."""
-    ensemble: bool
-    window: Window
-    evaluation: FoldEvaluation
-    result: Path
-    """The task file (``backtest.h5``)."""
-    report: Path
-    """``report.md`` beside it."""
-    source: str
-    """Where the bars came from."""
-    seconds: float
-    """Wall clock of the whole backtest."""
-
-    @property
-    def metrics(self) -> dict[str, dict[str, float]]:
-        return {name: values.as_dict() for name, values in self.evaluation.metrics.items()}
 
 
 def parse_moment(text: str, flag: str) -> np.datetime64:
@@ -92,11 +60,6 @@ def parse_moment(text: str, flag: str) -> np.datetime64:
 def read_bars(path: Path, config: Config) -> pl.DataFrame:
     """Bars of ``path`` (a CSV/Parquet file or a dataset folder), validated as ``data build`` would,
     with the run's macro series aligned as published."""
-    from ploutos.data.inspect import read_bars_path  # lazy: polars readers only when a file is given
-    from ploutos.data.macro import align_macro
-    from ploutos.data.store import read_dataset, read_macro
-    from ploutos.data.validate import check
-
     if path.is_dir():
         bars = read_dataset(path)
     else:
@@ -160,11 +123,6 @@ def backtest(
     run's dataset; without ``start`` a dataset backtest starts at the fold's test window (the first
     bar the model never saw) and a file backtest at the first bar its own warm-up allows.
     """
-    from ploutos.features.pipeline import load_bars  # lazy: torch and polars when it runs, not at import
-    from ploutos.paper.runner import load_policy, normalized_features
-    from ploutos.train.evaluate import evaluate
-    from ploutos.train.model import member_seed
-
     say = echo or (lambda _line: None)
     began = time.perf_counter()
     begin, stop = (parse_moment(text, flag) if text else None for text, flag in ((start, "--start"), (end, "--end")))
@@ -213,8 +171,6 @@ def backtest(
     }
     write_task_result(result, _task(config, policy, member, arrays, evaluation, record, bounds, window))
     say(f"writing {out}")
-    from ploutos.results.backtest_report import write_backtest_report  # lazy: matplotlib
-
     done = Backtest(
         fold=policy.fold,
         members=tuple(policy.members),
@@ -239,7 +195,7 @@ def _iso(moment: np.datetime64) -> str:
 
 
 def _task(
-    config: Config, policy: object, member: int | None, arrays: FeatureArrays, evaluation: FoldEvaluation,
+    config: Config, policy: Policy, member: int | None, arrays: FeatureArrays, evaluation: FoldEvaluation,
     record: dict, bounds: dict, window: Window,
 ) -> TaskResult:  # fmt: skip
     extra = {
@@ -251,16 +207,16 @@ def _task(
         "in_sample_end": _iso(window.in_sample[1]) if window.in_sample else "",
     }
     return TaskResult(
-        fold=policy.fold,  # type: ignore[attr-defined]
+        fold=policy.fold,
         member=member,
         run=config.name,
-        config_hash=policy.run_hash,  # type: ignore[attr-defined]
+        config_hash=policy.run_hash,
         config_yaml=dump(config),
         provenance=record,
         fold_bounds={**bounds, **extra},
         tickers=tuple(arrays.tickers),
         feature_names=tuple(arrays.names),
-        norm_center=policy.stats.center,  # type: ignore[attr-defined]
-        norm_scale=policy.stats.scale,  # type: ignore[attr-defined]
+        norm_center=policy.stats.center,
+        norm_scale=policy.stats.scale,
         evaluation=evaluation,
     )

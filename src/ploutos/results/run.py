@@ -1,4 +1,4 @@
-"""A finished (or partly finished) run folder as pandas DataFrames: what ``ploutos.load_run`` returns.
+"""A finished (or partly finished) run folder as pandas DataFrames (``ploutos.load_run`` adds its models).
 
 Everything is read from the run's task files (``tasks/fold<F>_member<M>.h5``, ``fold<F>_ensemble.h5``)
 and, for the stitched out-of-sample curve, from ``summary.h5`` once ``ploutos aggregate`` wrote it.
@@ -8,6 +8,7 @@ training can be read. Tables are built when first asked for and kept.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -17,7 +18,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from ploutos.config import Config
+from ploutos.config import Config, config_hash, load
 from ploutos.errors import PloutosError
 from ploutos.results.layout import RunLayout
 
@@ -51,6 +52,8 @@ class RunResults:
       (``policy``) beside buy and hold, equal weight, flat and the random policies' median.
     - :meth:`equity`: the test-window equity curves, long format.
     - :attr:`oos`: the stitched out-of-sample curves of ``summary.h5`` (None before aggregation).
+
+    :class:`ploutos.api.Run` adds the models: ``policy(fold)`` and ``backtest(...)``.
     """
 
     path: Path
@@ -67,8 +70,6 @@ class RunResults:
         """Folds of the run's plan (``plan.json``), or the highest fold with a task file + 1."""
         plan = self.layout.plan_file
         if plan.exists():
-            import json
-
             try:
                 return int(json.loads(plan.read_text())["folds"])
             except (ValueError, KeyError, TypeError):
@@ -163,19 +164,6 @@ class RunResults:
                 frame[name] = oos[name][()]
         return frame
 
-    def policy(self, fold: int | None = None, member: int | None = None) -> Any:
-        """Fold ``fold``'s ensemble (default: the latest fold), or one member: an object with SB3's
-        ``predict(observation, deterministic=True)`` taking :func:`ploutos.make_env` observations."""
-        from ploutos.paper.runner import load_policy  # lazy: torch
-
-        return load_policy(self.path, fold=fold, member=member).actor
-
-    def backtest(self, **options: Any) -> Any:
-        """:func:`ploutos.pipeline.backtest.backtest` of this run (same keyword options)."""
-        from ploutos.pipeline.backtest import backtest  # lazy: torch
-
-        return backtest(self.path, **options)
-
 
 def _status(file: Path, run_hash: str) -> str:
     if not file.exists():
@@ -192,11 +180,9 @@ def _status(file: Path, run_hash: str) -> str:
     return "ok"
 
 
-def load_run(path: str | Path) -> RunResults:
+def read_run(path: str | Path) -> RunResults:
     """The run folder ``path`` (e.g. ``results/quickstart``); its ``config.yaml`` must be the one the
     run wrote (a file edited since is refused, as paper trading refuses it)."""
-    from ploutos.config import config_hash, load
-
     layout = RunLayout(Path(path))
     if not layout.root.is_dir():
         raise PloutosError(f"{layout.root}: not a folder; load_run takes a run folder such as results/quickstart")

@@ -1,4 +1,5 @@
-"""The report of one backtest: ``report.md`` and ``equity.png`` beside its ``backtest.h5``.
+"""What a backtest (:func:`ploutos.pipeline.backtest.backtest`) did, and its report: ``report.md`` and
+``equity.png`` beside its ``backtest.h5``.
 
 The figure shows the model's equity against the baselines it is judged by (flat, buy and hold,
 equal weight) and its drawdown below, with the in-sample bars shaded when the backtest was allowed
@@ -7,19 +8,58 @@ to reach them. Written atomically, matplotlib's object API only (no pyplot, no d
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from matplotlib.dates import AutoDateLocator, DateFormatter
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
-from ploutos.analytics.evaluation import RANDOM
+from ploutos.analytics.evaluation import RANDOM, FoldEvaluation
 from ploutos.config import Config
 from ploutos.files import atomic_path
 
-if TYPE_CHECKING:
-    from ploutos.pipeline.backtest import Backtest
+
+@dataclass(frozen=True)
+class Window:
+    """The traded bars of a backtest and how many of them the model trained or validated on."""
+
+    rows: slice
+    """Rows of the evaluation env: ``lookback`` rows of history, then the traded bars."""
+    first: np.datetime64
+    """The first traded bar."""
+    last: np.datetime64
+    """The last traded bar."""
+    bars: int
+    in_sample: tuple[np.datetime64, np.datetime64] | None
+    """The first and last in-sample traded bar, or None."""
+    in_sample_bars: int
+
+
+@dataclass(frozen=True)
+class Backtest:
+    """What :func:`backtest` did and wrote."""
+
+    fold: int
+    members: tuple[int, ...]
+    """The members that decided (all of the fold's models for the ensemble)."""
+    ensemble: bool
+    window: Window
+    evaluation: FoldEvaluation
+    result: Path
+    """The task file (``backtest.h5``)."""
+    report: Path
+    """``report.md`` beside it."""
+    source: str
+    """Where the bars came from."""
+    seconds: float
+    """Wall clock of the whole backtest."""
+
+    @property
+    def metrics(self) -> dict[str, dict[str, float]]:
+        return {name: values.as_dict() for name, values in self.evaluation.metrics.items()}
+
 
 ROWS = (  # (metric, label, percent?)
     ("total_return", "total return", True),

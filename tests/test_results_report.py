@@ -1,262 +1,388 @@
-"""``ploutos report``: plots and summary.md from a summary.h5 and the task files of a small synthetic run."""
+"""``ploutos report``: the tear sheet of a run aggregated for real from task files written by the real writer.
+
+Figures are checked by content (their axes' data and legend entries), tables against the task files
+and summary.h5, and the statistics against empyrical's (a dev dependency) with the same annualization.
+"""
 
 from __future__ import annotations
 
+import base64
 import io
+import re
+import shutil
 from contextlib import redirect_stdout
 from dataclasses import replace
 from pathlib import Path
 
+import empyrical
 import h5py
 import numpy as np
+import pandas as pd
 import pytest
+from matplotlib.dates import date2num
 
-from ploutos.analytics.evaluation import COST_COMPONENTS, FoldEvaluation
+from ploutos.analytics.evaluation import FoldEvaluation
 from ploutos.analytics.metrics import compute_metrics
 from ploutos.bench.env import synthetic_arrays
 from ploutos.cli import main
-from ploutos.config import EnvConfig
+from ploutos.config import EnvConfig, config_hash, dump, load
 from ploutos.errors import PloutosError
-from ploutos.results.hdf5 import TaskResult, read_metrics, write_task_result
+from ploutos.results.aggregate import aggregate
+from ploutos.results.hdf5 import TaskResult, write_task_result
 from ploutos.results.layout import RunLayout
-from ploutos.results.report import write_report
-from ploutos.train.evaluate import evaluate
+from ploutos.results.report import FIGURES, build_figures, read_summary, read_tasks, write_report
+from ploutos.results.report.data import rolling_sharpe, stitched_returns, underwater
+from ploutos.results.report.figures import rolling_figure
+from ploutos.results.report.panels import distributions_figure
+from ploutos.train.evaluate import Ensemble, evaluate
 
-BARS_PER_YEAR = 252 * 7
-ARRAYS = synthetic_arrays(240, 3, 4, seed=11)
 CFG = replace(EnvConfig(), lookback=8)
-TESTS = [(40, 107), (107, 174), (174, 240)]  # test rows of folds 0..2; they tile like a walk-forward plan
+TESTS = [(40, 130), (130, 220), (220, 300)]  # consecutive test windows; 8-hour bars: each spans about a month
 MEMBERS = 2
-DSR = (0.25, 0.5, 0.75)  # what aggregate would have computed; the report only shows it
-PNGS = ("oos_equity.png", "fold_equity.png", "metric_distributions.png", "training_curves.png")
-METRICS = ("total_return", "annual_return", "volatility", "sharpe", "sortino", "calmar", "max_drawdown")
-METRICS += ("win_rate", "turnover", "cost_drag", "psr", "n_bars", "gross_return")
+PNGS = tuple(FIGURES)
+
+
+def arrays(assets: int):
+    """Synthetic bars 8 hours apart, so that three short test windows cover several calendar months."""
+    base = synthetic_arrays(300, assets, 4, seed=11)
+    return replace(base, timestamps=np.datetime64("2020-01-20T00:00", "us") + np.arange(300) * np.timedelta64(8, "h"))
 
 
 class Fixed:
     """Constant target weights, rebalanced every bar."""
 
-    def __init__(self, weights: list[float]) -> None:
+    def __init__(self, *weights: float) -> None:
         self.weights = np.array(weights, dtype=np.float32)
 
     def predict(self, observation, state=None, episode_start=None, deterministic=True):
         return self.weights, state
 
 
-@pytest.fixture(scope="module")
-def evaluations() -> dict[tuple[int, int], FoldEvaluation]:
-    """(fold, member) -> evaluation; member -1 is the fold's ensemble."""
-    weights = {-1: [0.3, 0.2, 0.0], 0: [0.6, 0.0, -0.2], 1: [0.0, 0.5, 0.3]}
-    return {
-        (fold, m): evaluate(Fixed(w), ARRAYS, CFG, slice(lo - CFG.lookback, hi), BARS_PER_YEAR, seed=fold)
-        for fold, (lo, hi) in enumerate(TESTS)
-        for m, w in weights.items()
-    }
-
-
-def write_task(layout: RunLayout, fold: int, member: int, evaluation: FoldEvaluation) -> None:
-    steps = np.arange(1, 6) * 100
-    training = {} if member < 0 else {"timesteps": steps, "ep_rew_mean": np.linspace(-1, 1, 5) + member}
-    if member == 0:
-        training["value_loss"] = np.linspace(2, 0.5, 5)
-    validation = {} if member < 0 else {
-        "timesteps": [200, 400], "score": [0.5 + fold, 1.5 + fold + member], "chosen_timesteps": 400, "metric": "sharpe"
-    }  # fmt: skip
-    lo, hi = TESTS[fold]
-    result = TaskResult(
-        fold=fold, member=None if member < 0 else member, run="report-test", config_hash="c0ffee",
-        config_yaml="name: report-test\n", provenance={"ploutos": "0.0.0"},
-        fold_bounds={"test_rows": [lo, hi], "embargo_bars": 0}, tickers=ARRAYS.tickers, feature_names=ARRAYS.names,
-        norm_center=np.zeros(4), norm_scale=np.ones(4), evaluation=evaluation, training=training,
-        validation=validation,
-    )  # fmt: skip
-    write_task_result(layout.result(fold, result.member), result)
-
-
-def write_summary(layout: RunLayout, evaluations: dict, missing: set[int], legacy: bool = False) -> None:
-    """A summary.h5 of the layout `ploutos aggregate` writes; folds in ``missing`` have no task at all.
-    ``legacy``: as version 1 wrote it, without baselines, significance and costs."""
-    folds, strings = len(TESTS), h5py.string_dtype()
-    rows = [(f, m) for f in range(folds) for m in [*range(MEMBERS), -1]]
-    status = ["missing" if f in missing else "ok" for f, _ in rows]
-    name = {-1: "ensemble"}
-    lines = [f"fold{f}_{name.get(m, f'member{m}')}: missing (no task file)" for f, m in rows if f in missing]
-    times, fold_of, curves = [], [], {"ensemble": [], "buy_and_hold": [], "equal_weight": []}
-    level = dict.fromkeys(curves, 1.0)
-    for f in range(folds):
-        if f in missing:
+def make_run(root: Path, assets: int = 2, members: int = MEMBERS, missing: frozenset = frozenset()) -> RunLayout:
+    """A run folder whose task files come from real evaluations and whose summary.h5 from `aggregate`;
+    folds in ``missing`` have no task file."""
+    config = load("quickstart", [f"results_dir={root}", "name=report-test"])
+    layout = RunLayout.of(config)
+    layout.prepare(config)
+    layout.write_plan(len(TESTS), members)
+    data, bars = arrays(assets), config.data.bars_per_year
+    actors = [Fixed(*[0.5 - 0.4 * m - 0.1 * a for a in range(assets)]) for m in range(members)]
+    for fold, (lo, hi) in enumerate(TESTS):
+        if fold in missing:
             continue
-        ens = evaluations[(f, -1)]
-        paths = {"ensemble": ens.policy, "buy_and_hold": ens.benchmarks["buy_and_hold"]}
-        paths["equal_weight"] = ens.benchmarks["equal_weight"]
-        skip = 1 if times else 0  # a fold's first point is the previous fold's last bar
-        times.append(ens.policy.timestamps[skip:])
-        fold_of.append(np.full(len(ens.policy.timestamps) - skip, f))
-        for key, path in paths.items():
-            curve = path.equity / path.equity[0] * level[key]
-            curves[key].append(curve[skip:])
-            level[key] = curve[-1]
-    with h5py.File(layout.summary, "w") as h5:
-        h5.attrs.update({"schema_version": 1 if legacy else 2, "run": "report-test", "config_hash": "c0ffee"})
-        h5.attrs["folds"] = folds
-        h5.attrs.update({"members": MEMBERS, "complete": not missing, "created": "2024-01-01T00:00:00Z"})
-        tasks = h5.create_group("tasks")
-        tasks["fold"], tasks["member"] = [f for f, _ in rows], [m for _, m in rows]
-        tasks.create_dataset("status", data=status, dtype=strings)
-        tasks.create_dataset("reason", data=["no task file" if s != "ok" else "" for s in status], dtype=strings)
-        h5.create_dataset("missing", data=lines, dtype=strings)
-        for key in METRICS:
-            ok = [f not in missing for f in range(folds)]
-            table = [
-                [getattr(evaluations[(f, m)].metrics["policy"], key) for m in range(MEMBERS)] for f in range(folds)
-            ]
-            h5[f"metrics/{key}"] = np.where(np.array(ok)[:, None], table, np.nan)
-            h5[f"ensemble/{key}"] = [evaluations[(f, -1)].metrics["policy"].as_dict()[key] if ok[f] else np.nan
-                                     for f in range(folds)]  # fmt: skip
-            benches = ("buy_and_hold", "equal_weight") + (() if legacy else ("flat", "random_turnover"))
-            for bench in benches:
-                h5[f"benchmarks/{bench}/{key}"] = [evaluations[(f, -1)].metrics[bench].as_dict()[key] if ok[f]
-                                                   else np.nan for f in range(folds)]  # fmt: skip
-        if not legacy:
-            ok = [f not in missing for f in range(folds)]
-            h5["ensemble/p_random"] = [evaluations[(f, -1)].p_random if ok[f] else np.nan for f in range(folds)]
-            h5["ensemble/deflated_sharpe"] = [DSR[f] if ok[f] else np.nan for f in range(folds)]
-            for name in COST_COMPONENTS:
-                h5[f"ensemble/costs/{name}"] = [evaluations[(f, -1)].cost_breakdown[name] if ok[f] else np.nan
-                                                for f in range(folds)]  # fmt: skip
-        oos = h5.create_group("oos")
-        oos["timestamps"] = np.concatenate(times).astype("datetime64[us]").astype(np.int64)
-        oos["fold"] = np.concatenate(fold_of).astype(np.int64)
-        oos.attrs["gaps"] = np.array(sorted(missing), dtype=np.int64)
-        for key, parts in curves.items():
-            oos[key] = np.concatenate(parts)
-        names = {"ensemble": "metrics", "buy_and_hold": "benchmark_metrics/buy_and_hold"}
-        names["equal_weight"] = "benchmark_metrics/equal_weight"
-        for key, where in names.items():
-            stats = compute_metrics(oos[key][()], BARS_PER_YEAR).as_dict()
-            oos.create_group(where).attrs.update({**stats, "psr": np.nan} if key == "equal_weight" else stats)
-
-
-def make_run(root: Path, evaluations: dict, missing: set[int] = frozenset(), legacy: bool = False) -> RunLayout:
-    layout = RunLayout(root)
-    layout.tasks.mkdir(parents=True)
-    for (fold, member), evaluation in evaluations.items():
-        if fold not in missing:
-            write_task(layout, fold, member, evaluation)
-    write_summary(layout, evaluations, missing, legacy)
+        rows = slice(lo - CFG.lookback, hi)
+        for member in [*range(members), None]:
+            actor = Ensemble(actors) if member is None else actors[member]
+            evaluation = evaluate(actor, data, CFG, rows, bars, seed=fold, random_seeds=100)
+            write_task_result(layout.result(fold, member), task(config, fold, member, evaluation, data))
+    aggregate(layout.root)
     return layout
 
 
-def assert_png(path: Path, size: tuple[int, int] | None = None) -> None:
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n", path
-    assert len(data) > 10_000, (path, len(data))
-    if size is not None:  # width and height are the first fields of the IHDR chunk
-        assert (int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")) == size
+def task(config, fold: int, member: int | None, evaluation: FoldEvaluation, data) -> TaskResult:
+    steps = np.arange(1, 6) * 100
+    m = -1 if member is None else member
+    return TaskResult(
+        fold=fold, member=member, run=config.name, config_hash=config_hash(config), config_yaml=dump(config),
+        provenance={"ploutos": "0.0.0"}, fold_bounds={"test_rows": list(TESTS[fold]), "embargo_bars": 0},
+        tickers=data.tickers, feature_names=data.names, norm_center=np.zeros(4), norm_scale=np.ones(4),
+        evaluation=evaluation,
+        training={} if member is None else {"timesteps": steps, "ep_rew_mean": np.linspace(-1, 1, 5) + m,
+                                            "value_loss": np.linspace(2, 0.5, 5)},
+        validation={} if member is None else {"timesteps": [200, 400], "score": [0.5 + fold, 1.5 + fold + m],
+                                              "chosen_timesteps": 400, "metric": "sharpe"},
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
-def reported(tmp_path_factory: pytest.TempPathFactory, evaluations) -> tuple[RunLayout, str]:
-    """A complete run, reported once through the CLI entry point (plots are the slow part)."""
-    layout = make_run(tmp_path_factory.mktemp("complete") / "run", evaluations)
+def run(tmp_path_factory: pytest.TempPathFactory) -> RunLayout:
+    return make_run(tmp_path_factory.mktemp("complete") / "runs")
+
+
+@pytest.fixture(scope="module")
+def reported(run: RunLayout) -> tuple[RunLayout, str]:
+    """The complete run, reported once through the CLI entry point (drawing is the slow part)."""
     out = io.StringIO()
     with redirect_stdout(out):
-        assert main(["report", str(layout.root)]) == 0
-    return layout, out.getvalue()
+        assert main(["report", str(run.root)]) == 0
+    return run, out.getvalue()
 
 
-def test_the_report_writes_four_pngs_and_summary_md(reported):
+@pytest.fixture(scope="module")
+def figures(run: RunLayout):
+    s = read_summary(run.summary)
+    tasks = read_tasks(run, s)
+    return s, tasks, {name: build() for name, build in build_figures(s, tasks).items()}
+
+
+def read(path: Path, key: str) -> np.ndarray:
+    with h5py.File(path, "r", locking=False) as h5:
+        return h5[key][()]
+
+
+def by_gid(ax, gid: str):
+    return [line for line in ax.get_lines() if line.get_gid() == gid]
+
+
+def finite_xy(line) -> np.ndarray:
+    xy = np.asarray(line.get_xydata(), dtype=np.float64)
+    return xy[np.isfinite(xy[:, 1])]
+
+
+def legend_texts(legend) -> list[str]:
+    return [t.get_text() for t in legend.get_texts()]
+
+
+def oos(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+    with h5py.File(path, "r", locking=False) as h5:
+        time = h5["oos/timestamps"][()].astype("datetime64[us]")
+        return time, {k: h5[f"oos/{k}"][()] for k in ("ensemble", "buy_and_hold", "equal_weight")}, h5["oos/fold"][()]
+
+
+def test_the_report_writes_every_figure_summary_md_and_report_html(reported):
     layout, printed = reported
     report = layout.root / "report"
-    expected = [report / name for name in (*PNGS, "summary.md")]
+    expected = [report / name for name in (*PNGS, "summary.md", "report.html")]
     assert printed.splitlines() == [str(p) for p in expected]
     assert sorted(report.iterdir()) == sorted(expected)  # no temporaries left
     for name in PNGS:
-        assert_png(report / name)
-    assert_png(report / "oos_equity.png", (1000, 500))
+        assert (report / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (report / "summary.md").read_text()
-    assert md.startswith("# Ploutos report: report-test\n") and "`c0ffee`" in md and "complete: yes" in md
-    assert "| metric | ensemble | buy and hold | equal weight |" in md
-    for label in ("total return", "annual return", "Sharpe", "Sortino", "max drawdown", "PSR", "turnover", "cost drag"):
-        assert f"\n| {label}" in md, label
-    psr_row = next(line for line in md.splitlines() if line.startswith("| PSR |"))
-    assert psr_row.endswith("| n/a |")  # NaN prints as n/a
-    assert "| fold | ensemble return | Sharpe | max dd | buy-and-hold return | members ok |" in md
-    metrics = read_metrics(layout.result(1, None))  # the per-fold row matches the fold's ensemble task file
-    policy, hold = metrics["policy"], metrics["buy_and_hold"]
-    row = f"| 1 | {policy['total_return']:.2%} | {policy['sharpe']:.2f} | {policy['max_drawdown']:.2%}"
-    assert f"{row} | {hold['total_return']:.2%} | 2/2 |" in md
+    assert md.startswith("# Ploutos report: report-test\n") and "complete: yes" in md
+    titles = ("Out-of-sample (stitched)", "Rolling Sharpe ratio", "Monthly returns", "Positions, turnover and costs")
+    titles += ("Per fold", "Per member", "Baselines and significance", "Missing or failed tasks", "Validation")
+    for title in (*titles, "Training", "Hyperparameters"):
+        assert f"\n## {title}\n" in md, title
     for name in PNGS:
         assert f"]({name})" in md, name
-    assert "stitched from the test windows only of 3 of 3 fold(s)" in md and "no look-ahead" in md
-    assert "## Missing or failed tasks\n\nnone\n" in md
-    # the validation curves: the mean over each fold's members (scores 1.5 + fold + member at 400)
-    assert "| timesteps | fold 0 | fold 1 | fold 2 | all |" in md
     assert "| 200 | 0.50 | 1.50 | 2.50 | 1.50 |" in md and "| 400 | 2.00 | 3.00 | 4.00 | 3.00 |" in md
-    assert "Kept checkpoints (timesteps): fold 0 member 0: 400; fold 0 member 1: 400;" in md
+    assert "| ppo | learning_rate | 0.0003 |" in md and "| walkforward | train_months | 6 |" in md
+    assert "```yaml\nname: report-test\n" in md
 
 
-def test_the_report_says_per_fold_whether_the_ensemble_beats_flat_and_chance(reported, evaluations):
-    layout, _ = reported
-    md = (layout.root / "report" / "summary.md").read_text()
-    section = md.split("\n## Baselines and significance\n", 1)[1].split("\n## ", 1)[0]
-    assert "1 - PSR(0)" in section and "p_random" in section
-    bullets = [line[2:] for line in section.splitlines() if line.startswith("- fold ")]
-    assert len(bullets) == 3
-    for fold, line in enumerate(bullets):
-        ens = evaluations[(fold, -1)]
-        p_flat, p_random = 1 - ens.metrics["policy"].psr, ens.p_random
-        assert line.startswith(f"fold {fold}: the ensemble ") and line.endswith(" at p < 0.05")
-        assert f"(Sharpe {ens.metrics['policy'].sharpe:.2f}, p = {p_flat:.3f})" in line
-        assert f"turnover (p = {p_random:.3f})" in line
-        assert ("does not beat flat" in line) == (not p_flat < 0.05)
-        assert ("beats a random" in line or " and a random" in line) == (p_random < 0.05)
-    header = "| fold | net return | gross return | flat return | random median return | p (flat) | p (random) "
-    assert header + "| deflated Sharpe |" in section
-    ens = evaluations[(1, -1)]
-    policy, random = ens.metrics["policy"], ens.metrics["random_turnover"]
-    row = (f"| 1 | {policy.total_return:.2%} | {policy.gross_return:.2%} | 0.00% | {random.total_return:.2%} | "
-           f"{1 - policy.psr:.3f} | {ens.p_random:.3f} | 0.500 |")  # fmt: skip
-    assert row in section
-    assert "| fold | commission | spread | slippage | impact | financing | fees | cost drag | turnover |" in section
-    cells = " | ".join(f"{ens.cost_breakdown[name]:.2%}" for name in COST_COMPONENTS)
-    assert f"| 1 | {cells} | {policy.cost_drag:.2%} | {policy.turnover:.2f} |" in section
-
-
-def test_a_summary_without_the_baselines_still_reports(tmp_path: Path, evaluations):
-    layout = make_run(tmp_path / "run", evaluations, missing={2}, legacy=True)
-    md = write_report(layout.root)[-1].read_text()
-    section = md.split("\n## Baselines and significance\n", 1)[1].split("\n## ", 1)[0]
-    assert "p (random) = n/a" not in section and "(p = n/a) at p < 0.05" in section
-    assert "- fold 2: no ensemble result, nothing to test" in section
-    assert "| fold | commission" not in section  # no cost breakdown to show
-
-
-def test_rerunning_overwrites_cleanly(reported):
+def test_the_html_is_one_self_contained_file_with_every_section_table_and_figure(reported):
     layout, _ = reported
     report = layout.root / "report"
-    before = {p.name: p.read_bytes() for p in report.iterdir()}
-    (report / "summary.md").write_text("stale")
-    (report / "oos_equity.png").write_bytes(b"stale")
-    paths = write_report(layout.root)
-    assert [p.name for p in paths] == [*PNGS, "summary.md"]
-    assert {p.name: p.read_bytes() for p in report.iterdir()}.keys() == before.keys()
-    assert (report / "summary.md").read_bytes() == before["summary.md"]
-    assert_png(report / "oos_equity.png", (1000, 500))
+    page = (report / "report.html").read_text()
+    md = (report / "summary.md").read_text()
+    for title in re.findall(r"^## (.+)$", md, flags=re.M):
+        assert f">{title}</h2>" in page.replace("&#x27;", "'"), title
+    for name in PNGS:  # each figure embedded, byte for byte
+        found = re.search(rf'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)" alt="[^"]*" title="{name}">', page)
+        assert found and base64.b64decode(found.group(1)) == (report / name).read_bytes(), name
+    assert page.count("<table>") == md.count("\n| ---") and page.count("<table>") >= 8
+    assert re.findall(r'src="([a-z]+):', page) == ["data"] * len(PNGS)  # nothing to fetch
+    assert set(re.findall(r'href="(.)', page)) == {"#"} and "<link" not in page and "<script" not in page
+    assert "http" not in page
 
 
-def test_a_run_with_a_missing_fold_and_damaged_task_files_still_reports(tmp_path: Path, evaluations):
-    layout = make_run(tmp_path / "run", evaluations, missing={1})
+def test_the_oos_figure_draws_the_stitched_curves_their_drawdown_and_the_folds(run, figures):
+    s, _, drawn = figures
+    top, bottom = drawn["oos_equity.png"].axes
+    time, curves, _ = oos(run.summary)
+    x = date2num(time)
+    for key in ("ensemble", "buy_and_hold", "equal_weight"):
+        (line,) = by_gid(top, key)
+        np.testing.assert_array_equal(finite_xy(line), np.column_stack([x, curves[key]]))
+    assert legend_texts(top.get_legend()) == ["ensemble", "buy and hold", "equal weight", "flat (never trades)"]
+    assert {line.get_label() for line in top.get_lines() if not line.get_label().startswith("_")} == set(
+        legend_texts(top.get_legend())
+    )
+    (water,) = by_gid(bottom, "underwater")
+    depth = finite_xy(water)[:, 1]
+    assert np.all(depth <= 0) and depth.min() < 0
+    np.testing.assert_allclose(depth, curves["ensemble"] / np.maximum.accumulate(curves["ensemble"]) - 1, atol=1e-15)
+    assert len(by_gid(top, "fold_start")) == len(by_gid(bottom, "fold_start")) == len(TESTS) - 1
+    assert [t.get_text() for t in top.texts] == [" fold 0", " fold 1", " fold 2"]
+    bottom.xaxis.get_major_formatter().format_ticks(bottom.get_xticks())
+    assert bottom.xaxis.get_offset_text().get_text() == ""  # no "2020-Mar" under a January-March axis
+    assert bottom.get_xlabel() == f"{np.datetime_as_string(time[0], 'D')} to {np.datetime_as_string(time[-1], 'D')}"
+
+
+def test_with_one_asset_buy_and_hold_and_equal_weight_are_one_line_with_one_legend_entry(tmp_path: Path):
+    layout = make_run(tmp_path / "runs", assets=1, members=1)
+    s = read_summary(layout.summary)
+    builders = build_figures(s, read_tasks(layout, s))
+    drawn = {name: builders[name]() for name in ("oos_equity.png", "fold_equity.png")}
+    top = drawn["oos_equity.png"].axes[0]
+    merged = "buy and hold = equal weight (one asset)"
+    assert legend_texts(top.get_legend()) == ["ensemble", merged, "flat (never trades)"]
+    assert not by_gid(top, "equal_weight")
+    assert merged in legend_texts(drawn["fold_equity.png"].legends[0])
+    assert "equal weight" not in legend_texts(drawn["fold_equity.png"].legends[0])
+
+
+def test_rolling_sharpe_is_empyricals_with_the_runs_annualization(run, figures):
+    s, _, drawn = figures
+    bars = load(run.config_file).data.bars_per_year
+    window = 30
+    r = stitched_returns(s)
+    ours = rolling_sharpe(r, window, bars)
+    theirs = empyrical.roll_sharpe_ratio(pd.Series(r.values), window, annualization=bars).to_numpy()
+    np.testing.assert_allclose(ours[window - 1 :], theirs, rtol=1e-10)
+    assert np.isnan(ours[: window - 1]).all()
+    ax = rolling_figure(s, window, 2).axes[0]
+    (line,) = by_gid(ax, "ensemble")
+    np.testing.assert_array_equal(line.get_ydata(), ours)
+    assert "30-bar window" in ax.get_title() and f"{bars:,} bars a year" in ax.get_title()
+    assert legend_texts(ax.get_legend())[:2] == ["ensemble", "buy and hold"]
+
+
+def test_the_report_statistics_are_empyricals(run):
+    """The project's own metrics of a real task's test returns against empyrical's, same annualization."""
+    bars = load(run.config_file).data.bars_per_year
+    for fold, member in ((0, None), (1, 0)):
+        equity = read(run.result(fold, member), "test/equity")
+        returns = pd.Series(equity[1:] / equity[:-1] - 1.0)
+        ours = compute_metrics(equity, bars)
+        np.testing.assert_allclose(ours.sharpe, empyrical.sharpe_ratio(returns, annualization=bars), rtol=1e-10)
+        np.testing.assert_allclose(ours.sortino, empyrical.sortino_ratio(returns, annualization=bars), rtol=1e-10)
+        np.testing.assert_allclose(ours.annual_return, empyrical.annual_return(returns, annualization=bars),
+                                   rtol=1e-10)  # fmt: skip
+        np.testing.assert_allclose(ours.volatility, empyrical.annual_volatility(returns, annualization=bars),
+                                   rtol=1e-10)  # fmt: skip
+        np.testing.assert_allclose(-ours.max_drawdown, empyrical.max_drawdown(returns), rtol=1e-10)
+    time, curves, _ = oos(run.summary)
+    returns = pd.Series(curves["ensemble"][1:] / curves["ensemble"][:-1] - 1.0)
+    with h5py.File(run.summary, "r", locking=False) as h5:
+        stitched = dict(h5["oos/metrics"].attrs)
+    np.testing.assert_allclose(stitched["sharpe"], empyrical.sharpe_ratio(returns, annualization=bars), rtol=1e-10)
+    np.testing.assert_allclose(stitched["max_drawdown"], -empyrical.max_drawdown(returns), rtol=1e-10)
+
+
+def test_the_monthly_table_compounds_the_bars_of_each_month(reported):
+    layout, _ = reported
+    time, curves, _ = oos(layout.summary)
+    returns = pd.Series(curves["ensemble"][1:] / curves["ensemble"][:-1] - 1.0, index=pd.DatetimeIndex(time[1:]))
+    monthly = empyrical.aggregate_returns(returns, "monthly")
+    assert len(monthly) >= 3
+    md = (layout.root / "report" / "summary.md").read_text()
+    row = next(line for line in md.split("\n## Monthly returns\n")[1].splitlines() if line.startswith("| 2020 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    for (year, month), value in monthly.items():
+        by_hand = np.prod(1.0 + returns[(returns.index.year == year) & (returns.index.month == month)]) - 1.0
+        assert cells[month] == f"{by_hand:.2%}" == f"{value:.2%}"
+    assert cells[-1] == f"{curves['ensemble'][-1] / curves['ensemble'][0] - 1:.2%}"
+    assert cells[12] == ""  # December: no bar
+
+
+def test_positions_turnover_and_costs_come_from_the_ensembles_task_files(run, figures):
+    _, _, drawn = figures
+    weights, turnover, costs = drawn["exposure.png"].axes
+    assert legend_texts(weights.get_legend()) == ["T00", "T01", "gross (sum of |weight|)"]
+    level_turnover = level_costs = 0.0
+    for fold, line in enumerate(by_gid(weights, "weight_T01")):
+        w = read(run.result(fold, None), "test/weights")
+        np.testing.assert_array_equal(line.get_ydata(), w[:, 1])
+    for fold, (t_line, c_line) in enumerate(zip(by_gid(turnover, "turnover"), by_gid(costs, "costs"), strict=True)):
+        step_turnover, paid = read(run.result(fold, None), "test/turnover"), read(run.result(fold, None), "test/costs")
+        equity = read(run.result(fold, None), "test/equity")
+        np.testing.assert_allclose(t_line.get_ydata(), level_turnover + np.cumsum(step_turnover))
+        np.testing.assert_allclose(c_line.get_ydata(), level_costs + np.cumsum(paid / equity[:-1]))
+        level_turnover, level_costs = t_line.get_ydata()[-1], c_line.get_ydata()[-1]
+    assert level_turnover > 0 and level_costs > 0
+
+
+def test_each_fold_panel_shows_its_members_apart_with_a_legend(run, figures):
+    _, _, drawn = figures
+    fig = drawn["fold_equity.png"]
+    assert legend_texts(fig.legends[0]) == ["member 0", "member 1", "ensemble", "buy and hold", "equal weight",
+                                            "flat", "random, same turnover (median, 5-95%)"]  # fmt: skip
+    for fold, ax in enumerate(fig.axes):
+        lines = [by_gid(ax, f"member{m}")[0] for m in range(MEMBERS)]
+        assert len({(line.get_color(), line.get_linestyle()) for line in lines}) == MEMBERS
+        for m, line in enumerate(lines):
+            equity = read(run.result(fold, m), "test/equity")
+            np.testing.assert_allclose(line.get_ydata(), equity / equity[0])
+        seeds = read(run.result(fold, None), "benchmarks/random_turnover/total_return")
+        (errorbar,) = [c for c in ax.containers if c.get_label().startswith("random")]
+        np.testing.assert_allclose(np.asarray(errorbar.lines[0].get_ydata(), float), [1 + np.percentile(seeds, 50)])
+        ax.xaxis.get_major_formatter().format_ticks(ax.get_xticks())
+        assert ax.xaxis.get_offset_text().get_text() == "" and " to " in ax.get_xlabel()
+
+
+def test_members_are_points_under_five_and_the_ensemble_carries_its_bootstrap_interval(run, figures):
+    s, tasks, drawn = figures
+    fig = drawn["metric_distributions.png"]
+    sharpe = fig.axes[0]
+    assert not [p for p in sharpe.patches] and not any(line.get_gid() is None and len(line.get_xdata()) == 2
+                                                       for line in sharpe.get_lines())  # no box  # fmt: skip
+    points = [c for c in sharpe.collections if c.get_gid() == "member0"]
+    np.testing.assert_allclose(points[0].get_offsets()[:, 1], read(run.summary, "metrics/sharpe")[:, 0])
+    (bars,) = [c for c in sharpe.containers if c.get_label() == "_bootstrap"]
+    segments = bars.lines[2][0].get_segments()
+    for fold, segment in enumerate(segments):
+        with h5py.File(run.result(fold, None), "r", locking=False) as h5:
+            low, high = h5["bootstrap"].attrs["sharpe_low"], h5["bootstrap"].attrs["sharpe_high"]
+        np.testing.assert_allclose(segment[:, 1], [low, high])
+    assert legend_texts(fig.legends[0]) == ["member 0", "member 1", "ensemble (95% bootstrap interval)", "buy and hold"]
+    many = replace(s, members=5, metrics={k: np.tile(v, (1, 3))[:, :5] for k, v in s.metrics.items()})
+    boxed = distributions_figure(many, tasks).axes[0]
+    assert len([line for line in boxed.get_lines() if line.get_gid() is None]) >= 5 * len(TESTS)  # whiskers, caps
+
+
+def test_the_tables_show_each_tasks_bootstrap_interval(reported):
+    layout, _ = reported
+    md = (layout.root / "report" / "summary.md").read_text()
+    members = md.split("\n## Per member\n")[1].split("\n## ")[0]
+    for fold in range(len(TESTS)):
+        for m in range(MEMBERS):
+            with h5py.File(layout.result(fold, m), "r", locking=False) as h5:
+                a, p = dict(h5["bootstrap"].attrs), dict(h5["metrics/policy"].attrs)
+            cell = f"{p['sharpe']:.2f} [{a['sharpe_low']:.2f}, {a['sharpe_high']:.2f}]"
+            ret = f"{p['total_return']:.2%} [{a['total_return_low']:.2%}, {a['total_return_high']:.2%}]"
+            assert f"| {fold} | {m} | {cell} | {ret} |" in members
+    folds = md.split("\n## Per fold\n")[1].split("\n## ")[0]
+    with h5py.File(layout.result(1, None), "r", locking=False) as h5:
+        a, p = dict(h5["bootstrap"].attrs), dict(h5["metrics/policy"].attrs)
+    assert (
+        "| 1 | " in folds
+        and f"{p['max_drawdown']:.2%} [{a['max_drawdown_low']:.2%}, {a['max_drawdown_high']:.2%}]" in folds
+    )
+    baselines = md.split("\n## Baselines and significance\n")[1].split("\n## ")[0]
+    assert (
+        "| fold | net return | gross return | flat | buy and hold | equal weight | random, same turnover" in baselines
+    )
+    assert len([line for line in baselines.splitlines() if line.startswith("- fold ")]) == len(TESTS)
+
+
+def test_a_run_with_a_missing_fold_and_damaged_task_files_still_reports(tmp_path: Path):
+    layout = make_run(tmp_path / "runs", missing=frozenset({1}))
     layout.result(0, 1).unlink()  # absent: aggregation happened before it vanished; the panel says so
     layout.result(2, None).write_bytes(b"not hdf5")  # unreadable: skipped like an absent file
     paths = write_report(layout.root)
-    assert [p.name for p in paths] == [*PNGS, "summary.md"]
-    for path in paths[:4]:
-        assert_png(path)
-    md = paths[-1].read_text()
+    assert [p.name for p in paths] == [*PNGS, "summary.md", "report.html"]
+    md = paths[-2].read_text()
     assert "- fold1_member0: missing (no task file)" in md and "- fold1_ensemble: missing (no task file)" in md
-    assert "| 1 | n/a | n/a | n/a | n/a | 0/2 |" in md
     assert "2 of 3 fold(s)" in md and "Missing fold(s) 1" in md and "complete: no" in md
+    s = read_summary(layout.summary)
+    r = stitched_returns(s)
+    ours = rolling_sharpe(r, 10, s.bars_per_year)
+    after_gap = np.flatnonzero(r.fold == 2)[0]
+    assert np.isnan(ours[after_gap : after_gap + 9]).all() and np.isfinite(ours[after_gap + 9])  # no window spans it
+    time, curves, folds = oos(layout.summary)
+    top = build_figures(s, {})["oos_equity.png"]().axes[0]
+    (line,) = by_gid(top, "ensemble")
+    assert np.isnan(line.get_ydata()).sum() == 1  # the line breaks over the missing fold
+    assert [t.get_text() for t in top.texts] == [" fold 0", " fold 2", " fold 1 missing"]
+    np.testing.assert_array_equal(underwater(np.array([1.0, 2.0, 1.0, 3.0])), [0.0, 0.0, -0.5, 0.0])
+
+
+def test_a_summary_without_baselines_costs_or_config_still_reports_and_echo_tells_each_step(
+    run: RunLayout, tmp_path: Path
+):
+    copy = tmp_path / "run"
+    shutil.copytree(run.root, copy)
+    with h5py.File(copy / "summary.h5", "a") as h5:
+        for key in ("ensemble/costs", "benchmarks/flat", "benchmarks/random_turnover", "ensemble/p_random", "config"):
+            del h5[key]
+    said: list[str] = []
+    md = write_report(copy, echo=said.append)[-2].read_text()
+    assert said == [f"reading {copy / 'summary.h5'}", "reading 9 task files", *[f"drawing {n}" for n in PNGS],
+                    "writing summary.md", "writing report.html"]  # fmt: skip
+    section = md.split("\n## Baselines and significance\n", 1)[1].split("\n## ", 1)[0]
+    assert "(p = n/a) at p < 0.05" in section and "| fold | commission" not in section
+    assert "The summary holds no config." in md
 
 
 def test_no_summary_is_a_one_line_error(tmp_path: Path):
@@ -264,9 +390,7 @@ def test_no_summary_is_a_one_line_error(tmp_path: Path):
     run.mkdir()
     with pytest.raises(PloutosError) as info:
         write_report(run)
-    message = str(info.value)
-    assert message == f"{run}/summary.h5 not found; run `ploutos aggregate {run}` first"
-    assert "\n" not in message
+    assert str(info.value) == f"{run}/summary.h5 not found; run `ploutos aggregate {run}` first"
     assert not (run / "report").exists()
 
 

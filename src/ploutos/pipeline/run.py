@@ -114,7 +114,7 @@ def finish_run(run_dir: Path, *, echo: Echo = say) -> Summary:
     echo(summary.line())
     echo(format_folds(summary.path))
     report = write_report(summary.path.parent)
-    echo(f"report: {report[-1]} (and {len(report) - 1} plots)")
+    echo(f"report: {report[-1]} ({len(report) - 2} figures and summary.md beside it)")
     return summary
 
 

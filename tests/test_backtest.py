@@ -34,6 +34,8 @@ def test_the_folds_own_test_window_is_its_test_curve(trained_run: Path) -> None:
     report = done.report.read_text()
     assert "every bar is out-of-sample" in report and f"{metrics['total_return']:.2%}" in report
     assert (done.result.parent / "equity.png").stat().st_size > 10_000
+    page = (done.result.parent / "report.html").read_text()
+    assert "data:image/png;base64," in page and "http" not in page  # one self-contained file
 
 
 def test_in_sample_bars_are_refused_then_marked(trained_run: Path, ploutos) -> None:

@@ -321,7 +321,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     in_sample = f"{window.in_sample_bars} in-sample (--allow-in-sample)" if window.in_sample else "none in-sample"
     print(f"{done.result}: {window.bars:,} bars, {in_sample}, in {done.seconds:.1f} s")
     print(format_metrics(done.result))
-    print(f"{done.report}: the report (equity.png beside it)")
+    print(f"{done.report.with_suffix('.html')}: the report (report.md and equity.png beside it)")
     return 0
 
 

@@ -1,5 +1,6 @@
-"""What a backtest (:func:`ploutos.pipeline.backtest.backtest`) did, and its report: ``report.md`` and
-``equity.png`` beside its ``backtest.h5``.
+"""What a backtest (:func:`ploutos.pipeline.backtest.backtest`) did, and its report beside its
+``backtest.h5``: ``equity.png``, ``report.md`` and the self-contained ``report.html`` (the run report's
+renderer).
 
 The figure shows the model's equity against the baselines it is judged by (flat, buy and hold,
 equal weight) and its drawdown below, with the in-sample bars shaded when the backtest was allowed
@@ -19,6 +20,9 @@ from matplotlib.ticker import PercentFormatter
 from ploutos.analytics.evaluation import RANDOM, FoldEvaluation
 from ploutos.config import Config
 from ploutos.files import atomic_path
+from ploutos.results.report.document import Bullets, Image, Paragraph, Section
+from ploutos.results.report.render import to_html, to_markdown
+from ploutos.results.report.tables import Table, fmt
 
 
 @dataclass(frozen=True)
@@ -61,24 +65,19 @@ class Backtest:
         return {name: values.as_dict() for name, values in self.evaluation.metrics.items()}
 
 
-ROWS = (  # (metric, label, percent?)
-    ("total_return", "total return", True),
-    ("gross_return", "return before costs", True),
-    ("annual_return", "annual return", True),
-    ("sharpe", "Sharpe", False),
-    ("sortino", "Sortino", False),
-    ("max_drawdown", "max drawdown", True),
-    ("turnover", "turnover (annual, x equity)", False),
-    ("cost_drag", "cost drag (annual)", True),
+FIGURE = "equity.png"
+ROWS = (  # (metric, label, format)
+    ("total_return", "total return", "pct"),
+    ("gross_return", "return before costs", "pct"),
+    ("annual_return", "annual return", "pct"),
+    ("sharpe", "Sharpe", "num"),
+    ("sortino", "Sortino", "num"),
+    ("max_drawdown", "max drawdown", "pct"),
+    ("turnover", "turnover (annual, x equity)", "num"),
+    ("cost_drag", "cost drag (annual)", "pct"),
 )
 COLUMNS = (("policy", "model"), ("buy_and_hold", "buy and hold"), ("equal_weight", "equal weight"),
            ("flat", "flat"), (RANDOM, "random, same turnover (median)"))  # fmt: skip
-
-
-def _cell(value: float | None, percent: bool) -> str:
-    if value is None or not np.isfinite(value):
-        return "n/a"
-    return f"{value:.2%}" if percent else f"{value:.2f}"
 
 
 def _time(moment: np.datetime64) -> str:
@@ -121,54 +120,62 @@ def figure(done: Backtest) -> Figure:
     return fig
 
 
-def markdown(done: Backtest, config: Config) -> str:
-    window, evaluation = done.window, done.evaluation
-    metrics = done.metrics
-    who = (
-        "the ensemble of members " + ", ".join(map(str, done.members)) if done.ensemble else f"member {done.members[0]}"
-    )
+def sections(done: Backtest, config: Config) -> tuple[str, list[Section]]:
+    """The report's header line and sections (rendered as ``report.md`` and ``report.html``)."""
+    window, evaluation, metrics = done.window, done.evaluation, done.metrics
+    members = ", ".join(map(str, done.members))
+    who = f"the ensemble of members {members}" if done.ensemble else f"member {done.members[0]}"
     in_sample = (
-        f"**{window.in_sample_bars} of the {window.bars} bars are in-sample** ({_time(window.in_sample[0])} to "
+        f"{window.in_sample_bars} of the {window.bars} bars are in-sample ({_time(window.in_sample[0])} to "
         f"{_time(window.in_sample[1])}: the model trained or validated on them; shaded in the figure)."
         if window.in_sample is not None
         else "No traded bar lies in the model's training or validation window: every bar is out-of-sample."
     )
-    lines = [
-        f"# Backtest: {config.name}, fold {done.fold}",
-        "",
+    header = (
         f"{who.capitalize()} traded {window.bars:,} bars from {_time(window.first)} to {_time(window.last)} UTC, "
         f"bars from {done.source}, with the run's features, the fold's normalization and the same simulator "
-        f"and costs as its evaluation. {in_sample}",
-        "",
-        "| metric | " + " | ".join(label for _, label in COLUMNS) + " |",
-        "| --- |" + " ---: |" * len(COLUMNS),
-    ]
-    for key, label, percent in ROWS:
-        cells = [_cell(metrics.get(name, {}).get(key), percent) for name, _ in COLUMNS]
-        lines.append(f"| {label} | {' | '.join(cells)} |")
+        f"and costs as its evaluation. {in_sample}"
+    )
+    rows = [(label, *(fmt(metrics.get(name, {}).get(key), kind) for name, _ in COLUMNS)) for key, label, kind in ROWS]
+    table = Table(("metric", *(label for _, label in COLUMNS)), rows, "l" + "r" * len(COLUMNS))
     boot = evaluation.bootstrap
-    lines += ["", f"Block-bootstrap {boot.confidence:.0%} intervals of the model (blocks of {boot.block} bars):", ""]
-    for key, label, percent in (("sharpe", "Sharpe", False), ("total_return", "total return", True),
-                                ("max_drawdown", "max drawdown", True)):  # fmt: skip
-        low, high = boot.intervals[key]
-        lines.append(f"- {label}: {_cell(low, percent)} to {_cell(high, percent)}")
+    intervals = [
+        f"{label}: {fmt(boot.intervals[key][0], kind)} to {fmt(boot.intervals[key][1], kind)}"
+        for key, label, kind in (("sharpe", "Sharpe", "num"), ("total_return", "total return", "pct"),
+                                 ("max_drawdown", "max drawdown", "pct"))
+    ]  # fmt: skip
     psr = metrics["policy"].get("psr", float("nan"))
-    lines += [
-        "",
-        f"p (flat) = 1 - PSR(0) = {1.0 - psr:.3f}; p (random) = {evaluation.p_random:.3f}: the share of "
+    significance = (
+        f"p (flat) = 1 - PSR(0) = {fmt(1.0 - psr, 'prob')}; p (random) = {evaluation.p_random:.3f}: the share of "
         f"{len(evaluation.random.total_return)} random policies trading as much whose net return was at least the "
-        "model's.",
-        "",
-        "![Equity and drawdown](equity.png)",
-        "",
+        "model's."
+    )
+    return header, [
+        Section("Metrics", "metrics", [table]),
+        Section(
+            "Significance",
+            "significance",
+            [
+                Paragraph(
+                    f"Block-bootstrap {boot.confidence:.0%} intervals of the model (blocks of {boot.block} bars):"
+                ),
+                Bullets(intervals),
+                Paragraph(significance),
+            ],
+        ),  # fmt: skip
+        Section("Equity and drawdown", "equity", [Image(FIGURE, "Equity and drawdown")]),
     ]
-    return "\n".join(lines)
 
 
-def write_backtest_report(done: Backtest, config: Config) -> None:
-    """``equity.png`` and ``report.md`` beside the backtest's task file."""
+def write_backtest_report(done: Backtest, config: Config) -> list[Path]:
+    """``equity.png``, ``report.md`` and the self-contained ``report.html`` beside the backtest's task file."""
     out = done.result.parent
-    with atomic_path(out / "equity.png") as tmp:
+    with atomic_path(out / FIGURE) as tmp:
         figure(done).savefig(tmp, format="png", dpi=100)
+    title = f"Backtest: {config.name}, fold {done.fold}"
+    header, parts = sections(done, config)
     with atomic_path(done.report) as tmp:
-        tmp.write_text(markdown(done, config))
+        tmp.write_text(to_markdown(title, header, parts))
+    with atomic_path(out / "report.html") as tmp:
+        tmp.write_text(to_html(title, header, parts, {FIGURE: (out / FIGURE).read_bytes()}))
+    return [out / FIGURE, done.report, out / "report.html"]

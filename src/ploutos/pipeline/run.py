@@ -152,7 +152,12 @@ class InProcess:
                 echo(f"{where}: skipped, {err}")
                 held.append(str(err))
                 continue
-            state = "already done" if outcome.skipped else f"{outcome.timesteps} steps in {outcome.wall_seconds:.0f} s"
+            state = (
+                "already done"
+                if outcome.skipped
+                else f"{outcome.timesteps} steps, task {outcome.task_seconds:.0f} s "
+                f"(training alone {outcome.training_seconds:.0f} s)"
+            )
             redone = f" (trained again: {outcome.redone})" if outcome.redone else ""
             rebuilt = ", its fold's ensemble rebuilt" if outcome.skipped and outcome.ensemble else ""
             echo(f"{where}: {state}{redone}{rebuilt}")

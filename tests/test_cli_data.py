@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -97,8 +98,10 @@ def test_data_check_names_file_ticker_row_and_rule(ploutos, tmp_path: Path, rows
     assert "Traceback" not in result.stderr
     line = next(line for line in result.stdout.splitlines() if f"[{rule}]" in line)
     assert "SPY.csv" in line and "ticker SPY" in line
-    if row is not None:
-        assert f"row {row}" in line
+    if row is not None:  # the line named is the line of the file that holds the bad row
+        number = int(re.search(r" line (\d+) ", line)[1])
+        assert path.read_text().splitlines()[number - 1] == rows[row]
+        assert " row " not in line
 
 
 def test_data_check_lists_every_problem_and_passes_clean_files(ploutos, tmp_path: Path):
@@ -116,7 +119,7 @@ def test_data_check_lists_every_problem_and_passes_clean_files(ploutos, tmp_path
     [
         ("", ["SPY.csv"]),
         ("a,b,c\n1,2,3\n", ["SPY.csv", "[schema]"]),
-        (HEADER + "\n2024-01-02T15:00:00Z,1,1,1,oops,1\n", ["SPY.csv", "row 0", "oops"]),
+        (HEADER + "\n2024-01-02T15:00:00Z,1,1,1,oops,1\n", ["SPY.csv", "line 2 [schema]", "oops"]),
         (HEADER + "\nnot a time,1,1,1,1,1\n", ["SPY.csv", "[timestamp]"]),
     ],
 )
@@ -218,8 +221,11 @@ def test_data_check_and_build_read_epoch_nanoseconds(ploutos, tmp_path: Path):
 @pytest.mark.parametrize(
     ("rows", "fragments"),
     [
-        ([GOOD_ROWS[0], "9999-12-31T23:00:00Z,100,101,99,100.5,1000"], ["SPY.csv", "row 1", "[timestamp]", "9999"]),
-        ([f"{EPOCH},100,101,99,100.5,1000", f"{EPOCH * 1000},100,101,99,100.5,1000"], ["SPY.csv", "row 1", "one unit"]),
+        ([GOOD_ROWS[0], "9999-12-31T23:00:00Z,100,101,99,100.5,1000"], ["SPY.csv", "line 3", "[timestamp]", "9999"]),
+        (
+            [f"{EPOCH},100,101,99,100.5,1000", f"{EPOCH * 1000},100,101,99,100.5,1000"],
+            ["SPY.csv line 3", "line 2 (", "one unit"],
+        ),
     ],
 )
 def test_data_check_refuses_impossible_times_in_one_line(ploutos, tmp_path: Path, rows, fragments):
@@ -229,7 +235,7 @@ def test_data_check_refuses_impossible_times_in_one_line(ploutos, tmp_path: Path
 def test_data_check_refuses_a_ticker_column_value_that_is_no_symbol(ploutos, tmp_path: Path):
     path = tmp_path / "universe.csv"
     path.write_text(f"timestamp,ticker,open,high,low,close,volume\n2024-01-02T15:00:00Z,{'X' * 300},1,2,0.5,1.5,10\n")
-    assert_one_line_error(ploutos("data", "check", str(path)), "universe.csv", "row 0", "300 characters")
+    assert_one_line_error(ploutos("data", "check", str(path)), "universe.csv line 2 [schema]", "300 characters")
 
 
 def test_a_ticker_too_long_for_a_file_name_is_refused_before_any_write(ploutos, tmp_path: Path):

@@ -7,12 +7,13 @@ import os
 import shutil
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import pytest
 
 from conftest import REPO, assert_one_line_error
-from ploutos.config import SECTIONS, Config, config_hash, configs_dir, dump, field_docs, load
+from ploutos.config import SECTIONS, Config, config_hash, configs_dir, dump, field_docs, load, starter_config
 from ploutos.errors import ConfigError
 
 
@@ -139,7 +140,8 @@ def test_dump_round_trips(tmp_path: Path):
     ("yaml_text", "fragments"),
     [
         ("data:\n  sesion: 24h\n", ["bad.yaml", "data.sesion", "unknown key", "did you mean 'data.session'"]),
-        ("dta:\n  source: csv\n", ["bad.yaml", "dta", "did you mean 'data'"]),
+        ("dta:\n  source: csv\n", ["bad.yaml", "dta", "did you mean 'data.source'?"]),
+        ("dta:\n  zzzzzz: csv\n", ["bad.yaml", "dta", "did you mean 'data'?"]),
         ("ppo:\n  n_steps: many\n", ["bad.yaml", "ppo.n_steps", "expected an integer", "'many'"]),
         ("ppo:\n  n_steps: 1.5\n", ["ppo.n_steps", "expected an integer"]),
         ("env:\n  long_only: yes please\n", ["env.long_only", "expected true or false"]),
@@ -338,3 +340,75 @@ def test_cli_refuses_each_bad_value_in_one_line(ploutos, tmp_path: Path):
         assert_one_line_error(ploutos("config", "show", "--set", override), f"--set {override}", fragment)
     (tmp_path / "bin.yaml").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
     assert_one_line_error(ploutos("config", "show", "--config", "bin.yaml"), "bin.yaml", "not UTF-8")
+
+
+@pytest.mark.parametrize(
+    ("written", "suggested"),
+    [
+        ("walkforward.members", "ensemble.members"),  # the right key in the wrong section
+        ("ppo.session", "data.session"),
+        ("train.algo", "ppo.algo"),  # no such section: the key says where it lives
+        ("ppo.learning_rat", "ppo.learning_rate"),  # a close name in the section written wins
+        ("env.memebers", "ensemble.members"),  # misspelt and misplaced
+    ],
+)
+def test_a_misplaced_key_suggests_its_section_from_yaml_and_from_set(tmp_path: Path, written: str, suggested: str):
+    section, _, key = written.partition(".")
+    (tmp_path / "mine.yaml").write_text(f"{section}:\n  {key}: 3\n")
+    with pytest.raises(ConfigError) as from_yaml:
+        load(tmp_path / "mine.yaml")
+    with pytest.raises(ConfigError) as from_set:
+        load(None, [f"{written}=3"])
+    for caught, origin in ((from_yaml, "mine.yaml"), (from_set, f"--set {written}=3")):
+        message = str(caught.value)
+        assert origin in message and f"did you mean '{suggested}'?" in message, message
+
+
+def test_a_key_close_to_nothing_lists_the_sections_keys():
+    with pytest.raises(ConfigError, match=r"ensemble\.zzzzzz: unknown key; valid: members, combine"):
+        load(None, ["ensemble.zzzzzz=1"])
+
+
+def test_config_show_docs_lists_the_values_of_choice_fields(ploutos):
+    result = ploutos("config", "show", "--docs")
+    assert result.returncode == 0, result.stderr
+    lines = {line.split(":")[0].strip(): line for line in result.stdout.splitlines() if line.startswith("  ")}
+    for section, key in (("data", "source"), ("env", "reward"), ("ppo", "algo"), ("walkforward", "mode")):
+        allowed = typing.get_args(typing.get_type_hints(SECTIONS[section])[key])
+        assert lines[key].endswith(f"(one of: {', '.join(allowed)})"), lines[key]
+    assert "one of" not in lines["lookback"]  # a free integer has no list
+
+
+def test_config_init_loads_back_to_the_same_config(ploutos, tmp_path: Path):
+    for hardware, profile in ((None, "laptop"), ("node-256", "node-256"), ("runpod-gpu", "runpod-gpu")):
+        out = tmp_path / f"{profile}.yaml"
+        args = ["config", "init", "--out", str(out)] + (["--hardware", hardware] if hardware else [])
+        result = ploutos(*args)
+        assert result.returncode == 0, result.stderr
+        expected = starter_config(hardware)
+        assert f"config hash {config_hash(expected)}" in result.stdout
+        shown = ploutos("config", "show", "-c", str(out))
+        assert shown.returncode == 0, shown.stderr
+        assert shown.stdout.splitlines()[-1] == f"# config hash: {config_hash(expected)}"
+        assert "# Where bars come from" in out.read_text()  # every key's doc as a comment
+        assert load(out) == expected
+    node = load(tmp_path / "node-256.yaml")
+    assert (node.hardware.mpi_ranks, node.data.source) == (8, load().data.source)  # the profile on the quickstart
+    runpod = load(tmp_path / "runpod-gpu.yaml")
+    assert runpod.ppo.device == "cuda" and runpod.hardware.gpus is None  # the laptop's gpus: 0 did not survive
+
+
+def test_config_init_to_stdout_and_its_refusals(ploutos, tmp_path: Path):
+    result = ploutos("config", "init")
+    assert result.returncode == 0, result.stderr
+    (tmp_path / "piped.yaml").write_text(result.stdout)
+    assert config_hash(load(tmp_path / "piped.yaml")) == config_hash(load())
+    unknown = ploutos("config", "init", "--hardware", "node-512")
+    assert_one_line_error(unknown, "--hardware node-512", "valid: laptop, node-256, runpod-gpu")
+    existing = tmp_path / "mine.yaml"
+    existing.write_text("name: mine\n")
+    assert_one_line_error(ploutos("config", "init", "--out", str(existing)), "mine.yaml", "exists", "--force")
+    assert existing.read_text() == "name: mine\n"
+    assert ploutos("config", "init", "--out", str(existing), "--force").returncode == 0
+    assert load(existing) == load()
+    assert not list(tmp_path.glob(".mine.yaml.tmp-*"))

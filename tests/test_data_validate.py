@@ -91,7 +91,10 @@ def test_duplicate_timestamps_report_the_rows_repair_drops():
     frame = pl.concat([bars(5), bars(5).slice(2, 1)])  # row 5 repeats row 2
     problems = validate(frame)
     assert only(problems, "duplicate") == [("SPY", 2)]
-    assert "also at row 5" in problems[0].message
+    assert "also at row 6" in problems[0].message  # rows as a user counts them, from 1
+    in_csv = validate(frame, path="bars.csv")
+    assert str(in_csv[0]).startswith("bars.csv ticker SPY line 4 [duplicate]")  # header: line 1
+    assert "also at line 7" in in_csv[0].message
 
 
 def test_unsorted():
@@ -167,7 +170,7 @@ def test_refuse_names_first_problem_and_counts_the_rest(tmp_path):
     with pytest.raises(DataError) as info:
         check(frame, "refuse", path=str(path))
     message = str(info.value)
-    assert message.startswith(f"{path} ticker SPY row 2 [ohlc]: high/low do not cover open/close")
+    assert message.startswith(f"{path} ticker SPY row 3 [ohlc]: high/low do not cover open/close")  # from 1
     assert message.endswith(f"... and 1 more; `ploutos data check {path}` lists them all")
     assert "\n" not in message
     assert (info.value.ticker, info.value.row, info.value.rule) == ("SPY", 2, "ohlc")

@@ -372,8 +372,15 @@ def test_the_cli_prints_the_counts_and_a_fold_table(run: RunLayout, capsys):
     assert lines[1].split() == ["fold", "return", "gross", "sharpe", "dsr", "max", "dd", "b&h", "return"]
     assert [line.split()[0] for line in lines[2:6]] == ["0", "1", "2", "stitched"]
     assert lines[3].split()[1:6] == ["nan"] * 5
-    for column, key in enumerate(("total_return", "gross_return", "sharpe", "deflated_sharpe"), 1):
-        assert float(lines[2].split()[column]) == pytest.approx(read(run.summary, f"ensemble/{key}")[0], abs=5e-5)
+    row = lines[2].split()
+    for column, key in enumerate(("total_return", "gross_return", "max_drawdown"), 1):  # shares: in percent
+        cell = row[column if column < 3 else 5]
+        assert cell.endswith("%") and float(cell[:-1]) / 100 == pytest.approx(
+            read(run.summary, f"ensemble/{key}")[0], abs=5e-5
+        )
+    for column, key in ((3, "sharpe"), (4, "deflated_sharpe")):  # ratios: plain numbers
+        assert float(row[column]) == pytest.approx(read(run.summary, f"ensemble/{key}")[0], abs=5e-5)
+    assert row[6].endswith("%")  # buy-and-hold's return
     assert lines[6] == "stitched without fold(s) 1 (ensemble not ok)"
     assert lines[7].startswith("fold 0: the ensemble ") and lines[7].endswith(" at p < 0.05")
     assert lines[8] == "fold 1: no ensemble result, nothing to test"

@@ -16,6 +16,7 @@ from ploutos.bench.env import synthetic_arrays
 from ploutos.config import EnvConfig
 from ploutos.results import hdf5
 from ploutos.results.hdf5 import (
+    PERCENT_METRICS,
     SCHEMA,
     SCHEMA_VERSION,
     TIME_UNIT,
@@ -290,8 +291,11 @@ def test_format_metrics_has_a_line_per_shown_metric(member_file: Path, evaluatio
             expected = getattr(evaluation.metrics[column], key)
             if math.isnan(expected):
                 assert value == "nan"
+            elif key in PERCENT_METRICS:  # a share of equity: in percent, as summary.md shows it
+                assert value.endswith("%") and float(value[:-1]) / 100 == pytest.approx(expected, abs=5e-5)
             else:
-                assert float(value) == pytest.approx(expected, abs=5e-5)
+                assert not value.endswith("%") and float(value) == pytest.approx(expected, abs=5e-5)
+    assert {"total_return", "max_drawdown", "cost_drag"} <= PERCENT_METRICS and "sharpe" not in PERCENT_METRICS
     assert chance.startswith(f"p_random      {evaluation.p_random:.4f}: share of 200 random policies")
 
 

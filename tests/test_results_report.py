@@ -143,7 +143,10 @@ def test_the_report_writes_every_figure_summary_md_and_report_html(reported):
     layout, printed = reported
     report = layout.root / "report"
     expected = [report / name for name in (*PNGS, "summary.md", "report.html")]
-    assert printed.splitlines() == [str(p) for p in expected]
+    progress = [line.strip() for line in printed.splitlines() if line.startswith("  ")]
+    assert [line for line in printed.splitlines() if not line.startswith("  ")] == [str(p) for p in expected]
+    assert progress[0].startswith("reading") and "drawing oos_equity.png" in progress
+    assert progress[-1] == "writing report.html"
     assert sorted(report.iterdir()) == sorted(expected)  # no temporaries left
     for name in PNGS:
         assert (report / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

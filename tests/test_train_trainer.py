@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -190,13 +191,25 @@ def test_recurrent_ppo_member(ploutos, dataset, tmp_path):
     result = ploutos("train", "--fold", "2", "--no-progress", *settings)
     assert result.returncode == 0, result.stderr
     assert missing_fields(tmp_path / "results" / "quickstart" / "tasks" / "fold2_member0.h5") == []
+    # The whole task's wall-clock time, and training's share of it, each labelled as such.
+    took = re.search(r"the task took ([\d.]+) s \(data, features, training, evaluation\), of which training ([\d.]+) s",
+                     result.stdout)  # fmt: skip
+    assert took, result.stdout
+    assert float(took[1]) >= float(took[2]) > 0
 
 
 def test_validate_reports_every_stage(ploutos, dataset, tmp_path):
     result = ploutos("validate", *_settings(dataset, tmp_path / "results"))
     assert result.returncode == 0, result.stderr
-    stages = [line[7:].split()[0] for line in result.stdout.splitlines() if line.startswith("[ ok ]")]
+    lines = result.stdout.splitlines()
+    stages = [line[7:].split()[0] for line in lines if line.startswith("[ ok ]")]
     assert stages == ["data", "folds", "features", "train", "results"]
+    started = [line[7:].split()[0] for line in lines if line.startswith("[ .. ]")]
+    assert started == stages  # each stage says it starts before it runs, then how it went and in how long
+    for name in stages:
+        start = next(i for i, line in enumerate(lines) if line.startswith(f"[ .. ] {name} "))
+        done = next(i for i, line in enumerate(lines) if line.startswith(f"[ ok ] {name} "))
+        assert start < done and re.search(r"\(\d+\.\d s\)$", lines[done])
     assert (tmp_path / "results" / "quickstart-validate" / "tasks" / "fold0_ensemble.h5").exists()
     assert not (tmp_path / "results" / "quickstart").exists()  # the real run's folder is not touched
 

@@ -25,6 +25,7 @@ never fail: a missed target prints ``MISS`` and the exit code stays 0.
 
 from __future__ import annotations
 
+import argparse
 import mmap
 import multiprocessing
 import os
@@ -36,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from ploutos.commandline import Parser
+from ploutos.commandline import Parser, examples
 from ploutos.features.arrays import FeatureArrays
 from ploutos.node import store as shm
 
@@ -171,17 +172,32 @@ def _available_mb() -> float:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``ploutos bench memory [--workers N] [--size-mb MB] [--workers-launch N] ...``: run and print; returns 0."""
-    parser = Parser(prog="ploutos bench memory", description=__doc__.splitlines()[0])
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if min(args.workers, args.workers_launch, args.steps, args.window) < 1 or args.size_mb <= 0:
+        parser.error("--workers, --workers-launch, --steps, --window and --size-mb must be positive")
+    return _run(args)
+
+
+def build_parser() -> Parser:
+    parser = Parser(
+        prog="ploutos bench memory",
+        description="Memory of one /dev/shm feature store shared by N env worker processes against a copy per\n"
+        "worker, on a synthetic store of --size-mb: launch time of --workers-launch workers, the PSS\n"
+        "of every process while they step, and the extra memory per worker. Prints figures and\n"
+        "targets; writes nothing but the store, removed at the end.",
+        epilog=examples("ploutos bench memory --size-mb 256 --workers 4 --workers-launch 8"),
+    )
     parser.add_argument("--workers", type=int, default=16, help="workers sharing the store (default 16)")
     parser.add_argument("--size-mb", type=float, default=2048.0, help="store size in MB (default 2048)")
     parser.add_argument("--workers-launch", type=int, default=64, help="workers of the launch test (default 64)")
     parser.add_argument("--steps", type=int, default=1000, help="steps per worker (default 1000)")
     parser.add_argument("--window", type=int, default=32, help="bars read per step (default 32)")
     parser.add_argument("--copy-workers", type=int, default=None, help="copy-per-worker workers (default: what fits)")
-    args = parser.parse_args(argv)
-    if min(args.workers, args.workers_launch, args.steps, args.window) < 1 or args.size_mb <= 0:
-        parser.error("--workers, --workers-launch, --steps, --window and --size-mb must be positive")
+    return parser
 
+
+def _run(args: argparse.Namespace) -> int:
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["numpy", "ploutos.node.store", "ploutos.bench.memory"])
     print(

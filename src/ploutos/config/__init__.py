@@ -2,12 +2,14 @@
 
 from ploutos.config.loader import (
     DEFAULT_CONFIG,
+    choices,
     config_hash,
     configs_dir,
     dump,
     field_docs,
     load,
     resolve_path,
+    starter_config,
     to_dict,
 )
 from ploutos.config.sections import (
@@ -27,12 +29,14 @@ from ploutos.config.sections import (
 
 __all__ = [
     "DEFAULT_CONFIG",
+    "choices",
     "config_hash",
     "configs_dir",
     "dump",
     "field_docs",
     "load",
     "resolve_path",
+    "starter_config",
     "to_dict",
     "SECTIONS",
     "Config",

@@ -222,13 +222,20 @@ def _flatten(raw: dict[str, Any], origin: str) -> typing.Iterator[tuple[str, Any
                 _check_key(f"{name}.{key}", origin)
                 yield f"{name}.{key}", leaf
         else:
+            if isinstance(value, dict) and str(name) not in _top_level_keys():
+                for key in value:  # an unknown section: its keys may tell where they belong
+                    _check_key(f"{name}.{key}", origin)
             _check_key(str(name), origin)
             yield str(name), value
 
 
+def _top_level_keys() -> list[str]:
+    return [f.name for f in dataclasses.fields(Config) if f.name not in SECTIONS]
+
+
 def _check_key(key: str, origin: str) -> None:
     section, _, name = key.partition(".")
-    top_level = [f.name for f in dataclasses.fields(Config) if f.name not in SECTIONS]
+    top_level = _top_level_keys()
     if not name:
         if section in top_level:
             return
@@ -238,10 +245,29 @@ def _check_key(key: str, origin: str) -> None:
         valid = top_level + list(SECTIONS)
         raise ConfigError(f"{origin}: {section}: unknown key{_did_you_mean(section, valid)}")
     if section not in SECTIONS:
-        raise ConfigError(f"{origin}: {section}: unknown section{_did_you_mean(section, list(SECTIONS))}")
+        elsewhere = _key_elsewhere(name, section)
+        hint = f"; did you mean '{elsewhere}'?" if elsewhere else _did_you_mean(section, list(SECTIONS))
+        raise ConfigError(f"{origin}: {section}: unknown section{hint}")
     names = [f.name for f in dataclasses.fields(SECTIONS[section])]
     if name not in names:
+        close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+        elsewhere = None if close else _key_elsewhere(name, section)
+        if elsewhere:
+            raise ConfigError(f"{origin}: {key}: unknown key; did you mean '{elsewhere}'?")
         raise ConfigError(f"{origin}: {key}: unknown key{_did_you_mean(name, names, prefix=section + '.')}")
+
+
+def _key_elsewhere(name: str, section: str) -> str | None:
+    """``other.name`` for a key written under the wrong section (``walkforward.members``: ``ensemble.members``).
+
+    The same name in another section wins; else the closest name in any section, when it is close.
+    """
+    qualified = {f"{other}.{f.name}": f.name for other, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
+    exact = [full for full, short in qualified.items() if short == name]
+    if exact:  # a name in two sections: prefer the one whose section name is closest to the one written
+        return max(exact, key=lambda full: difflib.SequenceMatcher(None, section, full.partition(".")[0]).ratio())
+    close = difflib.get_close_matches(name, sorted(set(qualified.values())), n=1, cutoff=0.8)
+    return next((full for full, short in qualified.items() if close and short == close[0]), None)
 
 
 def _did_you_mean(word: str, valid: list[str], prefix: str = "") -> str:
@@ -390,10 +416,46 @@ def dump(config: Config, *, with_docs: bool = False) -> str:
             lines.append(f"{name}:  # {top_docs[name]}")
             docs = field_docs(SECTIONS[name])
             for key, leaf in value.items():
-                lines.append(f"  {key}: {json.dumps(leaf)}  # {docs[key]}")
+                lines.append(f"  {key}: {json.dumps(leaf)}  # {docs[key]}{_allowed(SECTIONS[name], key)}")
         else:
-            lines.append(f"{name}: {json.dumps(value)}  # {top_docs[name]}")
+            lines.append(f"{name}: {json.dumps(value)}  # {top_docs[name]}{_allowed(Config, name)}")
     return "\n".join(lines) + "\n"
+
+
+def choices(cls: type, key: str) -> tuple[Any, ...] | None:
+    """The values a field of a config dataclass allows, when its type fixes them (a ``Literal``), else None."""
+    hint = _hints(cls)[key]
+    if typing.get_origin(hint) in (Union, types.UnionType):  # an optional choice: ``Literal[...] | None``
+        hint = next((option for option in typing.get_args(hint) if option is not type(None)), hint)
+    if typing.get_origin(hint) is tuple:  # a list of choices
+        hint = typing.get_args(hint)[0]
+    return typing.get_args(hint) if typing.get_origin(hint) is Literal else None
+
+
+def _allowed(cls: type, key: str) -> str:
+    allowed = choices(cls, key)
+    return f" (one of: {', '.join(map(str, allowed))})" if allowed else ""
+
+
+def starter_config(hardware: str | None = None) -> Config:
+    """The embedded default config, or the default on the hardware profile ``configs/hardware/<hardware>.yaml``.
+
+    The profile takes the place of the one the default extends, not a layer over it: a key only the
+    default's profile sets (the laptop's ``hardware.gpus: 0``) would otherwise survive under a GPU profile.
+    """
+    leaves: dict[str, _Leaf] = {}
+    _read_layers(resolve_path(DEFAULT_CONFIG), leaves, seen=())
+    if hardware is None:
+        return _build(leaves)
+    profiles = configs_dir() / "hardware"
+    known = sorted(p.stem for p in profiles.glob("*.yaml"))
+    name = hardware.removeprefix("hardware/").removesuffix(".yaml")
+    if name not in known:
+        raise ConfigError(f"--hardware {hardware}: no such hardware profile; valid: {', '.join(known)}")
+    shipped = {_display(p) for p in profiles.glob("*.yaml")}
+    leaves = {key: leaf for key, leaf in leaves.items() if leaf[1] not in shipped}
+    _read_layers(profiles / f"{name}.yaml", leaves, seen=())
+    return _build(leaves)
 
 
 def config_hash(config: Config) -> str:

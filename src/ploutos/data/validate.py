@@ -1,8 +1,9 @@
 """Bar validation rules, repairs, and the refuse/repair policy.
 
 Every rule has a short name (``schema``, ``timezone``, ``missing``, ``duplicate``, ``unsorted``,
-``price``, ``ohlc``, ``volume``, ``gap``) and reports the 0-based row *of the input as given*, so
-a user can open the file at that line. Rules are whole-column Polars expressions: 750k rows
+``price``, ``ohlc``, ``volume``, ``gap``) and reports the 0-based row *of the input as given*;
+messages show it as a user finds it (:func:`ploutos.errors.place`: a CSV's line, else the row
+counted from 1). Rules are whole-column Polars expressions: 750k rows
 validate in well under a second. :func:`repair` fixes what can be fixed without inventing data
 (sort, drop duplicates keeping the last, drop rows with missing or non-positive prices, clamp
 high/low, zero negative volume); gaps are never filled, only listed.
@@ -20,7 +21,7 @@ import polars as pl
 
 from ploutos.data.bars import BAR_COLUMNS, BAR_SCHEMA, PRICE_COLUMNS
 from ploutos.data.calendar import expected_timestamps
-from ploutos.errors import DataError
+from ploutos.errors import DataError, numbering
 
 RULES = ("schema", "timezone", "missing", "duplicate", "unsorted", "price", "ohlc", "volume", "gap")
 """Rule names, in the order they are checked."""
@@ -300,7 +301,8 @@ def _duplicates(frame: pl.DataFrame, path: str | None) -> list[Problem]:
     """Every occurrence of a (ticker, timestamp) but the last: those are the rows repair drops."""
     keyed = frame.filter(pl.col("timestamp").is_not_null() & pl.col("ticker").is_not_null())
     dup = keyed.with_columns(kept=pl.col(_ROW).max().over("ticker", "timestamp")).filter(pl.col(_ROW) != pl.col("kept"))
-    msg = pl.format("duplicate timestamp {} (also at row {})", _iso_expr(), "kept")
+    word, first = numbering(path)  # the kept row, counted the way the problem's own place is
+    msg = pl.format(f"duplicate timestamp {{}} (also at {word} {{}})", _iso_expr(), pl.col("kept") + first)
     return _collect(dup, "duplicate", msg, path)
 
 

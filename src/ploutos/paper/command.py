@@ -8,6 +8,7 @@ only then are the keys read, the models loaded and the broker contacted.
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,11 +19,19 @@ from ploutos.paper.broker import AlpacaBroker
 from ploutos.paper.replay import agreement, dry_run, write_replay
 from ploutos.paper.runner import PaperRunner
 from ploutos.paper.state import PaperState
-from ploutos.pipeline.policy import load_policy, run_config
+from ploutos.pipeline.policy import load_policy
+from ploutos.results.recorded import run_config
 
 
 def cli_paper(
-    run_dir: Path, overrides: Sequence[str], *, loop: bool, dry: bool, live: bool, adopt: bool = False
+    run_dir: Path,
+    overrides: Sequence[str],
+    *,
+    loop: bool,
+    dry: bool,
+    live: bool,
+    adopt: bool = False,
+    progress: bool = False,
 ) -> int:
     risk.check_live(live)  # first: no run is loaded and no server contacted before the guard
     checked = run_config(run_dir, overrides)
@@ -37,16 +46,24 @@ def cli_paper(
             raise PloutosError("paper trading does not fetch macro series yet; the run's data.macro must be empty")
         PaperState.load(paper_dir / "state.json", checked.run_hash)  # a damaged state fails before the models load
         key, secret = api_keys()
+    started = time.perf_counter()
+    say(f"loading the models of {run_dir} ...")
     policy = load_policy(run_dir, overrides)
     members = ", ".join(map(str, policy.members))
-    say(f"policy: fold {policy.fold}, member(s) {members}, combine {policy.config.ensemble.combine}")
+    say(
+        f"policy: fold {policy.fold}, member(s) {members}, combine {policy.config.ensemble.combine} "
+        f"({time.perf_counter() - started:.1f} s)"
+    )
     if dry:
-        replay = dry_run(policy)
+        replay = dry_run(policy, say=say, progress=progress)
         orders, equity = write_replay(replay, run_dir)
-        print(f"{orders}: {replay.orders.height} order(s); {equity}: {len(replay.equity)} mark(s)")
+        say(f"{orders}: {replay.orders.height} order(s); {equity}: {len(replay.equity)} mark(s)")
         if replay.halted:
-            print(replay.halted)
-        print(agreement(policy, replay).line())
+            say(replay.halted)
+        started = time.perf_counter()
+        say("the backtest of the same ensemble over the same bars (train.evaluate), to compare ...")
+        checked = agreement(policy, replay)
+        say(f"{checked.line()} ({time.perf_counter() - started:.1f} s)")
         return 0
     data = policy.config.data
     broker = AlpacaBroker(

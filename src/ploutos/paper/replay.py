@@ -16,6 +16,8 @@ Live orders differ from both by their sizing (whole units at the decision close)
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -32,6 +34,7 @@ from ploutos.paper import risk
 from ploutos.paper.broker import client_order_id
 from ploutos.paper.runner import Decider
 from ploutos.pipeline.policy import Policy, normalized_features
+from ploutos.progress import progress_bar
 from ploutos.train.evaluate import evaluate
 
 
@@ -67,12 +70,30 @@ def eval_rows(policy: Policy, arrays: FeatureArrays) -> slice:
     return slice(start - policy.config.env.lookback, stop)
 
 
-def dry_run(policy: Policy, bars: pl.DataFrame | None = None) -> Replay:
-    """Replay ``bars`` (default: the run's dataset) bar by bar through the live decision path."""
+def dry_run(
+    policy: Policy,
+    bars: pl.DataFrame | None = None,
+    *,
+    say: Callable[[str], object] = lambda _: None,
+    progress: bool = False,
+) -> Replay:
+    """Replay ``bars`` (default: the run's dataset) bar by bar through the live decision path.
+
+    ``say`` hears each step as it starts and ends (a replay takes about a minute); ``progress`` draws a
+    bar over the replayed bars.
+    """
     config = policy.config
     limits, tickers = config.paper, list(policy.tickers)
+    started = time.perf_counter()
+    say(f"reading bars from {config.data.store} and computing the features paper trading sees ...")
     arrays = normalized_features(load_bars(config) if bars is None else bars, policy)
     rows = eval_rows(policy, arrays)
+    replayed = rows.stop - rows.start - config.env.lookback
+    say(
+        f"{arrays.shape[2]} features x {arrays.shape[1]} asset(s) x {arrays.shape[0]} bars "
+        f"({time.perf_counter() - started:.1f} s); replaying the {replayed} bars of fold {policy.fold}'s test window"
+    )
+    started = time.perf_counter()
     sim = MarketCore(
         arrays,
         replace(config.env, bankruptcy_equity=0.0),
@@ -84,7 +105,9 @@ def dry_run(policy: Policy, bars: pl.DataFrame | None = None) -> Replay:
     decider = Decider(policy)
     used, day, halted, limited, paid = 0.0, "", "", 0, 0.0
     marks_t, marks_eq, marks_cash, orders = [arrays.timestamps[sim.rows[0]]], [sim.initial], [sim.initial], []
+    bar_progress = progress_bar(total=replayed, enabled=progress, desc="dry run", unit="bar")
     while sim.active[0]:
+        bar_progress.update()
         t = int(sim.rows[0])
         bar = arrays.timestamps[t].astype("datetime64[us]").astype(datetime)
         if f"{bar:%Y-%m-%d}" != day:
@@ -108,6 +131,12 @@ def dry_run(policy: Policy, bars: pl.DataFrame | None = None) -> Replay:
         marks_t.append(arrays.timestamps[int(step.fill_rows[0])])
         marks_eq.append(float(step.equity[0]))
         marks_cash.append(float(step.cash[0]))
+    bar_progress.close()
+    change = marks_eq[-1] / marks_eq[0] - 1 if marks_eq[0] else 0.0
+    say(
+        f"replayed {len(marks_eq) - 1} bar(s) in {time.perf_counter() - started:.1f} s: final equity "
+        f"{marks_eq[-1]:,.2f}, return {change:.2%}"
+    )
     columns = ["bar", "fill_time", "ticker", "client_order_id", "qty", "price", "notional"]
     frame = pl.DataFrame(orders, schema=columns, orient="row") if orders else pl.DataFrame(schema=columns)
     return Replay(

@@ -115,6 +115,8 @@ def finish_run(run_dir: Path, *, echo: Echo = say) -> Summary:
     echo(format_folds(summary.path))
     report = write_report(summary.path.parent)
     echo(f"report: {report[-1]} ({len(report) - 2} figures and summary.md beside it)")
+    echo(f"next: ploutos backtest --run {run_dir} (the latest fold on bars it never saw); in Python, "
+         f"ploutos.load_run({str(run_dir)!r})")  # fmt: skip
     return summary
 
 
@@ -152,7 +154,12 @@ class InProcess:
                 echo(f"{where}: skipped, {err}")
                 held.append(str(err))
                 continue
-            state = "already done" if outcome.skipped else f"{outcome.timesteps} steps in {outcome.wall_seconds:.0f} s"
+            state = (
+                "already done"
+                if outcome.skipped
+                else f"{outcome.timesteps} steps, task {outcome.task_seconds:.0f} s "
+                f"(training alone {outcome.training_seconds:.0f} s)"
+            )
             redone = f" (trained again: {outcome.redone})" if outcome.redone else ""
             rebuilt = ", its fold's ensemble rebuilt" if outcome.skipped and outcome.ensemble else ""
             echo(f"{where}: {state}{redone}{rebuilt}")

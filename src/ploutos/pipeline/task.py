@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import time
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -50,17 +51,21 @@ class TaskOutcome:
     """The task file (rank 0), None on other ranks."""
     ensemble: Path | None
     """The fold's ensemble file when this task completed the fold."""
-    wall_seconds: float
+    training_seconds: float
+    """Wall-clock seconds of PPO training itself (over every session of a resumed task), 0 when skipped."""
     skipped: bool = False
     """The task's result already existed."""
     redone: str = ""
     """Why an existing task file was not accepted and the task trained again (empty otherwise)."""
+    task_seconds: float = 0.0
+    """Wall-clock seconds of this call, all of it: checks, features, the store, training, evaluation, files."""
 
 
 def run_task(
     config: Config, fold_index: int, member: int, *, progress: bool = True, force: bool = False
 ) -> TaskOutcome:
     """Train, evaluate and record one (fold, member) on every rank of this node (see the module doc)."""
+    started = time.perf_counter()
     members = config.ensemble.members
     if not 0 <= member < members:
         raise ConfigError(f"member {member} does not exist: ensemble.members is {members} (0..{members - 1})")
@@ -71,9 +76,11 @@ def run_task(
     problem = task_file_problem(result_path, fold_index, member, config_hash(config)) if ranks.is_root else None
     if ranks.broadcast(problem is None and not force):
         ensemble = ensure_ensemble(config, fold_index) if ranks.is_root else None
-        return TaskOutcome(fold_index, member, 0, 0, result_path if ranks.is_root else None, ensemble, 0.0, True)
+        skipped = TaskOutcome(fold_index, member, 0, 0, result_path if ranks.is_root else None, ensemble, 0.0, True)
+        return replace(skipped, task_seconds=time.perf_counter() - started)
     redone = f"{result_path.name} {problem[0]}: {problem[1]}" if problem and problem[0] != "missing" else ""
-    return replace(_train_and_record(config, fold_index, member, ctx, ranks, progress, force), redone=redone)
+    outcome = _train_and_record(config, fold_index, member, ctx, ranks, progress, force)
+    return replace(outcome, redone=redone, task_seconds=time.perf_counter() - started)
 
 
 def _train_and_record(

@@ -44,7 +44,8 @@ def validate(config: Config, *, echo: Callable[[str], Any] = print) -> Config:
     run = RunLayout.of(small)
     facts: dict[str, Any] = {}
 
-    def stage(name: str, work: Callable[[], str]) -> None:
+    def stage(name: str, doing: str, work: Callable[[], str]) -> None:
+        echo(f"[ .. ] {name:<10} {doing} ...")  # a stage can take minutes: say what is running
         started = time.perf_counter()
         try:
             detail = work()
@@ -91,13 +92,14 @@ def validate(config: Config, *, echo: Callable[[str], Any] = print) -> Config:
         sharpe = read_metrics(Path(facts["ensemble"]))["policy"]["sharpe"]
         return f"{len(files)} task file(s) hold every schema field; ensemble Sharpe {sharpe:.2f} (tiny budget)"
 
-    for name, work in (
-        ("data", data),
-        ("folds", folds),
-        ("features", features),
-        ("train", train),
-        ("results", results),
+    members = config.ensemble.members
+    for name, doing, work in (
+        ("data", f"building {config.data.store} from {config.data.source}", data),
+        ("folds", "planning the walk-forward folds", folds),
+        ("features", "computing and normalizing fold 0's features", features),
+        ("train", f"training {members} member(s) of fold 0 for 2 rollouts each, then evaluating", train),
+        ("results", "checking the task files against the schema", results),
     ):
-        stage(name, work)
+        stage(name, doing, work)
     echo(f"validated: {run.root} holds the tiny run; `ploutos train` and `sbatch slurm/train_array.sh` can start")
     return small

@@ -30,7 +30,7 @@ from ploutos.analytics.metrics import Metrics, compute_metrics, deflated_sharpe,
 from ploutos.config import load
 from ploutos.errors import PloutosError, first_line
 from ploutos.files import atomic_path
-from ploutos.results.hdf5 import TIME_UNIT, task_file_problem
+from ploutos.results.hdf5 import TIME_UNIT, format_metric, task_file_problem
 from ploutos.results.layout import RunLayout
 
 SUMMARY_VERSION = 2
@@ -377,7 +377,9 @@ def format_folds(path: Path) -> str:
         gaps = [int(g) for g in h5["oos"].attrs["gaps"]]
         sentences = verdicts(*(h5[f"ensemble/{k}"][()] for k in ("sharpe", "psr", "p_random")), gaps)
     lines = [f"{'fold':>8} {'return':>10} {'gross':>10} {'sharpe':>10} {'dsr':>10} {'max dd':>10} {'b&h return':>11}"]
-    lines += [f"{r[0]:>8} " + " ".join(f"{v:>10.4f}" for v in r[1:6]) + f" {r[6]:>11.4f}" for r in [*rows, stitched]]
+    for row in [*rows, stitched]:
+        cells = [format_metric(key, float(value)) for key, value in zip((*keys, "total_return"), row[1:], strict=True)]
+        lines.append(f"{row[0]:>8} " + " ".join(f"{cell:>10}" for cell in cells[:5]) + f" {cells[5]:>11}")
     if gaps:
         lines.append(f"stitched without fold(s) {', '.join(map(str, gaps))} (ensemble not ok)")
     return "\n".join([*lines, *sentences])

@@ -11,6 +11,7 @@ Times are int64 microseconds since 1970-01-01 UTC (attribute ``unit``), strings 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -284,6 +285,20 @@ def read_attrs(path: Path, group: str = "/") -> dict[str, Any]:
         raise ResultError(f"{path}: cannot read {group} ({err})") from None
 
 
+PERCENT_METRICS = frozenset(
+    {"total_return", "gross_return", "annual_return", "volatility", "max_drawdown", "cost_drag"}
+)
+"""Metrics that are shares of equity (returns, drawdown, cost drag): shown in percent on the console, as in
+summary.md. Ratios (Sharpe, Sortino, Calmar), probabilities and turnover (x equity) stay plain numbers."""
+
+
+def format_metric(key: str, value: float) -> str:
+    """One metric as the console shows it: a share of equity in percent, anything else as a plain number."""
+    if key in PERCENT_METRICS:
+        return f"{value:.2%}" if math.isfinite(value) else "nan"
+    return f"{value:.4f}"
+
+
 def format_metrics(path: Path) -> str:
     """The test-window metrics of a task file: policy against the benchmarks, one row per metric, and
     where the policy's net return ranks among the random policies with its turnover."""
@@ -293,7 +308,8 @@ def format_metrics(path: Path) -> str:
              "cost_drag")  # fmt: skip
     lines = [f"{'':<14}" + "".join(f"{name:>16}" for name in columns)]
     for key in shown:
-        lines.append(f"{key:<14}" + "".join(f"{metrics[name].get(key, float('nan')):>16.4f}" for name in columns))
+        values = (metrics[name].get(key, float("nan")) for name in columns)
+        lines.append(f"{key:<14}" + "".join(f"{format_metric(key, value):>16}" for value in values))
     random = read_attrs(path, f"benchmarks/{RANDOM}") if RANDOM in metrics else {}
     if "p_random" in random:
         lines.append(

@@ -18,7 +18,7 @@ import polars as pl
 from ploutos.config import DataConfig
 from ploutos.data.bars import PRICE_COLUMNS, canonical, check_tickers, clip_to_range, to_utc
 from ploutos.data.sources.base import BarSource
-from ploutos.errors import DataError, first_line
+from ploutos.errors import DataError, first_line, place
 
 COLUMN_ALIASES: dict[str, tuple[str, ...]] = {
     "timestamp": ("timestamp", "time", "date", "datetime", "date_time", "gmt_time", "local_time", "t", "index"),
@@ -122,7 +122,7 @@ def epoch_timestamps(column: pl.Series, *, path: str) -> pl.Series:
         row = int(mixed.arg_max() or 0)
         other = EPOCH_UNITS[int(unit_index[row])][0]
         raise DataError(
-            f"epoch time {column[row]} reads as {other} but row {first} ({column[first]}) as {unit}; "
+            f"epoch time {column[row]} reads as {other} but {place(path, first)} ({column[first]}) as {unit}; "
             "use one unit for the whole time column",
             path=path,
             row=row,

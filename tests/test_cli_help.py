@@ -121,6 +121,16 @@ def test_a_paper_override_error_is_refused_before_torch_loads(tmp_path):
     assert "paper trading only overrides" in result.stderr
 
 
+def test_a_backtest_of_an_edited_run_is_refused_before_torch_loads(tmp_path):
+    from ploutos.config import config_hash, dump, load  # noqa: PLC0415 - the test's own setup
+
+    config = load()
+    (tmp_path / "config.yaml").write_text(dump(config) + f"# config hash: {config_hash(config)}0\n")
+    result = _main_in_subprocess("backtest", "--run", str(tmp_path), "--fold", "0")
+    assert "exit: 2" in result.stdout and "loaded: []" in result.stdout, result.stdout + result.stderr
+    assert "edited after training" in result.stderr
+
+
 def test_the_probe_sees_torch_when_a_command_gets_past_its_config(tmp_path):
     """Without this, the tests above would pass if the probe could not see a heavy import at all."""
     result = _main_in_subprocess("train", "--fold", "0", "--set", f"data.store={tmp_path / 'none'}")

@@ -18,9 +18,10 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from ploutos.config import Config, config_hash, load
+from ploutos.config import Config
 from ploutos.errors import PloutosError
 from ploutos.results.layout import RunLayout
+from ploutos.results.recorded import run_config
 
 ENSEMBLE = -1
 """The ``member`` of a fold's ensemble in every table."""
@@ -188,13 +189,10 @@ def read_run(path: str | Path) -> RunResults:
         raise PloutosError(f"{layout.root}: not a folder; load_run takes a run folder such as results/quickstart")
     if not layout.config_file.exists():
         raise PloutosError(f"{layout.root}: no config.yaml; is this a run folder (results/<name>)?")
-    config = load(layout.config_file)
-    recorded = layout.recorded_hash() or ""
-    if recorded != config_hash(config):
-        raise PloutosError(f"{layout.config_file}: edited after the run (its content no longer hashes to {recorded})")
+    checked = run_config(layout.root)
     files = {}
     for file in sorted(layout.tasks.glob("fold*_*.h5")):
         fold, _, who = file.stem.removeprefix("fold").partition("_")
         if fold.isdigit() and (who == "ensemble" or who.removeprefix("member").isdigit()):
             files[(int(fold), ENSEMBLE if who == "ensemble" else int(who.removeprefix("member")))] = file
-    return RunResults(layout.root, config, recorded, files)
+    return RunResults(layout.root, checked.base, checked.run_hash, files)

@@ -386,7 +386,11 @@ typical use:
   ploutos folds -c mine.yaml                   the walk-forward plan
   ploutos train -c mine.yaml --fold 0 --member 1             one task, as one Slurm array task runs it
   ploutos aggregate results/quickstart         the task files into summary.h5
-  ploutos paper --run results/quickstart --dry-run           replay the latest test window locally"""
+  ploutos report results/quickstart            the tear sheet: results/quickstart/report/report.html
+  ploutos backtest --run results/quickstart --fold 0         a fold's models on bars they never saw
+  ploutos paper --run results/quickstart --dry-run           replay the latest test window locally
+
+In Python: run = ploutos.load_run("results/quickstart"); env = ploutos.make_env(run.config, fold=0)."""
 
 
 def _add(
@@ -491,9 +495,10 @@ def build_parser() -> argparse.ArgumentParser:
     aggregate.set_defaults(handler=cmd_aggregate)
 
     report = _add(
-        commands, "report", "plots and a markdown summary of an aggregated run",
-        "Reads RUN_DIR/summary.h5 and the task files and writes the tear sheet to RUN_DIR/report/\n"
-        "(PNG plots and summary.md); prints the paths written.",
+        commands, "report", "the tear sheet of an aggregated run (report.html, plots, summary.md)",
+        "Reads RUN_DIR/summary.h5 and the task files and writes the tear sheet to RUN_DIR/report/:\n"
+        "report.html (one self-contained file: every figure and table), summary.md and the PNGs;\n"
+        "prints each step, then the paths written.",
         ["ploutos report results/quickstart"],
     )  # fmt: skip
     report.add_argument("run_dir", help="the run folder, e.g. results/quickstart")

@@ -8,7 +8,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_API = ("Backtest", "Run", "backtest", "load_config", "load_run", "make_env")
+_API = ("Run", "backtest", "load_config", "load_run", "make_env")
 
 
 def __getattr__(name: str) -> Any:

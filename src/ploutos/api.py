@@ -6,22 +6,25 @@
     run.policy(fold=0)                                 # the fold's ensemble, with SB3's predict()
 
 Names are imported by ``ploutos.__getattr__`` when first used, so ``import ploutos`` (and the
-``ploutos`` command's startup) does not pay for torch, polars or matplotlib.
+``ploutos`` command's startup) does not pay for torch, polars or matplotlib; ``load_run`` and its
+tables need pandas and h5py only, torch loads when a model is asked for.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ploutos.config import Config, load
 from ploutos.errors import ConfigError
-from ploutos.pipeline.backtest import Backtest, backtest
 from ploutos.results.run import RunResults, read_run
+
+if TYPE_CHECKING:
+    from ploutos.results.backtest import Backtest
 
 SPLITS = ("train", "validation", "test")
 
-__all__ = ["Backtest", "Run", "backtest", "load_config", "load_run", "make_env"]
+__all__ = ["Run", "backtest", "load_config", "load_run", "make_env"]
 
 
 class Run(RunResults):
@@ -36,8 +39,16 @@ class Run(RunResults):
         return load_policy(self.path, fold=fold, member=member).actor
 
     def backtest(self, **options: Any) -> Backtest:
-        """:func:`ploutos.pipeline.backtest.backtest` of this run (the same keyword options)."""
+        """:func:`backtest` of this run (the same keyword options)."""
         return backtest(self.path, **options)
+
+
+def backtest(run_dir: str | Path, **options: Any) -> Backtest:
+    """:func:`ploutos.pipeline.backtest.backtest`: a fold's models on new bars (``fold``, ``member``,
+    ``data``, ``start``, ``end``, ``allow_in_sample``, ``name``, ``echo``)."""
+    from ploutos.pipeline.backtest import backtest as run_backtest  # lazy: torch, only when a model trades
+
+    return run_backtest(Path(run_dir), **options)
 
 
 def load_run(path: str | Path) -> Run:

@@ -22,6 +22,7 @@ from ploutos.config import Config
 from ploutos.files import atomic_path
 from ploutos.results.report.document import Bullets, Image, Paragraph, Section
 from ploutos.results.report.render import to_html, to_markdown
+from ploutos.results.report.style import benchmark_lines
 from ploutos.results.report.tables import Table, fmt
 
 
@@ -92,12 +93,11 @@ def figure(done: Backtest) -> Figure:
     policy = evaluation.policy
     time = policy.timestamps.astype("datetime64[us]")
     top.plot(time, policy.equity / policy.equity[0], color="C0", lw=1.6, label="model")
-    hold, equal = evaluation.benchmarks["buy_and_hold"], evaluation.benchmarks["equal_weight"]
-    same = np.allclose(hold.equity, equal.equity, rtol=1e-12)
-    top.plot(time, hold.equity / hold.equity[0], color="C1", lw=1.0,
-             label="buy and hold = equal weight (one asset)" if same else "buy and hold")  # fmt: skip
-    if not same:
-        top.plot(time, equal.equity / equal.equity[0], color="C2", lw=1.0, label="equal weight")
+    curves = {name: evaluation.benchmarks[name].equity for name in ("buy_and_hold", "equal_weight")}
+    curves = {name: equity / equity[0] for name, equity in curves.items()}
+    assets = policy.weights.shape[1]
+    for name, label, color in benchmark_lines(curves["buy_and_hold"], curves["equal_weight"], assets):
+        top.plot(time, curves[name], color=color, lw=1.0, label=label)  # one line when they are the same curve
     top.axhline(1.0, color="0.5", lw=0.8, ls=":", label="flat")
     peak = np.maximum.accumulate(policy.equity)
     bottom.fill_between(time, policy.equity / peak - 1.0, 0.0, color="C3", alpha=0.4, lw=0, label="model drawdown")

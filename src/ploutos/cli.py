@@ -375,7 +375,10 @@ walk-forward, on a laptop, one GPU box or a Slurm cluster.
 Commands that read a config take --config FILE (a YAML file or an embedded name; default: the
 embedded quickstart) and any number of --set SECTION.KEY=VALUE. A user error is one line
 "ploutos: error: ..." and exit code 2; an interrupt exits 130. "ploutos COMMAND --help" shows a
-command's options and an example."""
+command's options and an example.
+
+In Python: run = ploutos.load_run("results/quickstart") reads a run (tables, models);
+ploutos.make_env(run.config, fold=0, split="test") builds a fold's env."""
 
 TYPICAL = """\
 typical use:
@@ -388,9 +391,7 @@ typical use:
   ploutos aggregate results/quickstart         the task files into summary.h5
   ploutos report results/quickstart            the tear sheet: results/quickstart/report/report.html
   ploutos backtest --run results/quickstart --fold 0         a fold's models on bars they never saw
-  ploutos paper --run results/quickstart --dry-run           replay the latest test window locally
-
-In Python: run = ploutos.load_run("results/quickstart"); env = ploutos.make_env(run.config, fold=0)."""
+  ploutos paper --run results/quickstart --dry-run           replay the latest test window locally"""
 
 
 def _add(

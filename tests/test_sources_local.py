@@ -103,10 +103,10 @@ def test_csv_directory_of_files_and_range(tmp_path: Path):
         ("", ["bad.csv", "[file]"]),
         ("time,open,high,low,close,volume\n", ["bad.csv", "no rows"]),
         ("when,price_open\n2024-01-01,1\n", ["bad.csv", "[schema]", "no column for"]),
-        ("time,open,high,low,close,volume\n2024-01-02T15:00Z,1,1,1,abc,1\n", ["row 0", "[schema]", "'close'", "abc"]),
+        ("time,open,high,low,close,volume\n2024-01-02T15:00Z,1,1,1,abc,1\n", ["line 2", "[schema]", "'close'", "abc"]),
         (
             "time,open,high,low,close,volume\n2024-01-02T15:00Z,1,1,1,1,1\nyesterday,1,1,1,1,1\n",
-            ["bad.csv", "row 1", "[timestamp]", "yesterday"],
+            ["bad.csv", "line 3", "[timestamp]", "yesterday"],
         ),
         ('time,open,high\n"2024-01-02,1\n', ["bad.csv"]),
     ],
@@ -239,10 +239,10 @@ def test_a_csv_source_build_reads_epoch_nanoseconds(tmp_path: Path):
 @pytest.mark.parametrize(
     ("rows", "fragments"),
     [
-        ([EPOCH_START, EPOCH_START * 1000], ["bad.csv", "row 1", "[timestamp]", "reads as ms", "as s", "one unit"]),
-        (["nan", EPOCH_START + 0.5], ["bad.csv", "row 0", "[timestamp]", "'nan'"]),
-        ([EPOCH_START, 99_999_999_999], ["bad.csv", "row 1", "[timestamp]", "outside the years 1900..2199"]),
-        ([-3_000_000_000, -2_999_996_400], ["bad.csv", "row 0", "1874", "outside the years"]),
+        ([EPOCH_START, EPOCH_START * 1000], ["bad.csv", "line 3", "[timestamp]", "reads as ms", "as s", "one unit"]),
+        (["nan", EPOCH_START + 0.5], ["bad.csv", "line 2", "[timestamp]", "'nan'"]),
+        ([EPOCH_START, 99_999_999_999], ["bad.csv", "line 3", "[timestamp]", "outside the years 1900..2199"]),
+        ([-3_000_000_000, -2_999_996_400], ["bad.csv", "line 2", "1874", "outside the years"]),
     ],
 )
 def test_csv_epoch_times_that_are_no_bar_time_are_refused(tmp_path: Path, rows: list, fragments: list[str]):
@@ -259,8 +259,8 @@ def test_csv_epoch_times_that_are_no_bar_time_are_refused(tmp_path: Path, rows: 
 @pytest.mark.parametrize(
     ("row", "fragments"),
     [
-        ("9999-12-31 23:00:00", ["bad.csv", "row 1", "[timestamp]", "+10000-01-01T04:00:00Z", "outside the years"]),
-        ("1800-01-01 00:00:00", ["bad.csv", "row 1", "[timestamp]", "1800-01-01", "outside the years"]),
+        ("9999-12-31 23:00:00", ["bad.csv", "line 3", "[timestamp]", "+10000-01-01T04:00:00Z", "outside the years"]),
+        ("1800-01-01 00:00:00", ["bad.csv", "line 3", "[timestamp]", "1800-01-01", "outside the years"]),
     ],
 )
 def test_csv_rows_outside_the_supported_years_are_refused_by_row(tmp_path: Path, row: str, fragments: list[str]):
@@ -280,7 +280,7 @@ def test_csv_ticker_column_values_must_be_ticker_symbols(tmp_path: Path, ticker:
     with pytest.raises(DataError) as caught:
         read_csv_bars(path)
     message = str(caught.value)
-    assert "bad.csv" in message and "row 1" in message and "not a ticker symbol" in message, message
+    assert "bad.csv" in message and "line 3" in message and "not a ticker symbol" in message, message
     assert "\n" not in message
 
 
@@ -292,10 +292,10 @@ def test_csv_ticker_column_accepts_usual_symbols(tmp_path: Path):
     assert read_csv_bars(path)["ticker"].to_list() == symbols
 
 
-def test_epoch_floats_that_are_no_time_are_refused_by_row():
+def test_epoch_floats_that_are_no_time_are_refused_by_line():
     from ploutos.data.sources.csv import epoch_timestamps
 
-    with pytest.raises(DataError, match=r"x\.csv row 1 \[timestamp\]: epoch time nan is not a time"):
+    with pytest.raises(DataError, match=r"x\.csv line 3 \[timestamp\]: epoch time nan is not a time"):
         epoch_timestamps(pl.Series("timestamp", [float(EPOCH_START), float("nan")]), path="x.csv")
-    with pytest.raises(DataError, match=r"row 1 \[timestamp\]: epoch time inf is not a time"):
+    with pytest.raises(DataError, match=r"line 3 \[timestamp\]: epoch time inf is not a time"):
         epoch_timestamps(pl.Series("timestamp", [float(EPOCH_START), float("inf")]), path="x.csv")

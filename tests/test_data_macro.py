@@ -142,9 +142,9 @@ def test_load_macro_from_csv_is_case_insensitive(tmp_path):
     ("text", "match"),
     [
         ("day,close\n2024-03-01,1\n", r"needs columns date and close; missing date"),
-        ("date,close\n2024-03-01,1\n2024-13-45,2\n", r"row 1 \[macro\]: macro VIX date '2024-13-45' is not a date"),
-        ("date,close\n2024-03-01,abc\n", r"row 0 \[macro\]: macro VIX close 'abc' is not a number"),
-        ("date,close\n2024-03-01,1\n2024-03-01,2\n", r"row 0 \[macro\]: macro VIX date '2024-03-01' appears twice"),
+        ("date,close\n2024-03-01,1\n2024-13-45,2\n", r"line 3 \[macro\]: macro VIX date '2024-13-45' is not a date"),
+        ("date,close\n2024-03-01,abc\n", r"line 2 \[macro\]: macro VIX close 'abc' is not a number"),
+        ("date,close\n2024-03-01,1\n2024-03-01,2\n", r"line 2 \[macro\]: macro VIX date '2024-03-01' appears twice"),
         ("date,close\n2024-03-01,-1\n", r"close '-1' is not positive"),
     ],
 )
@@ -187,5 +187,5 @@ def test_nan_closes_from_a_source_are_dropped():
 def test_macro_csv_dates_outside_the_supported_years_are_refused(tmp_path, day):
     path = tmp_path / "VIX.csv"
     path.write_text(f"date,close\n2024-03-01,13.5\n{day},14\n")
-    with pytest.raises(DataError, match=rf"row 1 \[macro\]: macro VIX date '{day}' is outside the years 1900\.\.2199"):
+    with pytest.raises(DataError, match=rf"line 3 \[macro\]: macro VIX date '{day}' is outside the years 1900\.\.2199"):
         read_macro_csv(path, "VIX")

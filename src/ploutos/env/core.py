@@ -69,12 +69,15 @@ class MarketCore:
     """``n_envs`` portfolios trading all assets of ``arrays`` over the time rows ``rows``.
 
     ``bars_per_year`` accrues the yearly borrow cost of shorts per bar; it must be given when that
-    cost is not 0.
+    cost is not 0. ``period > 0`` says that the prices of ``rows`` are one window of ``period`` rows
+    repeated (copies of a window stacked in time, :mod:`ploutos.train.importance`): prices and cost
+    rates are prepared over the first copy and repeated, so every copy trades as the window alone
+    (rolling cost estimates do not run from one copy into the next).
     """
 
     def __init__(
         self, arrays: FeatureArrays, cfg: EnvConfig, *, rows: slice, n_envs: int = 1, evaluation: bool = False,
-        bars_per_year: int = 0,
+        bars_per_year: int = 0, period: int = 0,
     ) -> None:  # fmt: skip
         n_time, n_asset, n_feat = arrays.values.shape
         start, stop, step = rows.indices(n_time)
@@ -107,7 +110,9 @@ class MarketCore:
         self._commission, self._spread = rates.commission_bps * 1e-4, rates.half_spread_bps * 1e-4
         self._borrow = costs.borrow_rate_per_bar(cfg, bars_per_year)
         self._max_change = cfg.max_weight_change or 0.0
-        self._prepare_prices()
+        if period and (stop - start) % period:
+            raise ValueError(f"rows {start}:{stop} are not a whole number of periods of {period} rows")
+        self._prepare_prices(period)
         # portfolio state, float64
         self.units = np.zeros((n_envs, n_asset))
         self.cash = np.full(n_envs, self.initial)
@@ -226,13 +231,13 @@ class MarketCore:
 
     # ------------------------------------------------------------------------------------------ prices
 
-    def _prepare_prices(self) -> None:
+    def _prepare_prices(self, period: int = 0) -> None:
         """The window's prices and cost rates as ``(W, A)`` float64 arrays (see the module doc).
 
         Missing prices (NaN beyond the carry limit) are replaced by the last known close, so that a
         held position keeps its value; such bars, and bars without a real bar, do not trade.
         """
-        window = slice(self.row_start, self.row_stop)
+        window = slice(self.row_start, self.row_start + period if period else self.row_stop)
         prices = np.asarray(self.arrays.prices[window], dtype=np.float64)
         open_, high, low, close = (prices[..., i] for i in range(4))
         close_f = forward_fill(close)
@@ -255,6 +260,10 @@ class MarketCore:
         """``(W, 6, A)``: per window row, the open, 1/open, slippage rate, impact factor, close and
         1.0 where the asset trades; one gather per step fetches all six for every env."""
         self._warm_b = reward.warm_second_moment(close_f, self.cfg.dsr_eta)
+        if period:
+            copies = (self.row_stop - self.row_start) // period
+            self._bar = np.ascontiguousarray(np.tile(self._bar, (copies, 1, 1)))
+            self._warm_b = np.tile(self._warm_b, copies)
         """Per window row, the differential Sharpe ratio's ``B`` for an episode that starts there."""
 
 

@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from conftest import assert_one_line_error
 from ploutos.bench.env import synthetic_arrays
 from ploutos.config import EnvConfig
 from ploutos.train.evaluate import run_policy
@@ -92,3 +93,30 @@ def test_batched_paths_equal_one_env_at_a_time():
         np.testing.assert_allclose(batched.equity[k], alone.equity, rtol=0, atol=1e-12 * alone.equity[0])
         single = policy_paths(policy, WINDOW, [values], CFG, BARS_PER_YEAR)
         np.testing.assert_array_equal(batched.targets[k], single.targets[0])
+
+
+def test_the_command_writes_importance_h5_and_the_report_charts_it(trained_run, tmp_path, ploutos):
+    import shutil
+
+    import h5py
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    done = ploutos("importance", "--run", str(run), "--fold", "0", "--repeats", "2", cwd=trained_run.parent.parent)
+    assert done.returncode == 0, done.stderr
+    assert "fold 0:" in done.stdout and " s (baseline return" in done.stdout
+    with h5py.File(run / "importance.h5", "r") as h5:
+        group = h5["fold0"]
+        n_inputs = len(group["names"])
+        assert group["return_drop"].shape == group["action_change"].shape == (n_inputs, 2)
+        assert group.attrs["seconds"] > 0
+    assert ploutos("report", str(run), cwd=trained_run.parent.parent).returncode == 0
+    assert (run / "report" / "importance.png").exists() and (run / "report" / "importance_stability.png").exists()
+    assert "## Feature importance" in (run / "report" / "summary.md").read_text()
+
+
+def test_one_line_errors(trained_run, tmp_path, ploutos):
+    done = ploutos("importance", "--run", str(trained_run), "--fold", "7", cwd=trained_run.parent.parent)
+    assert_one_line_error(done, "fold 7 has no trained model")
+    done = ploutos("importance", "--run", str(tmp_path / "nothing"))
+    assert done.returncode != 0 and len(done.stderr.strip().splitlines()) == 1

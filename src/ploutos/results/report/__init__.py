@@ -21,10 +21,13 @@ from matplotlib.figure import Figure
 
 from ploutos.errors import PloutosError
 from ploutos.files import atomic_path
+from ploutos.results.importance import FILE_NAME as IMPORTANCE_FILE
+from ploutos.results.importance import read_importance
 from ploutos.results.layout import RunLayout
 from ploutos.results.report.data import Summary, Tasks, assets, exposure, read_summary, read_task, rolling_window
 from ploutos.results.report.document import FIGURES, header, sections
 from ploutos.results.report.figures import exposure_figure, oos_figure, rolling_figure
+from ploutos.results.report.importance import importance_section, ranked_figure, stability_figure
 from ploutos.results.report.panels import distributions_figure, folds_figure, training_figure
 from ploutos.results.report.render import to_html, to_markdown
 from ploutos.results.report.style import save
@@ -79,6 +82,16 @@ def write_report(run_dir: Path, echo: Echo | None = None) -> list[Path]:
         images[name] = paths[-1].read_bytes()
     window = rolling_window(s.bars_per_year, max(s.oos_time.size - 1, 0))
     parts = sections(s, tasks, assets(tasks), window)
+    importance_file = layout.root / IMPORTANCE_FILE
+    if importance_file.exists():  # written by `ploutos importance`
+        say(f"reading {importance_file}")
+        folds = read_importance(importance_file)
+        for name, build in (("importance.png", lambda: ranked_figure(folds)),
+                            ("importance_stability.png", lambda: stability_figure(folds))):  # fmt: skip
+            say(f"drawing {name}")
+            paths.append(save(build(), out / name))
+            images[name] = paths[-1].read_bytes()
+        parts.append(importance_section(folds))
     title = f"Ploutos report: {s.run}"
     for name, text in (("summary.md", to_markdown(title, header(s), parts)),
                        ("report.html", to_html(title, header(s), parts, images))):  # fmt: skip

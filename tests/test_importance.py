@@ -120,3 +120,35 @@ def test_one_line_errors(trained_run, tmp_path, ploutos):
     assert_one_line_error(done, "fold 7 has no trained model")
     done = ploutos("importance", "--run", str(tmp_path / "nothing"))
     assert done.returncode != 0 and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_fold_without_validation_window_is_one_line(trained_run, tmp_path, ploutos):
+    import shutil
+
+    import h5py
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    for task in (run / "tasks").glob("fold0_*.h5"):
+        with h5py.File(task, "a") as h5:
+            h5["fold"].attrs["validation_rows"] = [0, 0]
+    done = ploutos("importance", "--run", str(run), "--fold", "0")
+    assert_one_line_error(done, "fold 0: no validation window")
+
+
+def test_writing_one_fold_keeps_the_others(tmp_path):
+    from ploutos.results.importance import FoldImportance, read_importance, write_importance
+
+    def result(fold: int, shift: float) -> FoldImportance:
+        drops = np.arange(6.0).reshape(3, 2) + shift
+        return FoldImportance(fold, ("a", "b", "asset:X"), ("feature", "feature", "asset"), drops, drops / 10,
+                              0.01, 2, 5, (10, 20), 1.5, 7)  # fmt: skip
+
+    path = tmp_path / "importance.h5"
+    write_importance(path, [result(0, 0.0), result(1, 1.0)])
+    write_importance(path, [result(1, 5.0)])
+    folds = read_importance(path)
+    assert [f.fold for f in folds] == [0, 1]
+    np.testing.assert_array_equal(folds[0].return_drop, result(0, 0.0).return_drop)
+    np.testing.assert_array_equal(folds[1].return_drop, result(1, 5.0).return_drop)
+    assert folds[1].ranked()[0][0] == "asset:X" and folds[1].names == ("a", "b", "asset:X")

@@ -260,11 +260,11 @@ class MarketCore:
         """``(W, 6, A)``: per window row, the open, 1/open, slippage rate, impact factor, close and
         1.0 where the asset trades; one gather per step fetches all six for every env."""
         self._warm_b = reward.warm_second_moment(close_f, self.cfg.dsr_eta)
+        """Per window row, the differential Sharpe ratio's ``B`` for an episode that starts there."""
         if period:
             copies = (self.row_stop - self.row_start) // period
             self._bar = np.ascontiguousarray(np.tile(self._bar, (copies, 1, 1)))
             self._warm_b = np.tile(self._warm_b, copies)
-        """Per window row, the differential Sharpe ratio's ``B`` for an episode that starts there."""
 
 
 _NO_BUDGET = np.empty(0)

@@ -1,0 +1,97 @@
+"""Drift scores: a quantile sketch of the training window against recent rows (analytics.drift)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ploutos.analytics.drift import (
+    EPSILON,
+    PROBABILITIES,
+    PSI_THRESHOLD,
+    compare,
+    drift_table,
+    psi_ks,
+    reference_sketch,
+)
+
+
+def _window(seed: int = 0, rows: int = 2000, assets: int = 2, features: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """AR(1) features (autocorrelated, as rolling indicators are), all rows valid."""
+    rng = np.random.default_rng(seed)
+    noise = rng.standard_normal((rows, assets, features))
+    values = np.empty_like(noise)
+    values[0] = noise[0]
+    for t in range(1, rows):
+        values[t] = 0.5 * values[t - 1] + noise[t]
+    return values, np.ones((rows, assets), dtype=bool)
+
+
+def test_sketch_is_per_asset_quantiles_of_valid_rows() -> None:
+    values, valid = _window(rows=101, assets=2, features=1)
+    valid[:50, 1] = False
+    values[:50, 1] = 0.0  # what invalid entries hold
+    sketch, rows = reference_sketch(values, valid)
+    assert sketch.shape == (2, 1, len(PROBABILITIES)) and rows.tolist() == [101, 51]
+    np.testing.assert_allclose(sketch[1, 0], np.quantile(values[50:, 1, 0], PROBABILITIES))
+    empty, none = reference_sketch(values, np.zeros_like(valid))
+    assert np.isnan(empty).all() and none.tolist() == [0, 0]
+
+
+def test_no_drift_on_a_shuffled_copy_of_the_training_window() -> None:
+    values, valid = _window()
+    sketch, rows = reference_sketch(values, valid)
+    recent = np.random.default_rng(1).permutation(values)[:250]  # rows shuffled, a recent-sized sample
+    report = compare(sketch, rows, PROBABILITIES, recent, valid[:250])
+    assert report.scored == 6 and report.drifting.sum() == 0 and report.share == 0.0
+    assert np.nanmax(report.psi) < PSI_THRESHOLD  # sampling noise alone: about (bins - 1) / n = 19 / 250
+
+
+@pytest.mark.parametrize("shift", ["volatility", "level"])
+def test_drift_found_on_a_regime_shifted_series(shift: str) -> None:
+    values, valid = _window()
+    sketch, rows = reference_sketch(values, valid)
+    recent, _ = _window(seed=7, rows=250)
+    recent[:, 0, 1] = recent[:, 0, 1] * 3.0 if shift == "volatility" else recent[:, 0, 1] + 1.5
+    report = compare(sketch, rows, PROBABILITIES, recent, valid[:250])
+    assert report.drifting.tolist() == [[False, True, False], [False, False, False]]
+    assert report.share == pytest.approx(1 / 6)
+    assert report.psi[0, 1] > PSI_THRESHOLD and report.ks[0, 1] > report.critical[0]
+    table = drift_table(report, ("AAA", "BBB"), ("ret", "vol", "rsi"))
+    assert table.splitlines()[1].split()[:2] == ["vol", "AAA"]
+    assert table.splitlines()[-1].startswith("1 of 6 (feature, asset) pairs drift (16.7%)")
+
+
+def test_psi_and_ks_by_hand() -> None:
+    quantiles, probabilities = np.array([0.0, 1.0, 2.0]), np.array([0.0, 0.5, 1.0])
+    recent = np.array([0.5, 1.5, 1.5, 1.5])  # 1/4 in (0, 1], 3/4 in (1, 2]
+    psi, ks = psi_ks(quantiles, probabilities, recent)
+    # bins (-inf, 0], (0, 1], (1, 2], (2, inf): reference 0, .5, .5, 0; recent 0, .25, .75, 0
+    expected = (0.25 - 0.5) * np.log(0.25 / 0.5) + (0.75 - 0.5) * np.log(0.75 / 0.5)
+    assert psi == pytest.approx(expected) and ks == pytest.approx(0.25)
+    # tied quantiles (a feature clipped at its bound) merge into one bin holding their share
+    psi, ks = psi_ks(np.array([-1.0, -1.0, -1.0, 0.0, 1.0]), np.linspace(0, 1, 5), np.array([-1.0, 0.5]))
+    # bins (-inf, -1] .5, (-1, 0] .25, (0, 1] .25, (1, inf) 0; recent .5, 0, .5, 0
+    expected = (EPSILON - 0.25) * np.log(EPSILON / 0.25) + 0.25 * np.log(0.5 / 0.25)
+    assert psi == pytest.approx(expected) and ks == pytest.approx(0.25)
+
+
+def test_ks_is_a_lower_bound_of_the_two_sample_statistic() -> None:
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(3)
+    reference, recent = rng.standard_normal(20000), rng.standard_normal(300) * 1.5 + 0.3
+    quantiles = np.quantile(reference, PROBABILITIES)
+    _, ks = psi_ks(quantiles, PROBABILITIES, recent)
+    exact = stats.ks_2samp(reference, recent).statistic
+    assert ks <= exact + 1e-3 and ks == pytest.approx(exact, abs=0.05)
+
+
+def test_too_few_recent_rows_are_not_scored() -> None:
+    values, valid = _window()
+    sketch, rows = reference_sketch(values, valid)
+    recent_valid = valid[:30].copy()
+    recent_valid[15:, 1] = False  # asset 1: 15 valid rows, under MIN_ROWS
+    report = compare(sketch, rows, PROBABILITIES, values[:30] * 5, recent_valid)
+    assert np.isnan(report.psi[1]).all() and report.scored == 3 and report.drifting[1].sum() == 0
+    with pytest.raises(ValueError, match="shape"):
+        compare(sketch, rows, PROBABILITIES, values[:30, :, :2], valid[:30])

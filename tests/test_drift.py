@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
 import numpy as np
+import polars as pl
 import pytest
 
 from ploutos.analytics.drift import (
@@ -14,6 +21,8 @@ from ploutos.analytics.drift import (
     psi_ks,
     reference_sketch,
 )
+from ploutos.data.store import read_dataset
+from ploutos.results.hdf5 import read_drift
 
 
 def _window(seed: int = 0, rows: int = 2000, assets: int = 2, features: int = 3) -> tuple[np.ndarray, np.ndarray]:
@@ -95,3 +104,59 @@ def test_too_few_recent_rows_are_not_scored() -> None:
     assert np.isnan(report.psi[1]).all() and report.scored == 3 and report.drifting[1].sum() == 0
     with pytest.raises(ValueError, match="shape"):
         compare(sketch, rows, PROBABILITIES, values[:30, :, :2], valid[:30])
+
+
+# -- the task files of a real training, and the command --------------------------------------------
+
+
+def _drift(run: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "ploutos", "drift", "--run", str(run), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=run.parent.parent)
+
+
+def _shifted(bars: pl.DataFrame, last: int, factor: float) -> pl.DataFrame:
+    """``bars`` whose last ``last`` bars move ``factor`` times as much (every price scaled alike, per ticker)."""
+    frames = []
+    for _, frame in bars.sort("timestamp").group_by("ticker", maintain_order=True):
+        close = frame["close"].to_numpy()
+        step = np.diff(np.log(close), prepend=np.log(close[0]))
+        step[: len(close) - last] = 0.0
+        ratio = np.exp(np.cumsum(step * (factor - 1.0)))  # 1 before the shift
+        frames.append(frame.with_columns(*(pl.col(c) * ratio for c in ("open", "high", "low", "close"))))
+    return pl.concat(frames)
+
+
+def test_a_real_training_writes_the_sketch_and_the_command_finds_a_regime_shift(trained_run: Path, tmp_path: Path):
+    task = trained_run / "tasks" / "fold0_member0.h5"
+    reference = read_drift(task)
+    with h5py.File(task, "r") as h5:
+        names, tickers = h5["normalization/names"].asstr()[()], h5["tickers"].asstr()[()]
+    assert reference.quantiles.shape == (len(tickers), len(names), len(PROBABILITIES)) and (reference.rows > 100).all()
+    assert (np.diff(reference.quantiles, axis=2) >= 0).all() and np.isfinite(reference.quantiles).all()
+    assert read_drift(trained_run / "tasks" / "fold0_ensemble.h5").quantiles.shape == reference.quantiles.shape
+
+    data = trained_run.parent.parent / "data"  # the fixture's data.store
+    plain = _drift(trained_run, "--data", str(data), "--bars", "300")
+    assert plain.returncode in (0, 1), plain.stderr
+    assert plain.stdout.startswith("fold 0: bars ") and "(feature, asset) pairs drift" in plain.stdout
+    shifted = tmp_path / "shifted.csv"
+    _shifted(read_dataset(data), 300, 4.0).write_csv(shifted)
+    found = _drift(trained_run, "--data", str(shifted), "--bars", "300")
+    assert found.returncode == 1, found.stdout + found.stderr  # past paper.drift_halt
+    header, *rows = found.stdout.splitlines()[1:-2]
+    assert header.split() == ["feature", "asset", "PSI", "KS", "KS", "crit"] and rows
+    assert "past paper.drift_halt 25%: paper trading would halt" in found.stdout
+    share = [float(line.split("(")[2].split("%")[0]) for line in (plain.stdout, found.stdout) for line in
+             line.splitlines() if "pairs drift" in line]  # fmt: skip
+    assert share[1] > share[0] and share[1] >= 25
+
+    old = tmp_path / "old" / "results" / "quickstart"
+    shutil.copytree(trained_run, old)
+    for path in (old / "tasks").glob("*.h5"):
+        with h5py.File(path, "a") as h5:
+            del h5["drift"]
+    refused = _drift(old, "--data", str(data))
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+    assert "trained before drift references; train the run again" in refused.stderr
+    usage = _drift(trained_run)  # --data or --live
+    assert usage.returncode == 2 and "one of the arguments --data --live is required" in usage.stderr

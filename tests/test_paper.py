@@ -30,6 +30,7 @@ import pytest
 from fakes.alpaca import FakeAlpaca, bar_times, bar_values
 from fakes.alpaca_trading import FakeTrading
 from fakes.server import DROP
+from ploutos.analytics.drift import PROBABILITIES, reference_sketch
 from ploutos.cli import build_parser
 from ploutos.config import dump, load
 from ploutos.data.bars import BAR_SCHEMA
@@ -41,7 +42,8 @@ from ploutos.paper import command, risk
 from ploutos.paper.broker import AlpacaBroker, BrokerError, OrderUnknown, client_order_id
 from ploutos.paper.runner import HaltError, PaperRunner, PositionsError, outage_cap, transient
 from ploutos.paper.state import PaperState, StateError
-from ploutos.pipeline.policy import Policy, read_task, run_config
+from ploutos.pipeline.policy import Policy, normalized_features, read_task, run_config
+from ploutos.results.hdf5 import DriftReference
 from ploutos.results.layout import RunLayout
 
 KEY, SECRET = "PKPAPERKEY7788", "paper-s3cr3t-never-in-logs-42"
@@ -222,6 +224,41 @@ def test_turnover_budget_scales_orders_and_drawdown_halts(tmp_path, bars, tradin
     message = str(halt.value)
     assert message.startswith("drawdown halt") and "no new orders" in message and len(trading.orders) == 2
     assert saved(tmp_path).halted == message
+
+
+def drift_reference(policy: Policy, bars: pl.DataFrame, shift: float = 0.0, spread: float = 1.0) -> DriftReference:
+    """A sketch of the policy's own features on ``bars`` (no drift), or of a regime-shifted copy of them."""
+    arrays = normalized_features(bars, policy)
+    quantiles, rows = reference_sketch(arrays.values * spread + shift, arrays.valid)
+    return DriftReference(quantiles, PROBABILITIES, rows, "test")
+
+
+def test_feature_drift_halts_without_flattening_and_ignore_drift_trades(tmp_path, bars, trading) -> None:
+    policy = make_policy(bars, [0.2, 0.1])
+    said: list[str] = []
+    calm = PaperRunner(tmp_path / "calm", policy, broker(trading), fetch=lambda now: bars, say=said.append,
+                       drift=drift_reference(policy, bars))  # fmt: skip
+    calm.step(NOW)  # the features it trained on: no drift, it trades
+    assert len(trading.orders) == 2 and "equity" in said[-1]
+    shifted = drift_reference(policy, bars, shift=1.5, spread=0.3)  # trained on a calmer, higher regime
+    halted = PaperRunner(tmp_path / "calm", policy, broker(trading), fetch=lambda now: bars, say=said.append,
+                         drift=shifted)  # fmt: skip
+    with pytest.raises(HaltError) as halt:
+        halted.step(NOW + timedelta(hours=1))
+    message = str(halt.value)
+    assert message.startswith("feature drift: ") and "paper.drift_halt is 25%" in message and "\n" not in message
+    assert len(trading.orders) == 2 and trading.cash < 100_000  # no new order, and the positions are kept
+    state = PaperState.load(tmp_path / "calm" / "paper" / "state.json", HASH)
+    assert state.halted == message and state.last_bar == "2024-03-05T14:00:00"
+    journal = [json.loads(line) for line in (tmp_path / "calm" / "paper" / "orders.log").read_text().splitlines()]
+    assert journal[-1]["event"] == "halt" and journal[-1]["reason"] == message
+    ignoring = PaperRunner(tmp_path / "calm", policy, broker(trading), fetch=lambda now: bars, say=said.append,
+                           drift=shifted, ignore_drift=True)  # fmt: skip
+    ignoring.step(NOW + timedelta(hours=1))
+    assert said[-2].startswith("warning: feature drift: ") and said[-2].endswith("trading on (--ignore-drift)")
+    assert said[-1].startswith("bar 2024-03-05 15:00 UTC: equity")  # the halted bar, processed this time
+    off = replace(policy, config=replace(policy.config, paper=replace(policy.config.paper, drift_halt=0.0)))
+    assert PaperRunner(tmp_path / "off", off, broker(trading), drift=shifted).drift is None  # 0: no check
 
 
 def test_market_closed_and_loop(tmp_path, bars, trading) -> None:

@@ -40,18 +40,20 @@ def test_sketch_is_per_asset_quantiles_of_valid_rows() -> None:
     values, valid = _window(rows=101, assets=2, features=1)
     valid[:50, 1] = False
     values[:50, 1] = 0.0  # what invalid entries hold
-    sketch, rows = reference_sketch(values, valid)
-    assert sketch.shape == (2, 1, len(PROBABILITIES)) and rows.tolist() == [101, 51]
+    sketch, cdf, rows = reference_sketch(values, valid)
+    assert sketch.shape == cdf.shape == (2, 1, len(PROBABILITIES)) and rows.tolist() == [101, 51]
     np.testing.assert_allclose(sketch[1, 0], np.quantile(values[50:, 1, 0], PROBABILITIES))
-    empty, none = reference_sketch(values, np.zeros_like(valid))
+    np.testing.assert_allclose(cdf[0, 0], (np.round(PROBABILITIES * 100) + 1) / 101)  # q_p is the value ranked 100 p
+    assert (np.abs(cdf - PROBABILITIES) <= 1 / 51 + 1e-9).all()  # continuous: p within one value
+    empty, _, none = reference_sketch(values, np.zeros_like(valid))
     assert np.isnan(empty).all() and none.tolist() == [0, 0]
 
 
 def test_no_drift_on_a_shuffled_copy_of_the_training_window() -> None:
     values, valid = _window()
-    sketch, rows = reference_sketch(values, valid)
+    sketch, cdf, rows = reference_sketch(values, valid)
     recent = np.random.default_rng(1).permutation(values)[:250]  # rows shuffled, a recent-sized sample
-    report = compare(sketch, rows, PROBABILITIES, recent, valid[:250])
+    report = compare(sketch, cdf, rows, recent, valid[:250])
     assert report.scored == 6 and report.drifting.sum() == 0 and report.share == 0.0
     assert np.nanmax(report.psi) < PSI_THRESHOLD  # sampling noise alone: about (bins - 1) / n = 19 / 250
 
@@ -59,10 +61,10 @@ def test_no_drift_on_a_shuffled_copy_of_the_training_window() -> None:
 @pytest.mark.parametrize("shift", ["volatility", "level"])
 def test_drift_found_on_a_regime_shifted_series(shift: str) -> None:
     values, valid = _window()
-    sketch, rows = reference_sketch(values, valid)
+    sketch, cdf, rows = reference_sketch(values, valid)
     recent, _ = _window(seed=7, rows=250)
     recent[:, 0, 1] = recent[:, 0, 1] * 3.0 if shift == "volatility" else recent[:, 0, 1] + 1.5
-    report = compare(sketch, rows, PROBABILITIES, recent, valid[:250])
+    report = compare(sketch, cdf, rows, recent, valid[:250])
     assert report.drifting.tolist() == [[False, True, False], [False, False, False]]
     assert report.share == pytest.approx(1 / 6)
     assert report.psi[0, 1] > PSI_THRESHOLD and report.ks[0, 1] > report.critical[0]
@@ -72,38 +74,54 @@ def test_drift_found_on_a_regime_shifted_series(shift: str) -> None:
 
 
 def test_psi_and_ks_by_hand() -> None:
-    quantiles, probabilities = np.array([0.0, 1.0, 2.0]), np.array([0.0, 0.5, 1.0])
+    quantiles, cdf = np.array([0.0, 1.0, 2.0]), np.array([0.0, 0.5, 1.0])
     recent = np.array([0.5, 1.5, 1.5, 1.5])  # 1/4 in (0, 1], 3/4 in (1, 2]
-    psi, ks = psi_ks(quantiles, probabilities, recent)
+    psi, ks = psi_ks(quantiles, cdf, recent)
     # bins (-inf, 0], (0, 1], (1, 2], (2, inf): reference 0, .5, .5, 0; recent 0, .25, .75, 0
     expected = (0.25 - 0.5) * np.log(0.25 / 0.5) + (0.75 - 0.5) * np.log(0.75 / 0.5)
     assert psi == pytest.approx(expected) and ks == pytest.approx(0.25)
-    # tied quantiles (a feature clipped at its bound) merge into one bin holding their share
-    psi, ks = psi_ks(np.array([-1.0, -1.0, -1.0, 0.0, 1.0]), np.linspace(0, 1, 5), np.array([-1.0, 0.5]))
-    # bins (-inf, -1] .5, (-1, 0] .25, (0, 1] .25, (1, inf) 0; recent .5, 0, .5, 0
-    expected = (EPSILON - 0.25) * np.log(EPSILON / 0.25) + 0.25 * np.log(0.5 / 0.25)
+    # a point mass (a feature clipped at -1 for 60 % of its values): one cut point holding its known share
+    psi, ks = psi_ks(
+        np.array([-1.0, -1.0, -1.0, 0.0, 1.0]), np.array([0.6, 0.6, 0.6, 0.75, 1.0]), np.array([-1.0, 0.5])
+    )
+    # bins (-inf, -1] .6, (-1, 0] .15, (0, 1] .25, (1, inf) 0; recent .5, 0, .5, 0
+    expected = (0.5 - 0.6) * np.log(0.5 / 0.6) + (EPSILON - 0.15) * np.log(EPSILON / 0.15) + 0.25 * np.log(0.5 / 0.25)
     assert psi == pytest.approx(expected) and ks == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize("kind", ["clipped", "discrete"])
+def test_the_training_window_against_its_own_sketch_scores_about_0(kind: str) -> None:
+    rng = np.random.default_rng(5)
+    if kind == "clipped":  # 30 % at the lower bound, and the rest continuous
+        values = np.clip(rng.standard_normal(10_000), -0.5244, None)
+    else:  # 24 values, as the hour of day
+        values = np.sin(2 * np.pi * rng.integers(0, 24, 10_000) / 24)
+    sketch, cdf, _ = reference_sketch(values[:, None, None], np.ones((len(values), 1), dtype=bool))
+    psi, ks = psi_ks(sketch[0, 0], cdf[0, 0], values)
+    assert psi < 1e-9 and ks < 1e-9
+    psi, ks = psi_ks(sketch[0, 0], cdf[0, 0], rng.permutation(values)[:1000])  # a sample: noise only
+    assert psi < 0.05 and ks < 1.36 / np.sqrt(1000)
 
 
 def test_ks_is_a_lower_bound_of_the_two_sample_statistic() -> None:
     stats = pytest.importorskip("scipy.stats")
     rng = np.random.default_rng(3)
     reference, recent = rng.standard_normal(20000), rng.standard_normal(300) * 1.5 + 0.3
-    quantiles = np.quantile(reference, PROBABILITIES)
-    _, ks = psi_ks(quantiles, PROBABILITIES, recent)
+    sketch, cdf, _ = reference_sketch(reference[:, None, None], np.ones((len(reference), 1), dtype=bool))
+    _, ks = psi_ks(sketch[0, 0], cdf[0, 0], recent)
     exact = stats.ks_2samp(reference, recent).statistic
     assert ks <= exact + 1e-3 and ks == pytest.approx(exact, abs=0.05)
 
 
 def test_too_few_recent_rows_are_not_scored() -> None:
     values, valid = _window()
-    sketch, rows = reference_sketch(values, valid)
+    sketch, cdf, rows = reference_sketch(values, valid)
     recent_valid = valid[:30].copy()
     recent_valid[15:, 1] = False  # asset 1: 15 valid rows, under MIN_ROWS
-    report = compare(sketch, rows, PROBABILITIES, values[:30] * 5, recent_valid)
+    report = compare(sketch, cdf, rows, values[:30] * 5, recent_valid)
     assert np.isnan(report.psi[1]).all() and report.scored == 3 and report.drifting[1].sum() == 0
     with pytest.raises(ValueError, match="shape"):
-        compare(sketch, rows, PROBABILITIES, values[:30, :, :2], valid[:30])
+        compare(sketch, cdf, rows, values[:30, :, :2], valid[:30])
 
 
 # -- the task files of a real training, and the command --------------------------------------------
@@ -132,6 +150,7 @@ def test_a_real_training_writes_the_sketch_and_the_command_finds_a_regime_shift(
     with h5py.File(task, "r") as h5:
         names, tickers = h5["normalization/names"].asstr()[()], h5["tickers"].asstr()[()]
     assert reference.quantiles.shape == (len(tickers), len(names), len(PROBABILITIES)) and (reference.rows > 100).all()
+    assert reference.cdf.shape == reference.quantiles.shape and (reference.cdf >= PROBABILITIES - 0.01).all()
     assert (np.diff(reference.quantiles, axis=2) >= 0).all() and np.isfinite(reference.quantiles).all()
     assert read_drift(trained_run / "tasks" / "fold0_ensemble.h5").quantiles.shape == reference.quantiles.shape
 

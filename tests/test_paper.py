@@ -229,8 +229,8 @@ def test_turnover_budget_scales_orders_and_drawdown_halts(tmp_path, bars, tradin
 def drift_reference(policy: Policy, bars: pl.DataFrame, shift: float = 0.0, spread: float = 1.0) -> DriftReference:
     """A sketch of the policy's own features on ``bars`` (no drift), or of a regime-shifted copy of them."""
     arrays = normalized_features(bars, policy)
-    quantiles, rows = reference_sketch(arrays.values * spread + shift, arrays.valid)
-    return DriftReference(quantiles, PROBABILITIES, rows, "test")
+    quantiles, cdf, rows = reference_sketch(arrays.values * spread + shift, arrays.valid)
+    return DriftReference(quantiles, cdf, PROBABILITIES, rows, "test")
 
 
 def test_feature_drift_halts_without_flattening_and_ignore_drift_trades(tmp_path, bars, trading) -> None:

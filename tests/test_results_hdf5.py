@@ -369,8 +369,10 @@ def test_the_drift_reference_is_optional_and_read_back(tmp_path: Path, evaluatio
     with pytest.raises(ResultError, match="trained before drift references; train the run again"):
         read_drift(old)
     quantiles = np.sort(np.random.default_rng(0).standard_normal((len(ARRAYS.tickers), 4, 5)), axis=2)
-    reference = DriftReference(quantiles, np.linspace(0, 1, 5), np.array([90] * len(ARRAYS.tickers)), "unit")
+    cdf = np.broadcast_to(np.linspace(0, 1, 5), quantiles.shape)
+    reference = DriftReference(quantiles, cdf, np.linspace(0, 1, 5), np.array([90] * len(ARRAYS.tickers)), "unit")
     write_task_result(new, task_result(evaluation, drift=reference))
     back = read_drift(new)
     np.testing.assert_array_equal(back.quantiles, quantiles)
+    np.testing.assert_array_equal(back.cdf, cdf)
     assert back.rows.tolist() == reference.rows.tolist() and back.method == "unit" and missing_fields(new) == []

@@ -5,10 +5,12 @@ normalized features the agent saw on its fold's training window (:func:`referenc
 :data:`PROBABILITIES`: every 5 %, 21 points from the minimum to the maximum). :func:`compare` then
 scores recent values of the same features against that sketch:
 
-* PSI (population stability index) over the sketch's bins: ``(-inf, q_1], (q_1, q_2], ..., (q_k, inf)``
-  over the distinct sketch values, so each reference bin holds a known share of the training rows
-  (5 % for a continuous feature; merged bins hold the sum where quantiles tie, as for a feature
-  clipped at its bound). Empty bins count as :data:`EPSILON`. PSI >= :data:`PSI_THRESHOLD` (0.25) is
+* PSI (population stability index) over the sketch's bins: ``(-inf, q_0], (q_0, q_1], ..., (q_20, inf)``
+  over the distinct sketch values. Beside each quantile the sketch stores the exact share of training
+  values at or below it (the reference CDF there), so each bin holds a known share of the training rows:
+  5 % for a continuous feature, more where a point mass sits (a feature clipped at its bound, a discrete
+  feature such as the hour of day), which quantiles alone would misplace. Empty bins count as
+  :data:`EPSILON`. PSI >= :data:`PSI_THRESHOLD` (0.25) is
   the usual "significant shift".
 * KS: ``max |F_ref(q_i) - F_recent(q_i)|`` over the sketch points. The reference CDF is known only
   there, so this is a lower bound of the two-sample Kolmogorov-Smirnov statistic (it misses a gap
@@ -47,18 +49,24 @@ METHOD = "quantiles at 0,5,...,100% of the fold's normalized training rows (vali
 
 def reference_sketch(
     values: np.ndarray, valid: np.ndarray, probabilities: np.ndarray = PROBABILITIES
-) -> tuple[np.ndarray, np.ndarray]:
-    """Quantiles ``(A, F, Q)`` of ``values (T, A, F)`` over the rows where ``valid (T, A)``, and the
-    valid row count of each asset ``(A,)``; NaN quantiles for an asset with no valid row."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Quantiles ``(A, F, Q)`` of ``values (T, A, F)`` over the rows where ``valid (T, A)``, the exact share of
+    those values at or below each quantile ``(A, F, Q)`` (the CDF there: ``probabilities`` for a continuous
+    feature, more at a point mass such as a clip bound or a discrete feature), and the valid row count of
+    each asset ``(A,)``; NaN for an asset with no valid row."""
     values = np.asarray(values, dtype=np.float64)
     valid = np.asarray(valid, dtype=bool)
     n_assets, n_features = values.shape[1], values.shape[2]
     sketch = np.full((n_assets, n_features, len(probabilities)), np.nan)
+    cdf = np.full_like(sketch, np.nan)
     rows = valid.sum(axis=0).astype(np.int64)
     for a in range(n_assets):
         if rows[a]:
-            sketch[a] = np.quantile(values[valid[:, a], a, :], probabilities, axis=0).T
-    return sketch, rows
+            kept = np.sort(values[valid[:, a], a, :], axis=0)
+            sketch[a] = np.quantile(kept, probabilities, axis=0).T
+            for f in range(n_features):
+                cdf[a, f] = np.searchsorted(kept[:, f], sketch[a, f], side="right") / rows[a]
+    return sketch, cdf, rows
 
 
 @dataclass(frozen=True)
@@ -91,15 +99,11 @@ class DriftReport:
         return float(self.drifting.sum()) / self.scored if self.scored else 0.0
 
 
-def _cdf_points(quantiles: np.ndarray, probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The distinct sketch values and the reference CDF at each (the highest probability at that value)."""
-    points, last = np.unique(quantiles[::-1], return_index=True)  # first index in reversed = last occurrence
-    return points, probabilities[::-1][last]
-
-
-def psi_ks(quantiles: np.ndarray, probabilities: np.ndarray, recent: np.ndarray) -> tuple[float, float]:
-    """PSI and the KS lower bound of one feature's ``recent`` values against its sketch ``quantiles``."""
-    points, ref_cdf = _cdf_points(np.asarray(quantiles, dtype=np.float64), np.asarray(probabilities))
+def psi_ks(quantiles: np.ndarray, cdf: np.ndarray, recent: np.ndarray) -> tuple[float, float]:
+    """PSI and the KS lower bound of one feature's ``recent`` values against its sketch: ``quantiles`` and the
+    reference CDF ``cdf`` at each."""
+    points, last = np.unique(np.asarray(quantiles, dtype=np.float64)[::-1], return_index=True)
+    ref_cdf = np.asarray(cdf, dtype=np.float64)[::-1][last]  # a repeated value: one cut point, one CDF
     recent = np.sort(np.asarray(recent, dtype=np.float64))
     new_cdf = np.searchsorted(recent, points, side="right") / len(recent)
     ks = float(np.max(np.abs(ref_cdf - new_cdf)))
@@ -110,10 +114,10 @@ def psi_ks(quantiles: np.ndarray, probabilities: np.ndarray, recent: np.ndarray)
 
 
 def compare(
-    sketch: np.ndarray, reference_rows: np.ndarray, probabilities: np.ndarray, values: np.ndarray, valid: np.ndarray
+    sketch: np.ndarray, cdf: np.ndarray, reference_rows: np.ndarray, values: np.ndarray, valid: np.ndarray
 ) -> DriftReport:
-    """Score recent ``values (T, A, F)`` (rows where ``valid (T, A)``) against ``sketch (A, F, Q)`` built on
-    ``reference_rows (A,)`` training rows at ``probabilities (Q,)``."""
+    """Score recent ``values (T, A, F)`` (rows where ``valid (T, A)``) against ``sketch (A, F, Q)`` with its
+    reference CDF ``cdf (A, F, Q)``, built on ``reference_rows (A,)`` training rows."""
     values = np.asarray(values, dtype=np.float64)
     valid = np.asarray(valid, dtype=bool)
     n_assets, n_features = sketch.shape[:2]
@@ -132,7 +136,7 @@ def compare(
         recent = values[valid[:, a], a, :]
         for f in range(n_features):
             if np.isfinite(sketch[a, f]).all():
-                psi[a, f], ks[a, f] = psi_ks(sketch[a, f], probabilities, recent[:, f])
+                psi[a, f], ks[a, f] = psi_ks(sketch[a, f], cdf[a, f], recent[:, f])
     return DriftReport(psi, ks, rows, critical)
 
 

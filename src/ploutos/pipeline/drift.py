@@ -59,9 +59,7 @@ def score(arrays: FeatureArrays, reference: DriftReference, n_bars: int, stop: i
     if n_bars < 1 or stop < 1:
         raise PloutosError(f"no bars to score for drift ({n_bars} asked, {stop} available)")
     rows = slice(max(0, stop - n_bars), stop)
-    report = compare(
-        reference.quantiles, reference.rows, reference.probabilities, arrays.values[rows], arrays.valid[rows]
-    )
+    report = compare(reference.quantiles, reference.cdf, reference.rows, arrays.values[rows], arrays.valid[rows])
     return DriftCheck(report, arrays.tickers, arrays.names, arrays.timestamps[rows.start], arrays.timestamps[stop - 1])
 
 

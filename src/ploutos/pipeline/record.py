@@ -28,8 +28,8 @@ def evaluate_fold(actor: Actor, arrays: FeatureArrays, fold: Fold, config: Confi
 
 def drift_reference(arrays: FeatureArrays, fold: Fold) -> DriftReference:
     """The sketch of the features the agent saw on the fold's training window (normalized, valid entries)."""
-    quantiles, rows = reference_sketch(arrays.values[fold.train], arrays.valid[fold.train], PROBABILITIES)
-    return DriftReference(quantiles, PROBABILITIES, rows, METHOD)
+    quantiles, cdf, rows = reference_sketch(arrays.values[fold.train], arrays.valid[fold.train], PROBABILITIES)
+    return DriftReference(quantiles, cdf, PROBABILITIES, rows, METHOD)
 
 
 def _result(

@@ -81,6 +81,7 @@ OPTIONAL_SCHEMA: dict[str, str] = {
     "and of paper trading's drift halt (absent from files written before it; such files stay complete)",
     "/drift/quantiles": "(A, F, Q) quantiles of each asset's normalized observation features on the fold's training "
     "window (NaN for an asset with no valid row)",
+    "/drift/cdf": "(A, F, Q) share of the training values at or below each quantile (the reference CDF there)",
     "/drift/probabilities": "(Q,) the probabilities of the quantiles",
 }
 """Objects a task file may hold: :func:`missing_fields` does not ask for them."""
@@ -96,6 +97,8 @@ class DriftReference:
 
     quantiles: np.ndarray
     """(A, F, Q)."""
+    cdf: np.ndarray
+    """(A, F, Q) share of the training values at or below each quantile."""
     probabilities: np.ndarray
     """(Q,)."""
     rows: np.ndarray
@@ -230,6 +233,7 @@ def write_task_result(path: Path, result: TaskResult) -> None:
             drift.attrs["method"] = result.drift.method
             drift.attrs["rows"] = np.asarray(result.drift.rows, dtype=np.int64)
             drift.create_dataset("quantiles", data=np.asarray(result.drift.quantiles, dtype=np.float64))
+            drift.create_dataset("cdf", data=np.asarray(result.drift.cdf, dtype=np.float64))
             drift.create_dataset("probabilities", data=np.asarray(result.drift.probabilities, dtype=np.float64))
         evaluation = result.evaluation
         _write_path(h5.create_group("test"), evaluation.policy, full=True)
@@ -309,16 +313,22 @@ def read_drift(path: Path) -> DriftReference:
                 )
             group = h5["drift"]
             quantiles = np.asarray(group["quantiles"][()], dtype=np.float64)
+            cdf = np.asarray(group["cdf"][()], dtype=np.float64)
             probabilities = np.asarray(group["probabilities"][()], dtype=np.float64)
             rows = np.asarray(group.attrs["rows"], dtype=np.int64)
             method = group.attrs.get("method", "")
     except (OSError, KeyError, ValueError, TypeError) as err:
         raise ResultError(f"{path}: /drift unreadable ({str(err).splitlines()[0]}); train the run again") from None
-    ok = quantiles.ndim == 3 and probabilities.shape == (quantiles.shape[2],) and rows.shape == (quantiles.shape[0],)
+    ok = (
+        quantiles.ndim == 3
+        and cdf.shape == quantiles.shape
+        and probabilities.shape == (quantiles.shape[2],)
+        and rows.shape == (quantiles.shape[0],)
+    )
     if not ok or not np.all(np.diff(probabilities) > 0):
         raise ResultError(f"{path}: /drift has inconsistent shapes or probabilities; train the run again")
     method = method.decode() if isinstance(method, bytes) else str(method)
-    return DriftReference(quantiles, probabilities, rows, method)
+    return DriftReference(quantiles, cdf, probabilities, rows, method)
 
 
 def read_metrics(path: Path) -> dict[str, dict[str, float]]:

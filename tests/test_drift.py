@@ -164,10 +164,10 @@ def test_a_real_training_writes_the_sketch_and_the_command_finds_a_regime_shift(
     assert found.returncode == 1, found.stdout + found.stderr  # past paper.drift_halt
     header, *rows = found.stdout.splitlines()[1:-2]
     assert header.split() == ["feature", "asset", "PSI", "KS", "KS", "crit"] and rows
-    assert "past paper.drift_halt 25%: paper trading would halt" in found.stdout
+    assert "past paper.drift_halt 50%: paper trading would halt" in found.stdout
     share = [float(line.split("(")[2].split("%")[0]) for line in (plain.stdout, found.stdout) for line in
              line.splitlines() if "pairs drift" in line]  # fmt: skip
-    assert share[1] > share[0] and share[1] >= 25
+    assert share[1] > share[0] and share[1] >= 50
 
     old = tmp_path / "old" / "results" / "quickstart"
     shutil.copytree(trained_run, old)

@@ -580,11 +580,15 @@ class PaperConfig:
     market_hours_only: bool = setting(True, "Send orders only while the market is open.")
     trading_url: str | None = setting(None, "Base URL of the Alpaca trading API; empty: Alpaca's paper endpoint.")
     drift_halt: float = setting(
-        0.25,
+        0.5,
         "Stop trading when this share of (feature, asset) pairs drifts from the fold's training window "
         "(PSI >= 0.25 and KS past its 5% critical value, over the last drift_bars bars); 0 turns the check off.",
     )
-    drift_bars: int = setting(250, "Recent bars scored for drift, by paper trading and by `ploutos drift`.")
+    drift_bars: int = setting(
+        1000,
+        "Recent bars scored for drift, by paper trading and by `ploutos drift` (fewer: long-window features "
+        "of a short stretch differ from a whole training window even without drift).",
+    )
 
     def __post_init__(self) -> None:
         _require(0 < self.max_weight <= 1, "max_weight", "must be in (0, 1]")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from fakes.alpaca import FakeAlpaca
 from ploutos.analytics.drift import (
     EPSILON,
     PROBABILITIES,
@@ -179,3 +181,20 @@ def test_a_real_training_writes_the_sketch_and_the_command_finds_a_regime_shift(
     assert "trained before drift references; train the run again" in refused.stderr
     usage = _drift(trained_run)  # --data or --live
     assert usage.returncode == 2 and "one of the arguments --data --live is required" in usage.stderr
+
+
+def test_live_scores_recent_bars_from_the_data_api(trained_run: Path) -> None:
+    key, secret = "PKDRIFTKEY1234", "drift-s3cr3t-never-printed"
+    env = {**os.environ, "ALPACA_API_KEY": key, "ALPACA_SECRET_KEY": secret}
+    with FakeAlpaca(api_key=key, page_size=10_000) as data:
+        sets = ["data.source=alpaca", f"data.alpaca_url={data.url}", "data.tickers=[SPY]", "data.retry_backoff_s=0.01"]
+        args = [sys.executable, "-m", "ploutos", "drift", "--run", str(trained_run), "--live", "--bars", "200"]
+        done = subprocess.run([*args, *(f"--set={s}" for s in sets)], capture_output=True, text=True, timeout=300,
+                              env=env)  # fmt: skip
+    assert data.bar_requests(), done.stderr
+    # the EURUSD model's features on the fake's SPY bars: far from its training window
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert (
+        done.stdout.startswith("fold 0: bars ") and " SPY " in done.stdout and "paper trading would halt" in done.stdout
+    )
+    assert key not in done.stdout + done.stderr and secret not in done.stdout + done.stderr

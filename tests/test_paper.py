@@ -30,6 +30,7 @@ import pytest
 from fakes.alpaca import FakeAlpaca, bar_times, bar_values
 from fakes.alpaca_trading import FakeTrading
 from fakes.server import DROP
+from ploutos.analytics.drift import PROBABILITIES, reference_sketch
 from ploutos.cli import build_parser
 from ploutos.config import dump, load
 from ploutos.data.bars import BAR_SCHEMA
@@ -41,7 +42,8 @@ from ploutos.paper import command, risk
 from ploutos.paper.broker import AlpacaBroker, BrokerError, OrderUnknown, client_order_id
 from ploutos.paper.runner import HaltError, PaperRunner, PositionsError, outage_cap, transient
 from ploutos.paper.state import PaperState, StateError
-from ploutos.pipeline.policy import Policy, read_task, run_config
+from ploutos.pipeline.policy import Policy, normalized_features, read_task, run_config
+from ploutos.results.hdf5 import DriftReference
 from ploutos.results.layout import RunLayout
 
 KEY, SECRET = "PKPAPERKEY7788", "paper-s3cr3t-never-in-logs-42"
@@ -224,6 +226,41 @@ def test_turnover_budget_scales_orders_and_drawdown_halts(tmp_path, bars, tradin
     assert saved(tmp_path).halted == message
 
 
+def drift_reference(policy: Policy, bars: pl.DataFrame, shift: float = 0.0, spread: float = 1.0) -> DriftReference:
+    """A sketch of the policy's own features on ``bars`` (no drift), or of a regime-shifted copy of them."""
+    arrays = normalized_features(bars, policy)
+    quantiles, cdf, rows = reference_sketch(arrays.values * spread + shift, arrays.valid)
+    return DriftReference(quantiles, cdf, PROBABILITIES, rows, "test")
+
+
+def test_feature_drift_halts_without_flattening_and_ignore_drift_trades(tmp_path, bars, trading) -> None:
+    policy = make_policy(bars, [0.2, 0.1])
+    said: list[str] = []
+    calm = PaperRunner(tmp_path / "calm", policy, broker(trading), fetch=lambda now: bars, say=said.append,
+                       drift=drift_reference(policy, bars))  # fmt: skip
+    calm.step(NOW)  # the features it trained on: no drift, it trades
+    assert len(trading.orders) == 2 and "equity" in said[-1]
+    shifted = drift_reference(policy, bars, shift=1.5, spread=0.3)  # trained on a calmer, higher regime
+    halted = PaperRunner(tmp_path / "calm", policy, broker(trading), fetch=lambda now: bars, say=said.append,
+                         drift=shifted)  # fmt: skip
+    with pytest.raises(HaltError) as halt:
+        halted.step(NOW + timedelta(hours=1))
+    message = str(halt.value)
+    assert message.startswith("feature drift: ") and "paper.drift_halt is 50%" in message and "\n" not in message
+    assert len(trading.orders) == 2 and trading.cash < 100_000  # no new order, and the positions are kept
+    state = PaperState.load(tmp_path / "calm" / "paper" / "state.json", HASH)
+    assert state.halted == message and state.last_bar == "2024-03-05T14:00:00"
+    journal = [json.loads(line) for line in (tmp_path / "calm" / "paper" / "orders.log").read_text().splitlines()]
+    assert journal[-1]["event"] == "halt" and journal[-1]["reason"] == message
+    ignoring = PaperRunner(tmp_path / "calm", policy, broker(trading), fetch=lambda now: bars, say=said.append,
+                           drift=shifted, ignore_drift=True)  # fmt: skip
+    ignoring.step(NOW + timedelta(hours=1))
+    assert said[-2].startswith("warning: feature drift: ") and said[-2].endswith("trading on (--ignore-drift)")
+    assert said[-1].startswith("bar 2024-03-05 15:00 UTC: equity")  # the halted bar, processed this time
+    off = replace(policy, config=replace(policy.config, paper=replace(policy.config.paper, drift_halt=0.0)))
+    assert PaperRunner(tmp_path / "off", off, broker(trading), drift=shifted).drift is None  # 0: no check
+
+
 def test_market_closed_and_loop(tmp_path, bars, trading) -> None:
     policy = make_policy(bars, [0.1, 0.1])
     policy.config = replace(policy.config, paper=replace(policy.config.paper, market_hours_only=True))
@@ -322,12 +359,19 @@ def test_once_end_to_end_and_keys_never_leak(trained_run: Path, tmp_path: Path) 
             "--set",
             "data.retry_backoff_s=0.01",
         ]
+        # a EURUSD model traded as SPY: its features are far from its training window's, the drift check halts
+        halted = subprocess.run(args, capture_output=True, text=True, timeout=120)
+        assert not trading.order_posts()
+        args.append("--ignore-drift")
         first = subprocess.run(args, capture_output=True, text=True, timeout=120)
         trading.reject_next = 0
         unreachable = ["--set", "paper.trading_url=http://127.0.0.1:9", "--set", "paper.market_hours_only=true"]
         bad = subprocess.run([*args, *unreachable], capture_output=True, text=True, timeout=120)
+    assert halted.returncode == 2 and halted.stderr.count("\n") == 1, halted.stderr
+    assert halted.stderr.startswith("ploutos: error: feature drift: ") and "paper.drift_halt is 50%" in halted.stderr
     assert first.returncode == 0, first.stderr
     assert "policy: fold 0, member(s) 0, 1" in first.stdout and "rejected" in first.stdout
+    assert "warning: feature drift: " in first.stdout and "trading on (--ignore-drift)" in first.stdout
     assert data.bar_requests() and trading.matching(lambda r: r.path == "/v2/account")
     assert bad.returncode == 2 and "gave up" in bad.stderr  # an unreachable trading API: one line, no key
     assert bad.stderr.count("\n") == 1 and bad.stderr.startswith("ploutos: error: "), bad.stderr
@@ -337,7 +381,9 @@ def test_once_end_to_end_and_keys_never_leak(trained_run: Path, tmp_path: Path) 
     (order,) = state["orders"].values()
     assert order["status"] == "rejected" and order["ticker"] == "SPY"
     journal = (run_dir / "paper" / "orders.log").read_text()
-    everything = [state_text, journal, first.stdout, first.stderr, bad.stdout, bad.stderr]
+    events = [json.loads(line)["event"] for line in journal.splitlines()]
+    assert events[0] == "halt" and "drift_ignored" in events
+    everything = [state_text, journal, first.stdout, first.stderr, bad.stdout, bad.stderr, halted.stdout, halted.stderr]
     for secret in (KEY, SECRET):
         assert not any(secret in text for text in everything)
 
@@ -762,7 +808,7 @@ def test_loop_end_to_end_rides_out_an_outage_and_ctrl_c_exits_130(trained_run: P
             "paper.poll_seconds=1",
             "data.max_retries=1",
         ]
-        args = [sys.executable, "-m", "ploutos", "paper", "--run", str(run_dir), "--loop"]
+        args = [sys.executable, "-m", "ploutos", "paper", "--run", str(run_dir), "--loop", "--ignore-drift"]
         proc = subprocess.Popen(
             [*args, *(f"--set={s}" for s in sets)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )

@@ -16,15 +16,18 @@ from ploutos.bench.env import synthetic_arrays
 from ploutos.config import EnvConfig
 from ploutos.results import hdf5
 from ploutos.results.hdf5 import (
+    OPTIONAL_SCHEMA,
     PERCENT_METRICS,
     SCHEMA,
     SCHEMA_VERSION,
     TIME_UNIT,
+    DriftReference,
     ResultError,
     TaskResult,
     format_metrics,
     missing_fields,
     read_attrs,
+    read_drift,
     read_metrics,
     write_task_result,
 )
@@ -352,3 +355,24 @@ def test_the_results_readme_documents_every_schema_entry():
     readme = (REPO / "results" / "README.md").read_text()
     for key, content in SCHEMA.items():
         assert f"| `{key}` | {content} |" in readme, key
+
+
+def test_the_drift_reference_is_optional_and_read_back(tmp_path: Path, evaluation: FoldEvaluation):
+    from conftest import REPO
+
+    readme = (REPO / "results" / "README.md").read_text()
+    for key, content in OPTIONAL_SCHEMA.items():
+        assert f"| `{key}` | {content} |" in readme, key
+    old, new = tmp_path / "old.h5", tmp_path / "new.h5"
+    write_task_result(old, task_result(evaluation))  # written as before drift references: still complete
+    assert missing_fields(old) == []
+    with pytest.raises(ResultError, match="trained before drift references; train the run again"):
+        read_drift(old)
+    quantiles = np.sort(np.random.default_rng(0).standard_normal((len(ARRAYS.tickers), 4, 5)), axis=2)
+    cdf = np.broadcast_to(np.linspace(0, 1, 5), quantiles.shape)
+    reference = DriftReference(quantiles, cdf, np.linspace(0, 1, 5), np.array([90] * len(ARRAYS.tickers)), "unit")
+    write_task_result(new, task_result(evaluation, drift=reference))
+    back = read_drift(new)
+    np.testing.assert_array_equal(back.quantiles, quantiles)
+    np.testing.assert_array_equal(back.cdf, cdf)
+    assert back.rows.tolist() == reference.rows.tolist() and back.method == "unit" and missing_fields(new) == []

@@ -365,6 +365,7 @@ def cmd_paper(args: argparse.Namespace) -> int:
         live=args.live,
         adopt=args.adopt_positions,
         progress=not args.no_progress,
+        ignore_drift=args.ignore_drift,
     )
 
 
@@ -392,7 +393,8 @@ typical use:
   ploutos report results/quickstart            the tear sheet: results/quickstart/report/report.html
   ploutos backtest --run results/quickstart --fold 0         a fold's models on bars they never saw
   ploutos importance --run results/quickstart                which inputs each fold's policy relies on
-  ploutos paper --run results/quickstart --dry-run           replay the latest test window locally"""
+  ploutos paper --run results/quickstart --dry-run           replay the latest test window locally
+  ploutos drift --run results/quickstart --data data/quickstart     recent features against training's"""
 
 
 def _add(
@@ -435,6 +437,39 @@ def cmd_importance(args: argparse.Namespace) -> int:
     from ploutos.pipeline.importance import importance  # lazy: fast startup
 
     importance(Path(args.run), fold=args.fold, repeats=args.repeats, block=args.block, echo=_say, top=args.top)
+    return 0
+
+
+def cmd_drift(args: argparse.Namespace) -> int:
+    from ploutos.results.recorded import run_config  # lazy: fast startup
+
+    config = run_config(Path(args.run), args.overrides).config  # a bad run folder is refused before torch loads
+    if args.bars is not None and args.bars < 1:
+        raise PloutosError(f"--bars {args.bars}: must be >= 1")
+    from ploutos.analytics.drift import drift_table  # lazy: fast startup
+    from ploutos.pipeline.drift import check_drift, reference_of  # lazy: torch, the features
+    from ploutos.pipeline.policy import load_policy  # lazy: torch
+
+    policy = load_policy(Path(args.run), args.overrides, fold=args.fold)
+    reference = reference_of(Path(args.run), policy)  # before the bars: a file without a sketch fails fast
+    if args.live:
+        from datetime import datetime, timezone  # lazy: only --live asks for the clock
+
+        from ploutos.paper.runner import fetch_bars  # lazy: the Alpaca client
+
+        bars = fetch_bars(policy.config, datetime.now(timezone.utc), extra=args.bars or config.paper.drift_bars)
+    else:
+        from ploutos.pipeline.backtest import read_bars  # lazy: polars
+
+        bars = read_bars(Path(args.data), policy.config)
+    checked = check_drift(bars, policy, reference, args.bars or config.paper.drift_bars)
+    report = checked.report
+    print(f"fold {policy.fold}: {checked.span} against its training window's sketch")
+    print(drift_table(report, checked.tickers, checked.names))
+    halt = config.paper.drift_halt
+    if halt and report.share >= halt:
+        print(f"past paper.drift_halt {halt:.0%}: paper trading would halt")
+        return EXIT_PROBLEMS_FOUND
     return 0
 
 
@@ -551,6 +586,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
         help="override paper.* or data.* (source, url, store, tickers) of the run's config",
     )  # fmt: skip
+    paper.add_argument(
+        "--ignore-drift", action="store_true",
+        help="trade even when past paper.drift_halt (a one-line warning instead of the halt)",
+    )  # fmt: skip
     paper.add_argument("--no-progress", action="store_true", help="no progress bars")
     paper.set_defaults(handler=cmd_paper)
 
@@ -598,6 +637,32 @@ def build_parser() -> argparse.ArgumentParser:
     importance.add_argument("--block", type=int, default=None, help="block length in bars (default: bars per day)")
     importance.add_argument("--top", type=int, default=8, help="inputs printed per fold (default: 8)")
     importance.set_defaults(handler=cmd_importance)
+
+    drift = _add(
+        commands, "drift", "compare recent bars' features with a fold's training window (PSI, KS)",
+        "Scores the last N bars (--bars, default paper.drift_bars) of a bars file (--data) or of Alpaca\n"
+        "(--live, keys from ALPACA_API_KEY and ALPACA_SECRET_KEY) against the quantile sketch of every\n"
+        "observation feature that training stored in the fold's task file: PSI over the sketch's 5% bins\n"
+        "and a KS statistic per (feature, asset). Prints the pairs past both thresholds (PSI >= 0.25, KS\n"
+        "past its 5% critical value) and the share drifting. Exit 0; 1 when that share reaches\n"
+        "paper.drift_halt (paper trading would halt); 2 on a user error.",
+        ["ploutos drift --run results/quickstart --data data/quickstart",
+         "ploutos drift --run results/quickstart --fold 0 --data new_bars.csv --bars 500",
+         "ploutos drift --run results/quickstart --live"],
+    )  # fmt: skip
+    drift.add_argument("--run", required=True, metavar="RUN_DIR", help="a trained run folder (results/NAME)")
+    drift.add_argument("--fold", type=int, default=None, help="the fold whose training window is the reference "
+                       "(default: the latest fold with models)")  # fmt: skip
+    source = drift.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", default=None, metavar="FILE", help="bars: CSV, Parquet or a dataset folder")
+    source.add_argument("--live", action="store_true", help="recent bars from Alpaca's data API")
+    drift.add_argument("--bars", type=int, default=None, metavar="N", help="recent bars scored "
+                       "(default: paper.drift_bars)")  # fmt: skip
+    drift.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        help="override paper.* or data.* of the run's config",
+    )  # fmt: skip
+    drift.set_defaults(handler=cmd_drift)
 
     config = _add(
         commands, "config", "show the resolved config, or write a starter one",

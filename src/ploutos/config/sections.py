@@ -579,9 +579,21 @@ class PaperConfig:
     poll_seconds: int = setting(60, "Seconds between checks for a new bar in --loop mode.")
     market_hours_only: bool = setting(True, "Send orders only while the market is open.")
     trading_url: str | None = setting(None, "Base URL of the Alpaca trading API; empty: Alpaca's paper endpoint.")
+    drift_halt: float = setting(
+        0.5,
+        "Stop trading when this share of (feature, asset) pairs drifts from the fold's training window "
+        "(PSI >= 0.25 and KS past its 5% critical value, over the last drift_bars bars); 0 turns the check off.",
+    )
+    drift_bars: int = setting(
+        1000,
+        "Recent bars scored for drift, by paper trading and by `ploutos drift` (fewer: long-window features "
+        "of a short stretch differ from a whole training window even without drift).",
+    )
 
     def __post_init__(self) -> None:
         _require(0 < self.max_weight <= 1, "max_weight", "must be in (0, 1]")
+        _require(0 <= self.drift_halt <= 1, "drift_halt", "must be in [0, 1] (0: no drift check)")
+        _bounded(self.drift_bars, "drift_bars", 20, 100_000)
         _require(self.max_daily_turnover > 0, "max_daily_turnover", "must be > 0")
         _require(0 < self.drawdown_halt <= 1, "drawdown_halt", "must be in (0, 1]")
         _bounded(self.poll_seconds, "poll_seconds", 1, 86_400)

@@ -1,4 +1,9 @@
-"""``ploutos paper --run RUN_DIR [--once | --loop] [--dry-run] [--live] [--adopt-positions]``.
+"""``ploutos paper --run RUN_DIR [--once | --loop] [--dry-run] [--live] [--adopt-positions] [--ignore-drift]``.
+
+Every decision first scores the features of the last ``paper.drift_bars`` bars against the sketch of the
+fold's training window (:mod:`ploutos.pipeline.drift`); past ``paper.drift_halt`` it halts like the
+drawdown limit (``--ignore-drift``: a warning instead). A dry run replays the fold's own test window and
+does not check drift.
 
 The checks run cheapest first and before anything leaves the machine: the live guard, the run's
 config (its recorded hash, the ``--set`` overrides), the URLs the keys would go to, the state file;
@@ -19,6 +24,7 @@ from ploutos.paper.broker import AlpacaBroker
 from ploutos.paper.replay import agreement, dry_run, write_replay
 from ploutos.paper.runner import PaperRunner
 from ploutos.paper.state import PaperState
+from ploutos.pipeline.drift import reference_of
 from ploutos.pipeline.policy import load_policy
 from ploutos.results.recorded import run_config
 
@@ -32,6 +38,7 @@ def cli_paper(
     live: bool,
     adopt: bool = False,
     progress: bool = False,
+    ignore_drift: bool = False,
 ) -> int:
     risk.check_live(live)  # first: no run is loaded and no server contacted before the guard
     checked = run_config(run_dir, overrides)
@@ -75,7 +82,18 @@ def cli_paper(
         backoff_s=data.retry_backoff_s,
         timeout_s=data.request_timeout_s,
     )
-    runner = PaperRunner(run_dir, policy, broker, say=say, adopt=adopt)
+    drift = None
+    if policy.config.paper.drift_halt:
+        try:
+            drift = reference_of(run_dir, policy)
+        except PloutosError as err:
+            if not ignore_drift:
+                raise
+            say(f"warning: {' '.join(str(err).split())}; trading without a drift check (--ignore-drift)")
+        else:
+            if ignore_drift:
+                say("warning: --ignore-drift: drifting features are reported, never halt trading")
+    runner = PaperRunner(run_dir, policy, broker, say=say, adopt=adopt, drift=drift, ignore_drift=ignore_drift)
     if loop:
         runner.loop(policy.config.paper.poll_seconds)
     else:

@@ -27,11 +27,15 @@ from ploutos.data.calendar import apply_session
 from ploutos.data.sources.alpaca import AlpacaSource
 from ploutos.data.sources.retry import log as retry_log
 from ploutos.errors import PloutosError, SourceError
+from ploutos.features.arrays import FeatureArrays
 from ploutos.features.registry import all_specs
 from ploutos.paper import risk
 from ploutos.paper.broker import AlpacaBroker, BrokerError, OrderResult, OrderUnknown, client_order_id
 from ploutos.paper.state import FINAL, UNKNOWN, PaperState, log_event
+from ploutos.pipeline.drift import halt_reason as drift_halt_reason
+from ploutos.pipeline.drift import score
 from ploutos.pipeline.policy import Policy, normalized_features
+from ploutos.results.hdf5 import DriftReference
 from ploutos.train.encoders import bind_store
 
 log = logging.getLogger(__name__)
@@ -104,7 +108,8 @@ def plan_orders(
 
 
 class HaltError(PloutosError):
-    """The drawdown limit was reached: no new orders (state.json records why)."""
+    """The drawdown limit or the feature drift limit was reached: no new orders (state.json and orders.log
+    record why; nothing is flattened)."""
 
 
 class PositionsError(PloutosError):
@@ -152,13 +157,19 @@ class PaperRunner:
         fetch: Callable[[datetime], pl.DataFrame] | None = None,
         say: Callable[[str], None] = print,
         adopt: bool = False,
+        drift: DriftReference | None = None,
+        ignore_drift: bool = False,
     ) -> None:
         self.policy, self.broker, self.say, self.adopt = policy, broker, say, adopt
         self.config = policy.config
+        self.drift = drift if policy.config.paper.drift_halt else None
+        """The fold's feature sketch; None: no drift check."""
+        self.ignore_drift = ignore_drift
+        extra = self.config.paper.drift_bars if self.drift is not None else 0
         self.dir = Path(run_dir) / "paper"
         self.state_path, self.log_path = self.dir / "state.json", self.dir / "orders.log"
         self.state = PaperState.load(self.state_path, policy.run_hash)
-        self.fetch = fetch or (lambda now: fetch_bars(self.config, now))
+        self.fetch = fetch or (lambda now: fetch_bars(self.config, now, extra=extra))
         self.decider = Decider(policy)
 
     def step(self, now: datetime | None = None) -> str:
@@ -188,6 +199,7 @@ class PaperRunner:
         bar = arrays.timestamps[row].astype("datetime64[us]").astype(datetime)
         if state.last_bar is not None and bar.isoformat() <= state.last_bar:
             return f"bar {bar:%Y-%m-%d %H:%M} UTC already processed; waiting for the next"
+        self._check_drift(arrays, row, bar)
         self._refresh_orders()
         account, positions = self.broker.account(), self.broker.positions()
         self._check_first_run(positions)
@@ -231,6 +243,24 @@ class PaperRunner:
         state.save(self.state_path)
         what = ", ".join(sent) if sent else ("no orders" if not wait else f"holding (next decision in {wait} bars)")
         return f"bar {bar:%Y-%m-%d %H:%M} UTC: equity {account.equity:,.2f}; {what}"
+
+    def _check_drift(self, arrays: FeatureArrays, row: int, bar: datetime) -> None:
+        """Halt (journal, state, :class:`HaltError`) when too many features drift over the last
+        ``paper.drift_bars`` complete bars; with ``ignore_drift`` say so and go on."""
+        if self.drift is None:
+            return
+        reason = drift_halt_reason(score(arrays, self.drift, self.config.paper.drift_bars, row + 1),
+                                   self.config.paper.drift_halt)  # fmt: skip
+        if not reason:
+            return
+        if self.ignore_drift:
+            self.say(f"warning: {reason}; trading on (--ignore-drift)")
+            log_event(self.log_path, "drift_ignored", reason=reason, bar=bar.isoformat())
+            return
+        self.state.halted = reason
+        self.state.save(self.state_path)
+        log_event(self.log_path, "halt", reason=reason, bar=bar.isoformat())
+        raise HaltError(reason)
 
     def _record(self, coid: str, result: OrderResult, bar: datetime, price: float, equity: float) -> None:
         """An order in state.json (atomically) and orders.log; anything not rejected counts as turnover."""
@@ -319,10 +349,11 @@ def outage_cap(poll_seconds: float) -> float:
     return max(poll_seconds, min(8 * poll_seconds, 900.0))
 
 
-def fetch_bars(config: Config, now: datetime) -> pl.DataFrame:
-    """Recent bars of the config's tickers from Alpaca, session-filtered like the dataset."""
+def fetch_bars(config: Config, now: datetime, extra: int = 0) -> pl.DataFrame:
+    """Recent bars of the config's tickers from Alpaca, session-filtered like the dataset; ``extra`` more
+    bars than a decision needs (the drift check's window)."""
     specs = all_specs(config.features, n_tickers=len(config.data.tickers), macro_columns=[])
-    need = max((s.warmup for s in specs), default=0) + config.env.lookback + 10
+    need = max((s.warmup for s in specs), default=0) + config.env.lookback + 10 + extra
     start = now - timedelta(days=max(14, math.ceil(need / 6 * 7 / 5) + 7))
     risk.check_url("data.alpaca_url", config.data.alpaca_url, live=False, trading=False)  # the keys go there
     source = AlpacaSource(config.data, progress=False)

@@ -6,11 +6,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ploutos.analytics.drift import METHOD, PROBABILITIES, reference_sketch
 from ploutos.analytics.evaluation import FoldEvaluation
 from ploutos.config import Config, config_hash, dump
 from ploutos.features.arrays import FeatureArrays
 from ploutos.features.normalize import NormStats
-from ploutos.results.hdf5 import TaskResult, task_file_problem, write_task_result
+from ploutos.results.hdf5 import DriftReference, TaskResult, task_file_problem, write_task_result
 from ploutos.results.layout import RunLayout
 from ploutos.results.provenance import provenance
 from ploutos.train.artifacts import load_policy, save_policy
@@ -23,6 +24,12 @@ def evaluate_fold(actor: Actor, arrays: FeatureArrays, fold: Fold, config: Confi
     """``actor`` over the fold's test window, beside the benchmarks."""
     rows = fold.eval_rows(config.env.lookback)
     return evaluate(actor, arrays, config.env, rows, config.data.bars_per_year, seed=seed)
+
+
+def drift_reference(arrays: FeatureArrays, fold: Fold) -> DriftReference:
+    """The sketch of the features the agent saw on the fold's training window (normalized, valid entries)."""
+    quantiles, cdf, rows = reference_sketch(arrays.values[fold.train], arrays.valid[fold.train], PROBABILITIES)
+    return DriftReference(quantiles, cdf, PROBABILITIES, rows, METHOD)
 
 
 def _result(
@@ -45,6 +52,7 @@ def _result(
         evaluation=evaluation,
         training=training,
         validation=validation or {},
+        drift=drift_reference(arrays, fold),
     )
 
 

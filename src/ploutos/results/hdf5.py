@@ -76,9 +76,34 @@ SCHEMA: dict[str, str] = {
 }
 """Every object a task file holds, with what it is."""
 
+OPTIONAL_SCHEMA: dict[str, str] = {
+    "/drift": "attrs method, rows ((A,) valid training rows of each asset): the reference of ``ploutos drift`` "
+    "and of paper trading's drift halt (absent from files written before it; such files stay complete)",
+    "/drift/quantiles": "(A, F, Q) quantiles of each asset's normalized observation features on the fold's training "
+    "window (NaN for an asset with no valid row)",
+    "/drift/cdf": "(A, F, Q) share of the training values at or below each quantile (the reference CDF there)",
+    "/drift/probabilities": "(Q,) the probabilities of the quantiles",
+}
+"""Objects a task file may hold: :func:`missing_fields` does not ask for them."""
+
 
 class ResultError(PloutosError):
     """A task file that cannot be read or does not follow the schema."""
+
+
+@dataclass(frozen=True)
+class DriftReference:
+    """A fold's reference distribution of every observation feature (see :mod:`ploutos.analytics.drift`)."""
+
+    quantiles: np.ndarray
+    """(A, F, Q)."""
+    cdf: np.ndarray
+    """(A, F, Q) share of the training values at or below each quantile."""
+    probabilities: np.ndarray
+    """(Q,)."""
+    rows: np.ndarray
+    """(A,) valid training rows of each asset."""
+    method: str
 
 
 @dataclass(frozen=True)
@@ -104,6 +129,8 @@ class TaskResult:
     validation: Mapping[str, Any] = field(default_factory=dict)
     """The validation curve and the chosen checkpoint: sequences become datasets, scalars attributes
     (empty for an ensemble)."""
+    drift: DriftReference | None = None
+    """The training window's feature sketch (``/drift``); None writes none."""
 
     @property
     def kind(self) -> str:
@@ -201,6 +228,13 @@ def write_task_result(path: Path, result: TaskResult) -> None:
         for key, column in result.training.items():
             training.create_dataset(key, data=np.asarray(column))
         _mapping(h5.create_group("validation"), result.validation)
+        if result.drift is not None:
+            drift = h5.create_group("drift")
+            drift.attrs["method"] = result.drift.method
+            drift.attrs["rows"] = np.asarray(result.drift.rows, dtype=np.int64)
+            drift.create_dataset("quantiles", data=np.asarray(result.drift.quantiles, dtype=np.float64))
+            drift.create_dataset("cdf", data=np.asarray(result.drift.cdf, dtype=np.float64))
+            drift.create_dataset("probabilities", data=np.asarray(result.drift.probabilities, dtype=np.float64))
         evaluation = result.evaluation
         _write_path(h5.create_group("test"), evaluation.policy, full=True)
         benchmarks = h5.create_group("benchmarks")
@@ -265,6 +299,36 @@ def task_file_problem(path: Path, fold: int, member: int | None, run_hash: str) 
     except (ResultError, OSError, KeyError, ValueError, TypeError) as err:
         return "unreadable", str(err).replace(f"{path}: ", "").splitlines()[0]
     return None
+
+
+def read_drift(path: Path) -> DriftReference:
+    """The ``/drift`` reference of a task file, checked (one-line errors; a file trained before drift
+    references says so)."""
+    try:
+        with h5py.File(path, "r", locking=False) as h5:
+            if "drift" not in h5:
+                raise ResultError(
+                    f"{path}: no drift reference (/drift): trained before drift references; train the run again "
+                    "to write them (or pass --ignore-drift to paper trading)"
+                )
+            group = h5["drift"]
+            quantiles = np.asarray(group["quantiles"][()], dtype=np.float64)
+            cdf = np.asarray(group["cdf"][()], dtype=np.float64)
+            probabilities = np.asarray(group["probabilities"][()], dtype=np.float64)
+            rows = np.asarray(group.attrs["rows"], dtype=np.int64)
+            method = group.attrs.get("method", "")
+    except (OSError, KeyError, ValueError, TypeError) as err:
+        raise ResultError(f"{path}: /drift unreadable ({str(err).splitlines()[0]}); train the run again") from None
+    ok = (
+        quantiles.ndim == 3
+        and cdf.shape == quantiles.shape
+        and probabilities.shape == (quantiles.shape[2],)
+        and rows.shape == (quantiles.shape[0],)
+    )
+    if not ok or not np.all(np.diff(probabilities) > 0):
+        raise ResultError(f"{path}: /drift has inconsistent shapes or probabilities; train the run again")
+    method = method.decode() if isinstance(method, bytes) else str(method)
+    return DriftReference(quantiles, cdf, probabilities, rows, method)
 
 
 def read_metrics(path: Path) -> dict[str, dict[str, float]]:

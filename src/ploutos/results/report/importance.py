@@ -82,7 +82,7 @@ def stability_figure(folds: list[FoldImportance], top: int = STABLE_TOP) -> Figu
     mean_rank = np.nanmean(np.where(np.isnan(ranks), np.nanmax(ranks, initial=1) + 1, ranks), axis=1)
     order = np.argsort(mean_rank, kind="stable")
     ranks, chosen = ranks[order], [chosen[i] for i in order]
-    fig = Figure(figsize=(2.2 + 0.9 * len(folds), 0.25 * len(chosen) + 1.4), layout="constrained")
+    fig = Figure(figsize=(max(5.5, 2.2 + 0.9 * len(folds)), 0.25 * len(chosen) + 1.4), layout="constrained")
     ax = fig.subplots()
     shown = np.minimum(ranks, 3 * top)
     image = ax.imshow(shown, cmap="viridis_r", aspect="auto", vmin=1, vmax=3 * top)
